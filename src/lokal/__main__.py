@@ -1,0 +1,3 @@
+from lokal.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,69 @@
+"""The ASGI application: routes under /v1 and bare, middleware, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+
+from lokal import __version__
+from lokal.api.errors import install_handlers
+from lokal.api.middleware import AuthMiddleware, BodyLimitMiddleware, NormalizeMiddleware
+from lokal.api.routes import health, openai
+from lokal.models.registry import ModelRegistry
+from lokal.settings import Settings
+
+log = logging.getLogger("lokal")
+
+OPEN_PATHS = ("/healthz", "/readyz")
+
+
+def create_app(settings: Settings, registry: ModelRegistry) -> FastAPI:
+    """The server for one registry. Nothing global: two apps can live side by side."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        registry.start_watchdog()
+        preload = asyncio.create_task(_preload(app, registry, settings.preload))
+        try:
+            yield
+        finally:
+            preload.cancel()
+            await registry.close()
+
+    app = FastAPI(title="lokal", version=__version__, lifespan=lifespan,
+                  description="OpenAI- and LocalAI-compatible API for local models.",
+                  docs_url="/docs", redoc_url=None)
+    app.state.registry = registry
+    app.state.settings = settings
+    app.state.started = int(time.time())
+    app.state.ready = asyncio.Event()
+    install_handlers(app)
+    app.include_router(health.router)
+    app.include_router(openai.router, prefix="/v1", tags=["OpenAI"])
+    app.include_router(openai.router, include_in_schema=False)
+
+    # Added innermost first: requests meet Normalize, CORS, Auth, BodyLimit in that order.
+    app.add_middleware(BodyLimitMiddleware, limit_bytes=settings.upload_limit_bytes)
+    app.add_middleware(AuthMiddleware, keys=settings.api_keys, open_paths=OPEN_PATHS)
+    if settings.cors:
+        origins = settings.cors_origins
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"],
+                           allow_headers=["*"], allow_credentials=origins != ["*"])
+    app.add_middleware(NormalizeMiddleware)
+    return app
+
+
+async def _preload(app: FastAPI, registry: ModelRegistry, names: list[str]) -> None:
+    try:
+        if names:
+            log.info("preloading %s", ", ".join(names))
+            await registry.preload(names)
+    finally:
+        app.state.ready.set()
+        log.info("ready")

@@ -1,0 +1,98 @@
+"""Running an engine call for a request and answering it, streamed or whole."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from lokal.api.errors import APIError, to_api_error
+from lokal.api.streaming import SSE_HEADERS, Aggregator, Shaper, engine_chunks, sse
+from lokal.models.prompting import EngineCall
+from lokal.models.registry import Lease
+
+log = logging.getLogger("lokal.api")
+
+
+async def _watch_disconnect(request: Request, cancel: threading.Event) -> None:
+    """Set cancel when the client goes away (the body has been read by now)."""
+    while not cancel.is_set():
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            cancel.set()
+            return
+
+
+def _require(lease: Lease, capability: str) -> None:
+    if capability not in lease.backend.capabilities:
+        raise APIError(400, f"The model '{lease.entry.name}' does not support {capability} "
+                            f"(it supports: {', '.join(sorted(lease.backend.capabilities)) or 'nothing'}).",
+                       param="model")
+
+
+async def respond(request: Request, lease: Lease, call: EngineCall, *, kind: str, stream: bool,
+                  include_usage: bool) -> Any:
+    """Run call on the leased model; release the lease when the answer is done."""
+    try:
+        _require(lease, call.mode)
+    except APIError:
+        lease.release()
+        raise
+    run = lease.backend.chat if call.mode == "chat" else lease.backend.complete
+    shaper = Shaper(kind, call.mode, lease.entry.name)
+    cancel = threading.Event()
+    chunks = engine_chunks(lambda sink: run(call.body, sink), cancel)
+    watcher = asyncio.create_task(_watch_disconnect(request, cancel))
+
+    def finish() -> None:
+        cancel.set()
+        watcher.cancel()
+        lease.release()
+
+    if not stream:
+        aggregator = Aggregator(shaper)
+        try:
+            async for chunk in chunks:
+                for shaped in shaper.shape(chunk):
+                    aggregator.add(shaped)
+        finally:
+            await chunks.aclose()
+            finish()
+        return JSONResponse(aggregator.result())
+
+    # Errors before the first chunk (context overflow, bad grammar) are HTTP errors.
+    try:
+        first = await anext(chunks)
+    except StopAsyncIteration:
+        first = None
+    except BaseException:
+        await chunks.aclose()
+        finish()
+        raise
+
+    async def events() -> AsyncIterator[bytes]:
+        try:
+            pending = [first] if first is not None else []
+            while True:
+                for chunk in pending:
+                    for shaped in shaper.shape(chunk):
+                        if shaped["choices"] or include_usage:
+                            yield sse(shaped)
+                try:
+                    pending = [await anext(chunks)]
+                except StopAsyncIteration:
+                    break
+            yield sse("[DONE]")
+        except Exception as exc:  # noqa: BLE001 - reported to the client in-stream
+            yield sse(to_api_error(exc).body())
+            yield sse("[DONE]")
+        finally:
+            await chunks.aclose()
+            finish()
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)

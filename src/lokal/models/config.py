@@ -1,0 +1,332 @@
+"""LocalAI-style model configs: one YAML per model, read from the models folder.
+
+A config that cannot be used never stops the others: it becomes a `ModelEntry`
+with an `error` that `lokal models list`, the log and requests for it report.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from lokal.models import templates
+from lokal.models.files import ModelFileError, check_magic
+
+log = logging.getLogger("lokal.models")
+
+MODEL_SUFFIXES = (".gguf",)
+# LocalAI backend names that lokal serves, and the engine each one maps to.
+BACKEND_ALIASES = {
+    "llama": "llama-cpp",
+    "llama-cpp": "llama-cpp",
+    "llama.cpp": "llama-cpp",
+    "llamacpp": "llama-cpp",
+    "llama-stable": "llama-cpp",
+    "bert-embeddings": "llama-cpp",
+    "sentencetransformers": "sentence-transformers",
+    "sentence-transformers": "sentence-transformers",
+    "transformers": "sentence-transformers",
+}
+_NAME = re.compile(r"^[^/\\\x00-\x1f\x7f]{1,256}$")
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used, with a reason for the user."""
+
+
+class Parameters(BaseModel):
+    """`parameters:` of a LocalAI config: the model file and request defaults."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    top_k: int | None = Field(None, ge=0)
+    min_p: float | None = Field(None, ge=0, le=1)
+    max_tokens: int | None = Field(None, ge=0)
+    seed: int | None = None
+    repeat_penalty: float | None = Field(None, ge=0)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+
+    def request_defaults(self) -> dict[str, Any]:
+        """Sampling defaults to apply when a request leaves them out."""
+        names = ("temperature", "top_p", "top_k", "min_p", "max_tokens", "seed",
+                 "repeat_penalty", "presence_penalty", "frequency_penalty")
+        # LocalAI treats max_tokens 0 as "no limit"; so do we (the engine's default).
+        return {n: getattr(self, n) for n in names
+                if getattr(self, n) is not None and not (n == "max_tokens" and self.max_tokens == 0)}
+
+
+class TemplateConfig(BaseModel):
+    """`template:` of a LocalAI config: names of `.tmpl` files or inline templates."""
+
+    model_config = ConfigDict(extra="allow")
+
+    chat: str | None = None
+    chat_message: str | None = None
+    completion: str | None = None
+    use_tokenizer_template: bool = False
+    join_chat_messages_by_character: str | None = None
+
+
+class ModelConfig(BaseModel):
+    """One model as a LocalAI YAML file describes it. Unknown fields are kept."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    name: str
+    backend: str | None = None
+    parameters: Parameters = Field(default_factory=Parameters)
+    context_size: int | None = Field(None, ge=16)
+    threads: int | None = Field(None, ge=1)
+    f16: bool | None = None
+    mmap: bool | None = None
+    gpu_layers: int | None = None
+    stopwords: list[str] = Field(default_factory=list)
+    roles: dict[str, str] = Field(default_factory=dict)
+    system_prompt: str | None = None
+    template: TemplateConfig = Field(default_factory=TemplateConfig)
+    known_usecases: list[str] | None = None
+    embeddings: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        value = value.strip()
+        if not _NAME.match(value) or value in (".", "..") or ".." in value.split("/"):
+            raise ValueError("a model name must be 1-256 characters without '/', '\\' or control characters")
+        return value
+
+    @field_validator("stopwords", mode="before")
+    @classmethod
+    def _stopwords(cls, value: Any) -> Any:
+        if value is None:
+            return []
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("roles", mode="before")
+    @classmethod
+    def _roles(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+    @field_validator("known_usecases", mode="before")
+    @classmethod
+    def _usecases(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [value]
+        return value
+
+    @property
+    def engine(self) -> str | None:
+        """The engine named by `backend`, or None to choose from the file."""
+        if not self.backend:
+            return None
+        return BACKEND_ALIASES.get(self.backend.strip().lower())
+
+    @property
+    def unknown_fields(self) -> list[str]:
+        return sorted(self.model_extra or {})
+
+
+@dataclass
+class ChatTemplates:
+    """LocalAI templates resolved and parsed, ready to render."""
+
+    chat: templates.Template | None = None
+    chat_message: templates.Template | None = None
+    completion: templates.Template | None = None
+
+    @property
+    def renders_chat(self) -> bool:
+        return self.chat is not None or self.chat_message is not None
+
+
+@dataclass
+class ModelEntry:
+    """A servable name: its config, where it came from, and whether it can load."""
+
+    name: str
+    source: Path | None  # the YAML file, or the model file itself for loose files
+    config: ModelConfig | None = None
+    model_path: Path | None = None
+    templates: ChatTemplates = field(default_factory=ChatTemplates)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def confine(models_path: Path, relative: str, what: str = "model file") -> Path:
+    """Resolve a path named by a config inside the models folder, or refuse it."""
+    if not relative or "\x00" in relative:
+        raise ConfigError(f"{what} name is empty or invalid")
+    candidate = Path(relative)
+    if candidate.is_absolute() or relative.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", relative):
+        raise ConfigError(f"{what} {relative!r} must be a path relative to the models folder, not absolute")
+    if ".." in candidate.parts or "\\" in relative:
+        raise ConfigError(f"{what} {relative!r} may not contain '..' or backslashes")
+    root = models_path.resolve()
+    resolved = (root / candidate).resolve()
+    if resolved != root and root not in resolved.parents:
+        raise ConfigError(f"{what} {relative!r} points outside the models folder (symlink?)")
+    return resolved
+
+
+def _load_template(models_path: Path, value: str | None, kind: str) -> templates.Template | None:
+    """A template named like LocalAI: `NAME` reads NAME.tmpl if it exists, else is the text."""
+    if not value:
+        return None
+    is_name = "\n" not in value and "{{" not in value and len(value) < 256
+    if is_name:
+        file_name = value if value.endswith(".tmpl") else f"{value}.tmpl"
+        try:
+            path = confine(models_path, file_name, what="template")
+        except ConfigError:
+            path = None
+        if path is not None and path.is_file():
+            try:
+                source = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"cannot read template {file_name}: {exc}") from exc
+            return _parse_template(source, file_name)
+    return _parse_template(value, f"template.{kind}")
+
+
+def _parse_template(source: str, name: str) -> templates.Template:
+    try:
+        return templates.parse(source, name=name)
+    except templates.TemplateError as exc:
+        raise ConfigError(f"template does not parse: {exc}") from exc
+
+
+def _entry_from_config(models_path: Path, config: ModelConfig, source: Path) -> ModelEntry:
+    entry = ModelEntry(name=config.name, source=source, config=config)
+    try:
+        if config.backend and config.engine is None:
+            raise ConfigError(
+                f"backend {config.backend!r} is not served by lokal "
+                f"(known: {', '.join(sorted(BACKEND_ALIASES))})"
+            )
+        if not config.parameters.model:
+            raise ConfigError("parameters.model is missing: name the model file")
+        entry.model_path = confine(models_path, config.parameters.model)
+        entry.templates = ChatTemplates(
+            chat=_load_template(models_path, config.template.chat, "chat"),
+            chat_message=_load_template(models_path, config.template.chat_message, "chat_message"),
+            completion=_load_template(models_path, config.template.completion, "completion"),
+        )
+        if config.template.use_tokenizer_template:
+            entry.templates.chat = entry.templates.chat_message = None
+        if not entry.model_path.exists():
+            raise ConfigError(f"model file {config.parameters.model!r} does not exist in the models folder")
+        if entry.model_path.is_file():
+            with entry.model_path.open("rb") as stream:
+                check_magic(entry.model_path, stream.read(4), entry.model_path.stat().st_size)
+    except (ConfigError, ModelFileError, OSError) as exc:
+        entry.error = str(exc)
+    return entry
+
+
+def _configs_in(raw: Any, source: Path) -> list[tuple[dict[str, Any] | None, str | None]]:
+    """The config mappings a YAML document holds (a mapping, or a list of them)."""
+    items = raw if isinstance(raw, list) else [raw]
+    out: list[tuple[dict[str, Any] | None, str | None]] = []
+    for item in items:
+        if isinstance(item, dict):
+            out.append((item, None))
+        else:
+            out.append((None, f"{source.name}: expected a mapping of config fields, got {type(item).__name__}"))
+    return out
+
+
+def _validation_message(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "config"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def read_config_file(models_path: Path, path: Path) -> list[ModelEntry]:
+    """Entries for every config in one YAML file; errors become failed entries."""
+    fallback = path.stem
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        return [ModelEntry(name=fallback, source=path, error=f"{path.name} is not valid YAML: {exc}")]
+    if raw is None:
+        return [ModelEntry(name=fallback, source=path, error=f"{path.name} is empty")]
+    entries = []
+    for item, problem in _configs_in(raw, path):
+        if item is None:
+            entries.append(ModelEntry(name=fallback, source=path, error=problem))
+            continue
+        name = item.get("name") if isinstance(item.get("name"), str) else fallback
+        try:
+            config = ModelConfig.model_validate(item)
+        except ValidationError as exc:
+            entries.append(ModelEntry(name=name, source=path,
+                                      error=f"{path.name}: {_validation_message(exc)}"))
+            continue
+        entries.append(_entry_from_config(models_path, config, path))
+    return entries
+
+
+def scan_models(models_path: Path, config_file: Path | None = None) -> list[ModelEntry]:
+    """Every model the folder offers: YAML configs first, then loose model files."""
+    entries: list[ModelEntry] = []
+    if models_path.is_dir():
+        for path in sorted(models_path.iterdir()):
+            if path.suffix.lower() in (".yaml", ".yml") and path.is_file():
+                entries.extend(read_config_file(models_path, path))
+    if config_file is not None:
+        if config_file.is_file():
+            entries.extend(read_config_file(models_path, config_file))
+        else:
+            entries.append(ModelEntry(name=config_file.stem, source=config_file,
+                                      error=f"config file {config_file} does not exist"))
+    referenced = {e.model_path for e in entries if e.model_path is not None}
+    if models_path.is_dir():
+        root = models_path.resolve()
+        for path in sorted(models_path.iterdir()):
+            if path.suffix.lower() not in MODEL_SUFFIXES or not path.is_file():
+                continue
+            resolved = path.resolve()
+            if resolved in referenced:
+                continue
+            entry = ModelEntry(name=path.name, source=path, config=ModelConfig(name=path.name),
+                               model_path=resolved)
+            if root not in resolved.parents:
+                entry.error = f"{path.name} points outside the models folder (symlink?)"
+            else:
+                try:
+                    with path.open("rb") as stream:
+                        check_magic(path, stream.read(4), path.stat().st_size)
+                except (ModelFileError, OSError) as exc:
+                    entry.error = str(exc)
+            entries.append(entry)
+    return _dedupe(entries)
+
+
+def _dedupe(entries: list[ModelEntry]) -> list[ModelEntry]:
+    """One entry per name: a later duplicate is reported, never silently served."""
+    seen: dict[str, ModelEntry] = {}
+    out = []
+    for entry in entries:
+        if entry.name in seen:
+            first = seen[entry.name]
+            log.error("model %r is defined twice (%s and %s); using the first",
+                      entry.name, first.source, entry.source)
+            continue
+        seen[entry.name] = entry
+        out.append(entry)
+    return out

@@ -1,0 +1,225 @@
+"""Server settings: one schema read from flags, environment and `.env`.
+
+Precedence is flags > environment > `.env` in the working directory > defaults.
+Every setting answers to its LocalAI name (``MODELS_PATH``) and to the same name
+with LocalAI's ``LOCALAI_`` prefix (``LOCALAI_MODELS_PATH``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _env(*names: str) -> AliasChoices:
+    """Accept each name bare and with LocalAI's LOCALAI_ prefix."""
+    choices: list[str] = []
+    for name in names:
+        choices += [name, f"LOCALAI_{name}"]
+    return AliasChoices(*choices)
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on (hyper-threads counted once)."""
+    try:
+        usable = os.sched_getaffinity(0)
+    except AttributeError:  # pragma: no cover - not Linux
+        usable = set(range(os.cpu_count() or 1))
+    cores: set[str] = set()
+    for cpu in usable:
+        base = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            package = (base / "physical_package_id").read_text().strip()
+            core = (base / "core_id").read_text().strip()
+        except OSError:
+            cores.add(f"cpu{cpu}")
+            continue
+        cores.add(f"{package}:{core}")
+    return max(1, len(cores))
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: Any) -> float | None:
+    """Seconds from a number or a Go-style duration such as ``15m`` or ``1h30m``.
+
+    ``None``, ``""``, ``0`` and ``"off"`` mean disabled.
+    """
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        text = str(value).strip().lower()
+        if text in ("", "off", "false", "none", "0"):
+            return None
+        try:
+            seconds = float(text)
+        except ValueError:
+            parts = _DURATION.findall(text)
+            if not parts or "".join(n + u for n, u in parts) != text:
+                raise ValueError(f"not a duration: {value!r} (use seconds or e.g. 15m, 1h30m)")
+            seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds or None
+
+
+def split_list(value: str | None) -> list[str]:
+    """Items of a comma-separated setting, blanks dropped."""
+    if not value:
+        return []
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+class Settings(BaseSettings):
+    """Everything `lokal serve` can be told. Field descriptions become `--help`."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        populate_by_name=True,
+    )
+
+    models_path: Path = Field(
+        Path("models"), validation_alias=_env("MODELS_PATH"),
+        description="Folder of model files and LocalAI-style YAML configs.",
+    )
+    config_file: Path | None = Field(
+        None, validation_alias=_env("CONFIG_FILE"),
+        description="A YAML file holding a list of model configs, read besides the models folder.",
+    )
+    address: str = Field(
+        "0.0.0.0:8080", validation_alias=_env("ADDRESS"),
+        description="HOST:PORT to listen on (':8080' means all interfaces).",
+    )
+    threads: int | None = Field(
+        None, ge=1, validation_alias=_env("THREADS"),
+        description="Threads per model engine. Default: the number of physical cores.",
+    )
+    context_size: int | None = Field(
+        None, ge=64, validation_alias=_env("CONTEXT_SIZE"),
+        description="Default context window in tokens for models whose config sets none "
+        "(default: the model's own, capped at 4096).",
+    )
+    parallel_requests: int = Field(
+        4, ge=1, le=256, validation_alias=_env("PARALLEL_REQUESTS"),
+        description="Slots per model: requests decoded together by continuous batching.",
+    )
+    max_active_backends: int = Field(
+        0, ge=0, validation_alias=_env("MAX_ACTIVE_BACKENDS", "SINGLE_ACTIVE_BACKEND_COUNT"),
+        description="Most models loaded at once; the least recently used is unloaded "
+        "to make room (0: no limit).",
+    )
+    watchdog_idle_timeout: float | None = Field(
+        None, validation_alias=_env("WATCHDOG_IDLE_TIMEOUT"),
+        description="Unload a model idle this long (seconds or a duration like 15m; "
+        "unset: never).",
+    )
+    preload_models: str | None = Field(
+        None, validation_alias=_env("PRELOAD_MODELS"),
+        description="Comma-separated model names to load at start-up.",
+    )
+    api_key: str | None = Field(
+        None, validation_alias=_env("API_KEY"),
+        description="Comma-separated API keys; when set every route but /healthz and "
+        "/readyz needs one (Authorization: Bearer KEY or x-api-key: KEY).",
+    )
+    cors: bool = Field(
+        False, validation_alias=_env("CORS"),
+        description="Answer cross-origin requests from browsers.",
+    )
+    cors_allow_origins: str | None = Field(
+        None, validation_alias=_env("CORS_ALLOW_ORIGINS"),
+        description="Comma-separated origins allowed with --cors (default: any).",
+    )
+    upload_limit: int = Field(
+        15, ge=1, validation_alias=_env("UPLOAD_LIMIT"),
+        description="Largest request body in MB; larger ones get 413.",
+    )
+    log_level: str = Field(
+        "info", validation_alias=_env("LOG_LEVEL"),
+        description="debug, info, warning or error. debug logs rendered prompts.",
+    )
+    debug: bool = Field(
+        False, validation_alias=_env("DEBUG"),
+        description="Same as --log-level debug.",
+    )
+
+    @field_validator("watchdog_idle_timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float | None:
+        return parse_duration(value)
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        level = value.strip().lower()
+        if level == "warn":
+            level = "warning"
+        if level not in ("debug", "info", "warning", "error"):
+            raise ValueError("log level must be debug, info, warning or error")
+        return level
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        host, sep, port = value.strip().rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("address must be HOST:PORT, e.g. 0.0.0.0:8080 or :8080")
+        return value.strip()
+
+    # Derived values -------------------------------------------------------
+
+    @property
+    def host(self) -> str:
+        host = self.address.rpartition(":")[0].strip("[]")
+        return host or "0.0.0.0"
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rpartition(":")[2])
+
+    @property
+    def effective_threads(self) -> int:
+        return self.threads or physical_cores()
+
+    @property
+    def effective_log_level(self) -> str:
+        return "debug" if self.debug else self.log_level
+
+    @property
+    def api_keys(self) -> list[str]:
+        return split_list(self.api_key)
+
+    @property
+    def cors_origins(self) -> list[str]:
+        return split_list(self.cors_allow_origins) or ["*"]
+
+    @property
+    def preload(self) -> list[str]:
+        return split_list(self.preload_models)
+
+    @property
+    def upload_limit_bytes(self) -> int:
+        return self.upload_limit * 1024 * 1024
+
+    @property
+    def is_loopback(self) -> bool:
+        return self.host in ("127.0.0.1", "localhost", "::1") or self.host.startswith("127.")
+
+
+def env_names(field: str) -> list[str]:
+    """The environment names a setting answers to, for --help."""
+    alias = Settings.model_fields[field].validation_alias
+    assert isinstance(alias, AliasChoices)
+    return [str(choice) for choice in alias.choices]

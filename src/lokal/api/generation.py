@@ -81,12 +81,13 @@ async def respond(request: Request, lease: Lease, call: EngineCall, *, kind: str
             while True:
                 for chunk in pending:
                     for shaped in shaper.shape(chunk):
-                        if shaped["choices"] or include_usage:
-                            yield sse(shaped)
+                        yield sse(shaped)
                 try:
                     pending = [await anext(chunks)]
                 except StopAsyncIteration:
                     break
+            if include_usage:
+                yield sse(shaper.usage_chunk())
             yield sse("[DONE]")
         except Exception as exc:  # noqa: BLE001 - reported to the client in-stream
             yield sse(to_api_error(exc).body())

@@ -79,8 +79,8 @@ class Shaper:
 
     `kind` is what the client asked for ("chat" or "completion"); `source` is
     what the engine ran. A chat rendered by LocalAI templates runs as a
-    completion and is reshaped into chat chunks here. Usage always comes out as
-    its own chunk with `choices: []`; the caller drops it unless asked for.
+    completion and is reshaped into chat chunks here. Usage is summed over the
+    engine's tasks and sent last, by `usage_chunk`, when the client asks for it.
     """
 
     def __init__(self, kind: str, source: str, model: str) -> None:
@@ -110,12 +110,24 @@ class Shaper:
             out.append(self._chunk(choices))
         usage = engine_chunk.get("usage")
         if usage:
-            self.usage = {k: usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")
-                          if k in usage}
-            if "prompt_tokens_details" in usage:
-                self.usage["prompt_tokens_details"] = usage["prompt_tokens_details"]
-            out.append(self._chunk([], self.usage))
+            self._add_usage(usage)
         return out
+
+    def _add_usage(self, usage: dict[str, Any]) -> None:
+        """Sum usage over the engine's tasks (one per prompt or choice)."""
+        total = self.usage or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+            total[key] += int(usage.get(key) or 0)
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+        if cached is not None:
+            details = total.setdefault("prompt_tokens_details", {"cached_tokens": 0})
+            details["cached_tokens"] += int(cached)
+        self.usage = total
+
+    def usage_chunk(self) -> dict[str, Any]:
+        """The closing chunk of a stream that asked for usage."""
+        return self._chunk([], self.usage or {"prompt_tokens": 0, "completion_tokens": 0,
+                                              "total_tokens": 0})
 
     def _choice(self, choice: dict[str, Any]) -> list[dict[str, Any]]:
         index = int(choice.get("index", 0))

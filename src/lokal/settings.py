@@ -125,6 +125,10 @@ class Settings(BaseSettings):
         description="Unload a model idle this long (seconds or a duration like 15m; "
         "unset: never).",
     )
+    embeddings_batching: bool = Field(
+        True, validation_alias=_env("EMBEDDINGS_BATCHING"),
+        description="Run concurrent embedding requests for a model as shared batches.",
+    )
     preload_models: str | None = Field(
         None, validation_alias=_env("PRELOAD_MODELS"),
         description="Comma-separated model names to load at start-up.",

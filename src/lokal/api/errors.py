@@ -16,8 +16,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lokal.backends.base import EngineError
+from lokal.models.embedding import EmbeddingInputError
 from lokal.models.prompting import PromptError
-from lokal.models.registry import ModelUnavailableError, UnknownModelError
+from lokal.models.registry import ModelCapabilityError, ModelUnavailableError, UnknownModelError
 
 log = logging.getLogger("lokal.api")
 
@@ -86,6 +87,10 @@ def to_api_error(exc: Exception) -> APIError:
         return from_engine(exc)
     if isinstance(exc, PromptError):
         return APIError(400, str(exc))
+    if isinstance(exc, ModelCapabilityError):
+        return APIError(400, str(exc), param="model")
+    if isinstance(exc, EmbeddingInputError):
+        return APIError(400, str(exc), param="input")
     log.exception("unhandled error", exc_info=exc)
     return APIError(500, "The server had an internal error; see its log.", type="server_error")
 
@@ -126,7 +131,8 @@ def install_handlers(app: FastAPI) -> None:
             message = "Unknown route. See /openapi.json for the routes this server answers."
         return APIError(exc.status_code, message, headers=getattr(exc, "headers", None)).response()
 
-    for cls in (UnknownModelError, ModelUnavailableError, EngineError, PromptError):
+    for cls in (UnknownModelError, ModelUnavailableError, EngineError, PromptError,
+                ModelCapabilityError, EmbeddingInputError):
         app.add_exception_handler(cls, _known)
 
     @app.exception_handler(Exception)

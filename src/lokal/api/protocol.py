@@ -216,3 +216,30 @@ class CompletionRequest(_SamplingRequest):
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
             return len(prompt)
         return 1
+
+
+MAX_EMBEDDING_INPUTS = 2048
+
+
+class EmbeddingRequest(_Request):
+    model: str = Field(min_length=1, max_length=256)
+    input: str | list[str] | TokenIds | list[TokenIds]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+    user: str | None = None
+
+    @field_validator("input")
+    @classmethod
+    def _input(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if not value:
+                raise ValueError("input may not be an empty string")
+            return value
+        if not value:
+            raise ValueError("input may not be an empty list")
+        if len(value) > MAX_EMBEDDING_INPUTS:
+            raise ValueError(f"at most {MAX_EMBEDDING_INPUTS} inputs are allowed in one request")
+        for item in value:
+            if (isinstance(item, str) or isinstance(item, list)) and not item:
+                raise ValueError("input items may not be empty")
+        return value

@@ -56,19 +56,40 @@ class LoadOptions:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class Embeddings:
+    """Unit-length vectors in input order, and the tokens they took."""
+
+    vectors: list[list[float]]
+    prompt_tokens: int
+
+
 class Backend(ABC):
-    """A loaded model. Methods block the calling thread and may run concurrently."""
+    """A loaded model. Methods block the calling thread and may run concurrently.
+
+    An engine implements what its `capabilities` say; the rest refuse.
+    """
 
     #: what the model can do: "chat", "completion", "embeddings", "rerank"
     capabilities: frozenset[str] = frozenset()
 
-    @abstractmethod
     def chat(self, body: dict[str, Any], sink: ChunkSink) -> None:
         """Stream a chat completion for an OpenAI-style body into sink."""
+        raise EngineError(400, "this model cannot chat")
 
-    @abstractmethod
     def complete(self, body: dict[str, Any], sink: ChunkSink) -> None:
         """Stream a text completion for an OpenAI-style body into sink."""
+        raise EngineError(400, "this model cannot complete text")
+
+    def embed(self, inputs: list[str] | list[list[int]], truncate: bool) -> Embeddings:
+        """Embed texts (or the model's own token ids). Over-long inputs are cut to
+        the model's window when truncate is set, else refused with a 400."""
+        raise EngineError(400, "this model cannot embed")
+
+    @property
+    def dimensions(self) -> int | None:
+        """Length of the vectors embed returns, when known."""
+        return None
 
     @abstractmethod
     def close(self) -> None:

@@ -11,12 +11,14 @@ returning an error dict.
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import threading
 from typing import Any
 
 from lokal.backends import engine_log
-from lokal.backends.base import Backend, ChunkSink, EngineError, LoadOptions, ModelLoadError
+from lokal.backends.base import (Backend, ChunkSink, Embeddings, EngineError, LoadOptions,
+                                 ModelLoadError)
 from lokal.models.files import ModelFileError, read_gguf
 
 log = logging.getLogger("lokal.backends.llamacpp")
@@ -24,6 +26,8 @@ log = logging.getLogger("lokal.backends.llamacpp")
 # Loads are serialized: they are memory- and CPU-bound, and the engine log read
 # after a failed load must belong to that load.
 _load_lock = threading.Lock()
+# How the engine says an embedding input is over its window (it carries the count).
+_TOO_LARGE = re.compile(r"input \((\d+) tokens\) is too large")
 
 
 def _import_engine() -> Any:
@@ -62,7 +66,7 @@ class LlamaCppBackend(Backend):
                 "it cannot chat or complete. Serve it with `embeddings: true` and call /v1/embeddings."
             )
         self.info = info
-        self.capabilities = frozenset({"embeddings"} if info.is_encoder else {"chat", "completion"})
+        self.capabilities = frozenset({"embeddings"} if options.embeddings else {"chat", "completion"})
         xllamacpp = _import_engine()
         params = xllamacpp.CommonParams()
         params.model.path = str(options.model_path)
@@ -78,6 +82,14 @@ class LlamaCppBackend(Backend):
         params.n_threads_http = 1
         # The engine also listens on a loopback port; a random key closes that side door.
         params.api_keys = [secrets.token_urlsafe(32)]
+        if options.embeddings:
+            # A whole input must fit one micro-batch; vectors come back unit length.
+            params.embedding = True
+            params.n_batch = params.n_ubatch = options.context_size
+            pooling = info.pooling_type
+            if pooling is None:
+                pooling = int(xllamacpp.llama_pooling_type.LLAMA_POOLING_TYPE_MEAN)
+            params.pooling_type = xllamacpp.llama_pooling_type(pooling)
         if options.gpu_layers is not None:
             params.n_gpu_layers = options.gpu_layers
         if options.mmap is False:
@@ -126,6 +138,38 @@ class LlamaCppBackend(Backend):
     def complete(self, body: dict[str, Any], sink: ChunkSink) -> None:
         self._stream(self._server.handle_completions, body, sink)
 
+    @property
+    def dimensions(self) -> int | None:
+        value = self.info.arch_value("embedding_length")
+        return int(value) if isinstance(value, int) else None
+
+    def embed(self, inputs: list[str] | list[list[int]], truncate: bool) -> Embeddings:
+        result = self._server.handle_embeddings({"input": inputs})
+        error = result.get("error") if isinstance(result, dict) else None
+        if error is None:
+            data = sorted(result["data"], key=lambda item: item["index"])
+            return Embeddings([item["embedding"] for item in data],
+                              int(result.get("usage", {}).get("prompt_tokens", 0)))
+        too_large = _TOO_LARGE.search(str(error.get("message", "")))
+        if too_large is None:
+            raise EngineError.from_dict(error)
+        if len(inputs) > 1:  # find and cut the long ones, one by one
+            parts = [self.embed([item], truncate) for item in inputs]  # type: ignore[list-item]
+            return Embeddings([p.vectors[0] for p in parts], sum(p.prompt_tokens for p in parts))
+        tokens, window = int(too_large.group(1)), self.options.context_size
+        if not truncate:
+            raise EngineError(400, f"The input is {tokens} tokens, more than this model's "
+                                   f"{window}-token window (the model's config sets truncate: false).")
+        return self.embed([_shorten(inputs[0], tokens, window)], truncate)  # type: ignore[list-item]
+
     def close(self) -> None:
         server = self.__dict__.pop("_server", None)
         del server  # the engine's destructor stops its loop and frees the model
+
+
+def _shorten(item: str | list[int], tokens: int, window: int) -> str | list[int]:
+    """An input cut to fit window tokens: token ids exactly, text by its token density."""
+    if isinstance(item, list):
+        return item[:window]
+    keep = max(1, int(len(item) * window / tokens * 0.95))
+    return item[:min(keep, len(item) - 1)]

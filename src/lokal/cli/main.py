@@ -76,7 +76,8 @@ def cmd_serve(settings: Settings) -> int:
     registry = ModelRegistry(
         settings.models_path,
         EngineDefaults(threads=threads, parallel=settings.parallel_requests,
-                       context_size=settings.context_size),
+                       context_size=settings.context_size,
+                       batch_embeddings=settings.embeddings_batching),
         config_file=settings.config_file,
         max_active=settings.max_active_backends,
         idle_timeout=settings.watchdog_idle_timeout,
@@ -155,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"lokal demo: {exc}", file=sys.stderr)
             return 1
         args.models_path = str(folder)
+        if not hasattr(args, "preload_models"):
+            args.preload_models = "gpt-3.5-turbo,text-embedding-ada-002"
         args.handler = cmd_serve
     try:
         settings = load_settings(args)

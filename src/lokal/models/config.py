@@ -10,7 +10,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -28,7 +28,8 @@ BACKEND_ALIASES = {
     "llama.cpp": "llama-cpp",
     "llamacpp": "llama-cpp",
     "llama-stable": "llama-cpp",
-    "bert-embeddings": "llama-cpp",
+    # LocalAI's BERT backend: served from a GGUF or a Hugging Face folder alike.
+    "bert-embeddings": "auto",
     "sentencetransformers": "sentence-transformers",
     "sentence-transformers": "sentence-transformers",
     "transformers": "sentence-transformers",
@@ -96,6 +97,11 @@ class ModelConfig(BaseModel):
     template: TemplateConfig = Field(default_factory=TemplateConfig)
     known_usecases: list[str] | None = None
     embeddings: bool = False
+    # Embeddings: cut inputs longer than the model's window (false: refuse them with a 400).
+    truncate: bool = True
+    # Embeddings: token-id inputs are OpenAI cl100k_base ids (what OpenAI clients and
+    # LangChain send) unless this says they are the model's own.
+    token_ids: Literal["openai", "model"] = "openai"
 
     @field_validator("name")
     @classmethod
@@ -129,7 +135,8 @@ class ModelConfig(BaseModel):
         """The engine named by `backend`, or None to choose from the file."""
         if not self.backend:
             return None
-        return BACKEND_ALIASES.get(self.backend.strip().lower())
+        engine = BACKEND_ALIASES.get(self.backend.strip().lower())
+        return None if engine == "auto" else engine
 
     @property
     def unknown_fields(self) -> list[str]:
@@ -211,7 +218,7 @@ def _parse_template(source: str, name: str) -> templates.Template:
 def _entry_from_config(models_path: Path, config: ModelConfig, source: Path) -> ModelEntry:
     entry = ModelEntry(name=config.name, source=source, config=config)
     try:
-        if config.backend and config.engine is None:
+        if config.backend and config.backend.strip().lower() not in BACKEND_ALIASES:
             raise ConfigError(
                 f"backend {config.backend!r} is not served by lokal "
                 f"(known: {', '.join(sorted(BACKEND_ALIASES))})"

@@ -15,8 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lokal.backends.base import Backend, LoadOptions, ModelLoadError
+from lokal.backends.base import Backend, Embeddings, LoadOptions, ModelLoadError
 from lokal.models.config import ModelEntry, scan_models
+from lokal.models.embedding import EmbeddingBatcher
 from lokal.models.files import ModelFileError, inspect
 
 log = logging.getLogger("lokal.models")
@@ -41,6 +42,21 @@ class ModelUnavailableError(RuntimeError):
         self.reason = reason
 
 
+class ModelCapabilityError(ValueError):
+    """The model exists but does not do what the request asks (a 400)."""
+
+    def __init__(self, name: str, purpose: str, hint: str = "") -> None:
+        what = {"generate": "chat or text completion", "embed": "embeddings"}.get(purpose, purpose)
+        super().__init__(f"The model '{name}' does not support {what}.{hint}")
+        self.name = name
+        self.purpose = purpose
+
+
+#: What a request needs from a model: text generation or embeddings. A model that
+#: does both gets one engine instance for each, so their caches never mix.
+PURPOSES = ("generate", "embed")
+
+
 @dataclass
 class EngineDefaults:
     """Server-wide values a model config may override."""
@@ -48,6 +64,7 @@ class EngineDefaults:
     threads: int
     parallel: int
     context_size: int | None = None
+    batch_embeddings: bool = True
 
 
 BackendFactory = Callable[[str, LoadOptions], Backend]
@@ -59,12 +76,17 @@ def default_backend_factory(engine: str, options: LoadOptions) -> Backend:
         from lokal.backends.llamacpp import LlamaCppBackend
 
         return LlamaCppBackend(options)
+    if engine == "sentence-transformers":
+        from lokal.backends.sentence_transformers import SentenceTransformersBackend
+
+        return SentenceTransformersBackend(options)
     raise ModelLoadError(f"the {engine!r} backend is not available in this version of lokal")
 
 
 class _Loaded:
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, batcher: EmbeddingBatcher | None = None) -> None:
         self.backend = backend
+        self.batcher = batcher
         self.in_use = 0
         self.last_used = time.monotonic()
         self.idle = asyncio.Event()
@@ -80,6 +102,14 @@ class Lease:
         self._registry = registry
         self._loaded = loaded
         self._released = False
+
+    async def embed(self, inputs: list[str] | list[list[int]]) -> Embeddings:
+        """Embed with the leased model, batched with other requests when enabled."""
+        truncate = self.entry.config.truncate if self.entry.config is not None else True
+        batcher = self._loaded.batcher
+        if batcher is not None and inputs and isinstance(inputs[0], str):
+            return await batcher.embed(inputs)  # type: ignore[arg-type]
+        return await asyncio.to_thread(self.backend.embed, inputs, truncate)
 
     def release(self) -> None:
         if self._released:
@@ -105,8 +135,8 @@ class ModelRegistry:
         self.idle_timeout = idle_timeout
         self._factory = backend_factory
         self._entries: dict[str, ModelEntry] = {}
-        self._loaded: dict[str, _Loaded] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._loaded: dict[tuple[str, str], _Loaded] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._capacity = asyncio.Lock()
         self._watchdog: asyncio.Task[None] | None = None
         self.scan()
@@ -128,12 +158,12 @@ class ModelRegistry:
         except KeyError:
             raise UnknownModelError(name) from None
 
-    def is_loaded(self, name: str) -> bool:
-        return name in self._loaded
+    def is_loaded(self, name: str, purpose: str = "generate") -> bool:
+        return (name, purpose) in self._loaded
 
     # Loading -----------------------------------------------------------------
 
-    def load_options(self, entry: ModelEntry) -> tuple[str, LoadOptions]:
+    def load_options(self, entry: ModelEntry, purpose: str = "generate") -> tuple[str, LoadOptions]:
         """The engine and options for an entry, from its config, file and defaults."""
         config = entry.config
         assert config is not None and entry.model_path is not None
@@ -141,7 +171,24 @@ class ModelRegistry:
             model_file = inspect(entry.model_path)
         except ModelFileError as exc:
             raise ModelUnavailableError(entry.name, str(exc)) from exc
-        engine = config.engine or ("llama-cpp" if model_file.kind == "gguf" else "sentence-transformers")
+        file_engine = "llama-cpp" if model_file.kind == "gguf" else "sentence-transformers"
+        engine = config.engine or file_engine
+        if engine != file_engine:
+            raise ModelUnavailableError(entry.name, (
+                f"backend {config.backend!r} cannot serve {entry.model_path.name}: it is "
+                + ("a GGUF file (use backend llama-cpp)" if model_file.kind == "gguf" else
+                   "a Hugging Face model folder (use backend sentence-transformers, or convert "
+                   "it with `lokal models convert`)")))
+        encoder = model_file.gguf is not None and model_file.gguf.is_encoder
+        if model_file.kind == "hf" or encoder:
+            supported = {"embed"}
+        else:
+            supported = {"generate", "embed"} if config.embeddings else {"generate"}
+        if purpose not in supported:
+            hint = (" It is a text-generation model: set `embeddings: true` in its config to "
+                    "serve embeddings too." if purpose == "embed" else
+                    " It is an embedding model: use /v1/embeddings.")
+            raise ModelCapabilityError(entry.name, purpose, hint)
         trained = model_file.gguf.context_length if model_file.gguf else None
         context = config.context_size or self.defaults.context_size
         if context is None:
@@ -157,29 +204,30 @@ class ModelRegistry:
             f16=config.f16,
             mmap=config.mmap,
             gpu_layers=config.gpu_layers,
-            embeddings=config.embeddings,
+            embeddings=purpose == "embed",
         )
         return engine, options
 
-    async def acquire(self, name: str) -> Lease:
-        """The named model, loaded, held for one request."""
+    async def acquire(self, name: str, purpose: str = "generate") -> Lease:
+        """The named model, loaded for purpose, held for one request."""
         entry = self.entry(name)
         if entry.error is not None:
             raise ModelUnavailableError(name, entry.error)
-        loaded = self._loaded.get(name)
+        key = (name, purpose)
+        loaded = self._loaded.get(key)
         if loaded is None:
-            lock = self._locks.setdefault(name, asyncio.Lock())
+            lock = self._locks.setdefault(key, asyncio.Lock())
             async with lock:
-                loaded = self._loaded.get(name)
+                loaded = self._loaded.get(key)
                 if loaded is None:
-                    loaded = await self._load(entry)
+                    loaded = await self._load(entry, purpose)
         loaded.in_use += 1
         loaded.idle.clear()
         loaded.last_used = time.monotonic()
         return Lease(self, entry, loaded)
 
-    async def _load(self, entry: ModelEntry) -> _Loaded:
-        engine, options = self.load_options(entry)
+    async def _load(self, entry: ModelEntry, purpose: str) -> _Loaded:
+        engine, options = self.load_options(entry, purpose)
         await self._make_room()
         started = time.monotonic()
         log.info("loading model %s from %s (%s)", entry.name, options.model_path.name, engine)
@@ -188,8 +236,12 @@ class ModelRegistry:
         except ModelLoadError as exc:
             log.error("model %s failed to load: %s", entry.name, exc)
             raise ModelUnavailableError(entry.name, str(exc)) from exc
-        loaded = _Loaded(backend)
-        self._loaded[entry.name] = loaded
+        batcher = None
+        if purpose == "embed" and self.defaults.batch_embeddings:
+            truncate = entry.config.truncate if entry.config is not None else True
+            batcher = EmbeddingBatcher(backend, truncate)
+        loaded = _Loaded(backend, batcher)
+        self._loaded[(entry.name, purpose)] = loaded
         log.info("model %s ready in %.1fs", entry.name, time.monotonic() - started)
         return loaded
 
@@ -199,33 +251,44 @@ class ModelRegistry:
             return
         async with self._capacity:
             while len(self._loaded) >= self.max_active:
-                name, victim = min(self._loaded.items(), key=lambda item: item[1].last_used)
+                key, victim = min(self._loaded.items(), key=lambda item: item[1].last_used)
                 await victim.idle.wait()
-                if self._loaded.get(name) is victim and victim.in_use == 0:
-                    log.info("unloading model %s to make room (MAX_ACTIVE_BACKENDS=%d)",
-                             name, self.max_active)
-                    await self._unload(name)
+                if self._loaded.get(key) is victim and victim.in_use == 0:
+                    log.info("unloading model %s (%s) to make room (MAX_ACTIVE_BACKENDS=%d)",
+                             key[0], key[1], self.max_active)
+                    await self._unload(key)
 
-    async def _unload(self, name: str) -> None:
-        loaded = self._loaded.pop(name, None)
+    async def _unload(self, key: tuple[str, str]) -> None:
+        loaded = self._loaded.pop(key, None)
         if loaded is not None:
             await asyncio.to_thread(loaded.backend.close)
 
     async def unload(self, name: str) -> bool:
         """Unload a model once its requests are done; False if it was not loaded."""
-        loaded = self._loaded.get(name)
-        if loaded is None:
-            return False
-        await loaded.idle.wait()
-        await self._unload(name)
-        log.info("unloaded model %s", name)
-        return True
+        keys = [key for key in self._loaded if key[0] == name]
+        for key in keys:
+            loaded = self._loaded.get(key)
+            if loaded is not None:
+                await loaded.idle.wait()
+                await self._unload(key)
+        if keys:
+            log.info("unloaded model %s", name)
+        return bool(keys)
+
+    def default_purpose(self, name: str) -> str:
+        """What a model is mainly for: embeddings-only models preload as such."""
+        entry = self.entry(name)
+        try:
+            self.load_options(entry, "generate")
+        except ModelCapabilityError:
+            return "embed"
+        return "generate"
 
     async def preload(self, names: list[str]) -> None:
         for name in names:
             try:
-                lease = await self.acquire(name)
-            except (UnknownModelError, ModelUnavailableError) as exc:
+                lease = await self.acquire(name, self.default_purpose(name))
+            except (UnknownModelError, ModelUnavailableError, ModelCapabilityError) as exc:
                 log.error("preload of %r failed: %s", name, exc)
                 continue
             lease.release()
@@ -241,15 +304,15 @@ class ModelRegistry:
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
-            for name, loaded in list(self._loaded.items()):
+            for key, loaded in list(self._loaded.items()):
                 if loaded.in_use == 0 and now - loaded.last_used >= timeout:
-                    log.info("unloading model %s: idle for %.0fs (WATCHDOG_IDLE_TIMEOUT)",
-                             name, now - loaded.last_used)
-                    await self._unload(name)
+                    log.info("unloading model %s (%s): idle for %.0fs (WATCHDOG_IDLE_TIMEOUT)",
+                             key[0], key[1], now - loaded.last_used)
+                    await self._unload(key)
 
     async def close(self) -> None:
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
-        for name in list(self._loaded):
-            await self._unload(name)
+        for key in list(self._loaded):
+            await self._unload(key)

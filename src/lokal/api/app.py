@@ -14,7 +14,7 @@ from starlette.middleware.cors import CORSMiddleware
 from lokal import __version__
 from lokal.api.errors import install_handlers
 from lokal.api.middleware import AuthMiddleware, BodyLimitMiddleware, NormalizeMiddleware
-from lokal.api.routes import embeddings, health, openai
+from lokal.api.routes import embeddings, health, openai, rerank
 from lokal.models.registry import ModelRegistry
 from lokal.settings import Settings
 
@@ -49,6 +49,8 @@ def create_app(settings: Settings, registry: ModelRegistry) -> FastAPI:
     app.include_router(openai.router, include_in_schema=False)
     app.include_router(embeddings.router, prefix="/v1", tags=["OpenAI"])
     app.include_router(embeddings.router, include_in_schema=False)
+    app.include_router(rerank.router, prefix="/v1", tags=["Rerank"])
+    app.include_router(rerank.router, include_in_schema=False)
 
     # Added innermost first: requests meet Normalize, CORS, Auth, BodyLimit in that order.
     app.add_middleware(BodyLimitMiddleware, limit_bytes=settings.upload_limit_bytes)

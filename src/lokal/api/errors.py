@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lokal.backends.base import EngineError
 from lokal.models.embedding import EmbeddingInputError
+from lokal.models.functions import FunctionSpecError
 from lokal.models.prompting import PromptError
 from lokal.models.registry import ModelCapabilityError, ModelUnavailableError, UnknownModelError
 
@@ -87,6 +88,8 @@ def to_api_error(exc: Exception) -> APIError:
         return from_engine(exc)
     if isinstance(exc, PromptError):
         return APIError(400, str(exc))
+    if isinstance(exc, FunctionSpecError):
+        return APIError(400, str(exc), param="tool_choice")
     if isinstance(exc, ModelCapabilityError):
         return APIError(400, str(exc), param="model")
     if isinstance(exc, EmbeddingInputError):
@@ -132,7 +135,7 @@ def install_handlers(app: FastAPI) -> None:
         return APIError(exc.status_code, message, headers=getattr(exc, "headers", None)).response()
 
     for cls in (UnknownModelError, ModelUnavailableError, EngineError, PromptError,
-                ModelCapabilityError, EmbeddingInputError):
+                ModelCapabilityError, EmbeddingInputError, FunctionSpecError):
         app.add_exception_handler(cls, _known)
 
     @app.exception_handler(Exception)

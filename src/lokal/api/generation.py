@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from lokal.api.errors import APIError, to_api_error
 from lokal.api.streaming import SSE_HEADERS, Aggregator, Shaper, engine_chunks, sse
+from lokal.models.functions import parse_reply
 from lokal.models.prompting import EngineCall
 from lokal.models.registry import Lease
 
@@ -54,7 +55,7 @@ async def respond(request: Request, lease: Lease, call: EngineCall, *, kind: str
         watcher.cancel()
         lease.release()
 
-    if not stream:
+    if not stream or call.functions is not None:
         aggregator = Aggregator(shaper)
         try:
             async for chunk in chunks:
@@ -63,7 +64,16 @@ async def respond(request: Request, lease: Lease, call: EngineCall, *, kind: str
         finally:
             await chunks.aclose()
             finish()
-        return JSONResponse(aggregator.result())
+        result = aggregator.result()
+        if call.functions is not None:
+            for choice in result["choices"]:
+                message, reason = parse_reply(choice["message"].get("content") or "", call.functions)
+                choice["message"] = message
+                choice["finish_reason"] = reason
+            if stream:  # the JSON was never the client's to see: send the parsed answer
+                return StreamingResponse(_replay(shaper, result, include_usage), media_type="text/event-stream",
+                                         headers=SSE_HEADERS)
+        return JSONResponse(result)
 
     # Errors before the first chunk (context overflow, bad grammar) are HTTP errors.
     try:
@@ -97,3 +107,21 @@ async def respond(request: Request, lease: Lease, call: EngineCall, *, kind: str
             finish()
 
     return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+async def _replay(shaper: Shaper, result: dict[str, Any], include_usage: bool) -> AsyncIterator[bytes]:
+    """A finished chat answer as a stream: role, content or call, finish, [usage], [DONE]."""
+    for choice in result["choices"]:
+        index, message = choice["index"], choice["message"]
+        delta: dict[str, Any] = {"role": "assistant", "content": message.get("content") or ""}
+        if message.get("function_call"):
+            delta = {"role": "assistant", "content": None, "function_call": message["function_call"]}
+        elif message.get("tool_calls"):
+            delta = {"role": "assistant", "content": None,
+                     "tool_calls": [dict(call, index=i) for i, call in enumerate(message["tool_calls"])]}
+        yield sse(shaper.chunk([{"index": index, "delta": delta, "logprobs": None, "finish_reason": None}]))
+        yield sse(shaper.chunk([{"index": index, "delta": {}, "logprobs": None,
+                                 "finish_reason": choice["finish_reason"]}]))
+    if include_usage:
+        yield sse(shaper.usage_chunk())
+    yield sse("[DONE]")

@@ -15,6 +15,7 @@ from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _REPEATED_V1 = re.compile(r"^(/v1)(/v1)+(?=/|$)")
+_SLASHES = re.compile(r"//+")
 
 
 async def send_error(send: Send, status: int, message: str, error_type: str,
@@ -28,7 +29,8 @@ async def send_error(send: Send, status: int, message: str, error_type: str,
 
 
 class NormalizeMiddleware:
-    """`/v1/v1/x` is `/v1/x` (a base URL that already ended in /v1), and a JSON body
+    """`/v1/v1/x` is `/v1/x` (a base URL that already ended in /v1), `//x` is `/x`
+    (one that ended in a slash), and a JSON body
     is JSON whatever Content-Type says (curl -d sends form encoding)."""
 
     def __init__(self, app: ASGIApp) -> None:
@@ -37,7 +39,7 @@ class NormalizeMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path = scope["path"]
-            fixed = _REPEATED_V1.sub(r"\1", path)
+            fixed = _REPEATED_V1.sub(r"\1", _SLASHES.sub("/", path))
             if fixed != path:
                 scope = dict(scope, path=fixed, raw_path=fixed.encode())
             if scope["method"] in ("POST", "PUT", "PATCH"):

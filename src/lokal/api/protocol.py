@@ -177,9 +177,12 @@ class ChatCompletionRequest(_SamplingRequest):
     response_format: ResponseFormat | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
-    tools: list[ToolDef] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tools: list[ToolDef] | None = Field(None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
+    # OpenAI's legacy function calling, which Dify's LocalAI provider sends.
+    functions: list[FunctionDef] | None = Field(None, max_length=128)
+    function_call: Literal["none", "auto"] | dict[str, Any] | None = None
 
     def engine_params(self) -> dict[str, Any]:
         data = super().engine_params()
@@ -243,3 +246,24 @@ class EmbeddingRequest(_Request):
             if (isinstance(item, str) or isinstance(item, list)) and not item:
                 raise ValueError("input items may not be empty")
         return value
+
+
+MAX_RERANK_DOCUMENTS = 1000
+
+
+class RerankDocument(_Request):
+    text: str
+
+
+class RerankRequest(_Request):
+    """Jina/Cohere-style rerank, as LocalAI and Dify send it."""
+
+    model: str = Field(min_length=1, max_length=256)
+    query: str = Field(min_length=1)
+    documents: list[str | RerankDocument] = Field(min_length=1, max_length=MAX_RERANK_DOCUMENTS)
+    top_n: int | None = Field(None, ge=1)
+    return_documents: bool = True
+
+    @property
+    def texts(self) -> list[str]:
+        return [d if isinstance(d, str) else d.text for d in self.documents]

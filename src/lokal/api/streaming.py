@@ -94,7 +94,7 @@ class Shaper:
         self._started: set[int] = set()
         self.usage: dict[str, Any] | None = None
 
-    def _chunk(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> dict[str, Any]:
+    def chunk(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> dict[str, Any]:
         chunk: dict[str, Any] = {"id": self.id, "object": self.object, "created": self.created,
                                  "model": self.model, "choices": choices}
         if usage is not None:
@@ -107,7 +107,7 @@ class Shaper:
         for choice in engine_chunk.get("choices") or []:
             choices.extend(self._choice(choice))
         if choices:
-            out.append(self._chunk(choices))
+            out.append(self.chunk(choices))
         usage = engine_chunk.get("usage")
         if usage:
             self._add_usage(usage)
@@ -126,7 +126,7 @@ class Shaper:
 
     def usage_chunk(self) -> dict[str, Any]:
         """The closing chunk of a stream that asked for usage."""
-        return self._chunk([], self.usage or {"prompt_tokens": 0, "completion_tokens": 0,
+        return self.chunk([], self.usage or {"prompt_tokens": 0, "completion_tokens": 0,
                                               "total_tokens": 0})
 
     def _choice(self, choice: dict[str, Any]) -> list[dict[str, Any]]:

@@ -64,6 +64,16 @@ class Embeddings:
     prompt_tokens: int
 
 
+@dataclass
+class Transcription:
+    """What a speech model heard."""
+
+    text: str
+    language: str | None = None
+    duration: float | None = None
+    segments: list[dict[str, Any]] = field(default_factory=list)  # id, start, end, text
+
+
 class Backend(ABC):
     """A loaded model. Methods block the calling thread and may run concurrently.
 
@@ -85,6 +95,16 @@ class Backend(ABC):
         """Embed texts (or the model's own token ids). Over-long inputs are cut to
         the model's window when truncate is set, else refused with a 400."""
         raise EngineError(400, "this model cannot embed")
+
+    def rerank(self, query: str, documents: list[str]) -> Embeddings:
+        """Relevance of each document to query, in document order, as one-value
+        vectors (native rerankers), with the tokens it took."""
+        raise EngineError(400, "this model is not a reranker")
+
+    def transcribe(self, audio: bytes, *, language: str | None = None, prompt: str | None = None,
+                   temperature: float = 0.0) -> Transcription:
+        """Speech in an audio file (any format the engine decodes) to text."""
+        raise EngineError(400, "this model cannot transcribe audio")
 
     @property
     def dimensions(self) -> int | None:

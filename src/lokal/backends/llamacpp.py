@@ -66,7 +66,12 @@ class LlamaCppBackend(Backend):
                 "it cannot chat or complete. Serve it with `embeddings: true` and call /v1/embeddings."
             )
         self.info = info
-        self.capabilities = frozenset({"embeddings"} if options.embeddings else {"chat", "completion"})
+        if options.extra.get("purpose") == "rerank":
+            self.capabilities = frozenset({"rerank"})
+        elif options.embeddings:
+            self.capabilities = frozenset({"embeddings"})
+        else:
+            self.capabilities = frozenset({"chat", "completion"})
         xllamacpp = _import_engine()
         params = xllamacpp.CommonParams()
         params.model.path = str(options.model_path)
@@ -161,6 +166,18 @@ class LlamaCppBackend(Backend):
             raise EngineError(400, f"The input is {tokens} tokens, more than this model's "
                                    f"{window}-token window (the model's config sets truncate: false).")
         return self.embed([_shorten(inputs[0], tokens, window)], truncate)  # type: ignore[list-item]
+
+    def rerank(self, query: str, documents: list[str]) -> Embeddings:
+        result = self._server.handle_rerank({"query": query, "documents": documents,
+                                             "top_n": len(documents)})
+        if isinstance(result, dict) and "error" in result:
+            raise EngineError.from_dict(result["error"])
+        items = result.get("results", result) if isinstance(result, dict) else result
+        scores = [0.0] * len(documents)
+        for item in items:
+            scores[int(item["index"])] = float(item["relevance_score"])
+        usage = result.get("usage", {}) if isinstance(result, dict) else {}
+        return Embeddings([[s] for s in scores], int(usage.get("total_tokens", 0)))
 
     def close(self) -> None:
         server = self.__dict__.pop("_server", None)

@@ -20,32 +20,39 @@ EXTRA_HINT = ("this model needs the sentence-transformers backend: "
 
 
 class SentenceTransformersBackend(Backend):
-    """An embedding model folder (modules.json / config.json + weights)."""
-
-    capabilities = frozenset({"embeddings"})
+    """An embedding model folder (modules.json / config.json + weights), or a
+    cross-encoder (reranker) folder when loaded for rerank."""
 
     def __init__(self, options: LoadOptions) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a model folder never needs the hub
         try:
             import torch
-            from sentence_transformers import SentenceTransformer
+            from sentence_transformers import CrossEncoder, SentenceTransformer
         except ImportError as exc:
             raise ModelLoadError(f"{options.model_path.name}: {EXTRA_HINT} ({exc})") from exc
         torch.set_num_threads(options.threads)
+        self.cross_encoder = options.extra.get("purpose") == "rerank"
+        self.capabilities = frozenset({"rerank"} if self.cross_encoder else {"embeddings"})
         try:
-            self._model = SentenceTransformer(str(options.model_path), device="cpu",
-                                              local_files_only=True)
+            if self.cross_encoder:
+                self._model = CrossEncoder(str(options.model_path), device="cpu", local_files_only=True)
+            else:
+                self._model = SentenceTransformer(str(options.model_path), device="cpu",
+                                                  local_files_only=True)
         except Exception as exc:  # noqa: BLE001 - any loader failure is the user's to read
             raise ModelLoadError(f"{options.model_path.name} failed to load: {exc}") from exc
         self._torch = torch
         self._lock = threading.Lock()  # torch already uses every thread it was given
         self.options = options
-        self.window = int(self._model.max_seq_length or 512)
+        self.window = int(getattr(self._model, "max_seq_length", None) or getattr(
+            self._model, "max_length", None) or 512)
         log.info("loaded %s (sentence-transformers, %d dims, window %d)", options.model_path.name,
                  self.dimensions or 0, self.window)
 
     @property
     def dimensions(self) -> int | None:
+        if self.cross_encoder:
+            return None
         model = self._model
         get = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         return get()
@@ -68,6 +75,15 @@ class SentenceTransformersBackend(Backend):
             vectors = self._model.encode(texts, batch_size=64, normalize_embeddings=True,
                                          convert_to_numpy=True, show_progress_bar=False)
         return Embeddings(vectors.tolist(), sum(min(c, self.window) for c in counts))
+
+    def rerank(self, query: str, documents: list[str]) -> Embeddings:
+        pairs = [(query, doc) for doc in documents]
+        encoded: Any = self._model.tokenizer(pairs, truncation=True, max_length=self.window)
+        with self._lock, self._torch.inference_mode():
+            scores = self._model.predict(pairs, batch_size=32, show_progress_bar=False,
+                                         convert_to_numpy=True)
+        values = scores.reshape(len(documents), -1)[:, -1].tolist()
+        return Embeddings([[float(v)] for v in values], sum(len(ids) for ids in encoded["input_ids"]))
 
     def close(self) -> None:
         self.__dict__.pop("_model", None)

@@ -33,6 +33,9 @@ BACKEND_ALIASES = {
     "sentencetransformers": "sentence-transformers",
     "sentence-transformers": "sentence-transformers",
     "transformers": "sentence-transformers",
+    "rerankers": "sentence-transformers",
+    "whisper": "whisper",
+    "faster-whisper": "whisper",
 }
 _NAME = re.compile(r"^[^/\\\x00-\x1f\x7f]{1,256}$")
 

@@ -172,7 +172,7 @@ def check_magic(path: Path, head: bytes, size: int) -> None:
 class ModelFile:
     """What kind of model a path holds."""
 
-    kind: str  # "gguf" or "hf" (a Hugging Face model folder)
+    kind: str  # "gguf", "hf" (a Hugging Face model folder) or "whisper-ct2" (CTranslate2 Whisper)
     gguf: GGUFInfo | None = None
     hf_config: dict[str, Any] | None = None
 
@@ -186,6 +186,8 @@ def inspect(path: Path) -> ModelFile:
                 config = json.loads((path / "config.json").read_text())
             except (OSError, ValueError):
                 pass
+            if (path / "model.bin").is_file() and "alignment_heads" in config:
+                return ModelFile(kind="whisper-ct2", hf_config=config)
             return ModelFile(kind="hf", hf_config=config)
         raise ModelFileError(
             f"{path.name}/ is a folder but not a Hugging Face model (no config.json or modules.json)"
@@ -193,3 +195,9 @@ def inspect(path: Path) -> ModelFile:
     if not path.exists():
         raise ModelFileError(f"model file {path.name} does not exist in the models folder")
     return ModelFile(kind="gguf", gguf=read_gguf(path))
+
+
+def is_cross_encoder(config: dict[str, Any] | None) -> bool:
+    """A Hugging Face model that scores (query, document) pairs: a reranker."""
+    architectures = (config or {}).get("architectures") or []
+    return any(str(a).endswith("ForSequenceClassification") for a in architectures)

@@ -14,12 +14,14 @@ from typing import Any, Literal
 
 from lokal.models import templates
 from lokal.models.config import ModelEntry
+from lokal.models.functions import FunctionPlan, plan_functions, prompt_messages
 
 log = logging.getLogger("lokal.prompt")
 
 # Fields of an OpenAI request that are ours to handle, never the engine's.
 _NOT_FOR_ENGINE = frozenset({"model", "user", "stream", "stream_options", "max_completion_tokens",
-                              "messages", "prompt", "echo", "suffix", "best_of"})
+                              "messages", "prompt", "echo", "suffix", "best_of", "functions",
+                              "function_call", "tools", "tool_choice", "parallel_tool_calls"})
 
 
 class PromptError(ValueError):
@@ -33,6 +35,7 @@ class EngineCall:
     mode: Literal["chat", "completion"]
     body: dict[str, Any]
     rendered: list[str] | None = None  # prompts rendered by LocalAI templates, for debug logs
+    functions: FunctionPlan | None = None  # the reply is a function call or an answer, as JSON
 
 
 def content_text(content: Any) -> str:
@@ -160,16 +163,22 @@ def _engine_messages(entry: ModelEntry, messages: list[dict[str, Any]]) -> list[
 def plan_chat(entry: ModelEntry, request: dict[str, Any]) -> EngineCall:
     """The engine call for a chat request."""
     body = _engine_body(entry, request)
-    messages = request["messages"]
+    functions = plan_functions(request)
+    messages = prompt_messages(request["messages"], functions)
+    if functions is not None:
+        # The engine turns the schema into a grammar: a call or an answer, nothing else.
+        body.pop("response_format", None)
+        body.pop("grammar", None)
+        body["json_schema"] = functions.schema
     if entry.templates.renders_chat:
         prompt = render_chat(entry, messages)
         log.debug("model %s: rendered chat prompt: %r", entry.name, prompt)
-        for key in ("tools", "tool_choice", "parallel_tool_calls", "logprobs", "top_logprobs"):
+        for key in ("logprobs", "top_logprobs"):
             body.pop(key, None)
         body["prompt"] = prompt
-        return EngineCall(mode="completion", body=body, rendered=[prompt])
+        return EngineCall(mode="completion", body=body, rendered=[prompt], functions=functions)
     body["messages"] = _engine_messages(entry, messages)
-    return EngineCall(mode="chat", body=body)
+    return EngineCall(mode="chat", body=body, functions=functions)
 
 
 def plan_completion(entry: ModelEntry, request: dict[str, Any]) -> EngineCall:

@@ -18,7 +18,7 @@ from pathlib import Path
 from lokal.backends.base import Backend, Embeddings, LoadOptions, ModelLoadError
 from lokal.models.config import ModelEntry, scan_models
 from lokal.models.embedding import EmbeddingBatcher
-from lokal.models.files import ModelFileError, inspect
+from lokal.models.files import ModelFile, ModelFileError, inspect, is_cross_encoder
 
 log = logging.getLogger("lokal.models")
 
@@ -46,15 +46,39 @@ class ModelCapabilityError(ValueError):
     """The model exists but does not do what the request asks (a 400)."""
 
     def __init__(self, name: str, purpose: str, hint: str = "") -> None:
-        what = {"generate": "chat or text completion", "embed": "embeddings"}.get(purpose, purpose)
+        what = {"generate": "chat or text completion", "embed": "embeddings", "rerank": "rerank",
+                "transcribe": "audio transcription"}.get(purpose, purpose)
         super().__init__(f"The model '{name}' does not support {what}.{hint}")
         self.name = name
         self.purpose = purpose
 
 
-#: What a request needs from a model: text generation or embeddings. A model that
-#: does both gets one engine instance for each, so their caches never mix.
-PURPOSES = ("generate", "embed")
+#: What a request needs from a model. A model that serves several purposes gets
+#: one engine instance for each, so their caches never mix. "rerank" is served by
+#: a native reranker where the model is one, else by the embedding instance.
+PURPOSES = ("generate", "embed", "rerank", "transcribe")
+
+_FILE_ENGINES = {"gguf": "llama-cpp", "hf": "sentence-transformers", "whisper-ct2": "whisper"}
+
+
+def supported_purposes(model_file: ModelFile, embeddings: bool) -> set[str]:
+    """What a model file can serve; `embeddings` is the config's flag for chat GGUFs."""
+    if model_file.kind == "whisper-ct2":
+        return {"transcribe"}
+    if model_file.kind == "hf":
+        return {"rerank"} if is_cross_encoder(model_file.hf_config) else {"embed", "rerank"}
+    gguf = model_file.gguf
+    assert gguf is not None
+    if gguf.is_encoder:
+        return {"rerank"} if gguf.pooling_type == 4 else {"embed", "rerank"}
+    return {"generate", "embed", "rerank"} if embeddings else {"generate"}
+
+
+def native_reranker(model_file: ModelFile) -> bool:
+    """Whether rerank runs on the model itself (else on embedding similarity)."""
+    if model_file.kind == "hf":
+        return is_cross_encoder(model_file.hf_config)
+    return model_file.gguf is not None and model_file.gguf.pooling_type == 4
 
 
 @dataclass
@@ -80,6 +104,10 @@ def default_backend_factory(engine: str, options: LoadOptions) -> Backend:
         from lokal.backends.sentence_transformers import SentenceTransformersBackend
 
         return SentenceTransformersBackend(options)
+    if engine == "whisper":
+        from lokal.backends.whisper import WhisperBackend
+
+        return WhisperBackend(options)
     raise ModelLoadError(f"the {engine!r} backend is not available in this version of lokal")
 
 
@@ -171,23 +199,26 @@ class ModelRegistry:
             model_file = inspect(entry.model_path)
         except ModelFileError as exc:
             raise ModelUnavailableError(entry.name, str(exc)) from exc
-        file_engine = "llama-cpp" if model_file.kind == "gguf" else "sentence-transformers"
+        file_engine = _FILE_ENGINES[model_file.kind]
         engine = config.engine or file_engine
         if engine != file_engine:
             raise ModelUnavailableError(entry.name, (
                 f"backend {config.backend!r} cannot serve {entry.model_path.name}: it is "
-                + ("a GGUF file (use backend llama-cpp)" if model_file.kind == "gguf" else
-                   "a Hugging Face model folder (use backend sentence-transformers, or convert "
-                   "it with `lokal models convert`)")))
-        encoder = model_file.gguf is not None and model_file.gguf.is_encoder
-        if model_file.kind == "hf" or encoder:
-            supported = {"embed"}
-        else:
-            supported = {"generate", "embed"} if config.embeddings else {"generate"}
+                + {"gguf": "a GGUF file (use backend llama-cpp)",
+                   "hf": "a Hugging Face model folder (use backend sentence-transformers, or "
+                         "convert it with `lokal models convert`)",
+                   "whisper-ct2": "a Whisper model (use backend whisper)"}[model_file.kind]))
+        supported = supported_purposes(model_file, config.embeddings)
+        if purpose == "rerank" and not native_reranker(model_file):
+            purpose = "embed"  # similarity of embeddings, from the embedding instance
         if purpose not in supported:
-            hint = (" It is a text-generation model: set `embeddings: true` in its config to "
-                    "serve embeddings too." if purpose == "embed" else
-                    " It is an embedding model: use /v1/embeddings.")
+            if purpose in ("embed", "rerank") and "generate" in supported:
+                hint = (" It is a text-generation model: set `embeddings: true` in its config "
+                        "to serve embeddings and rerank too.")
+            elif "generate" not in supported and purpose == "generate":
+                hint = " It serves: " + ", ".join(sorted(supported)) + "."
+            else:
+                hint = ""
             raise ModelCapabilityError(entry.name, purpose, hint)
         trained = model_file.gguf.context_length if model_file.gguf else None
         context = config.context_size or self.defaults.context_size
@@ -204,7 +235,8 @@ class ModelRegistry:
             f16=config.f16,
             mmap=config.mmap,
             gpu_layers=config.gpu_layers,
-            embeddings=purpose == "embed",
+            embeddings=purpose in ("embed", "rerank"),
+            extra={"purpose": purpose},
         )
         return engine, options
 
@@ -213,6 +245,8 @@ class ModelRegistry:
         entry = self.entry(name)
         if entry.error is not None:
             raise ModelUnavailableError(name, entry.error)
+        if purpose == "rerank":
+            purpose = self.rerank_purpose(entry)
         key = (name, purpose)
         loaded = self._loaded.get(key)
         if loaded is None:
@@ -275,13 +309,24 @@ class ModelRegistry:
             log.info("unloaded model %s", name)
         return bool(keys)
 
+    def rerank_purpose(self, entry: ModelEntry) -> str:
+        """Rerank runs on a native reranker instance, or on the embedding one."""
+        assert entry.model_path is not None
+        try:
+            model_file = inspect(entry.model_path)
+        except ModelFileError as exc:
+            raise ModelUnavailableError(entry.name, str(exc)) from exc
+        return "rerank" if native_reranker(model_file) else "embed"
+
     def default_purpose(self, name: str) -> str:
         """What a model is mainly for: embeddings-only models preload as such."""
         entry = self.entry(name)
-        try:
-            self.load_options(entry, "generate")
-        except ModelCapabilityError:
-            return "embed"
+        for purpose in ("generate", "embed", "rerank", "transcribe"):
+            try:
+                self.load_options(entry, purpose)
+            except ModelCapabilityError:
+                continue
+            return purpose
         return "generate"
 
     async def preload(self, names: list[str]) -> None:

@@ -115,6 +115,25 @@ class Settings(BaseSettings):
         4, ge=1, le=256, validation_alias=_env("PARALLEL_REQUESTS"),
         description="Slots per model: requests decoded together by continuous batching.",
     )
+    queue_size: int = Field(
+        128, ge=0, le=100_000, validation_alias=_env("QUEUE_SIZE"),
+        description="Requests per model that may wait for a slot; beyond that, 429 with Retry-After.",
+    )
+    request_timeout: float | None = Field(
+        None, validation_alias=_env("REQUEST_TIMEOUT"),
+        description="End generation requests running longer than this (seconds or 5m; "
+        "a request's own `timeout` field may set it per request).",
+    )
+    watchdog_busy_timeout: float | None = Field(
+        None, validation_alias=_env("WATCHDOG_BUSY_TIMEOUT"),
+        description="End a request whose model produces nothing for this long, and reload "
+        "the model (seconds or 5m; unset: never).",
+    )
+    shutdown_grace: float = Field(
+        30, ge=0, le=3600, validation_alias=_env("SHUTDOWN_GRACE"),
+        description="Seconds running requests may take to finish after SIGTERM; then they "
+        "end with an error event.",
+    )
     max_active_backends: int = Field(
         0, ge=0, validation_alias=_env("MAX_ACTIVE_BACKENDS", "SINGLE_ACTIVE_BACKEND_COUNT"),
         description="Most models loaded at once; the least recently used is unloaded "
@@ -138,6 +157,14 @@ class Settings(BaseSettings):
         description="Comma-separated API keys; when set every route but /healthz and "
         "/readyz needs one (Authorization: Bearer KEY or x-api-key: KEY).",
     )
+    api_key_file: Path | None = Field(
+        None, validation_alias=_env("API_KEY_FILE"),
+        description="A file of API keys, one per line (# comments allowed), added to --api-key.",
+    )
+    metrics_open: bool = Field(
+        False, validation_alias=_env("METRICS_OPEN"),
+        description="Serve /metrics without an API key even when keys are set.",
+    )
     cors: bool = Field(
         False, validation_alias=_env("CORS"),
         description="Answer cross-origin requests from browsers.",
@@ -159,7 +186,7 @@ class Settings(BaseSettings):
         description="Same as --log-level debug.",
     )
 
-    @field_validator("watchdog_idle_timeout", mode="before")
+    @field_validator("watchdog_idle_timeout", "watchdog_busy_timeout", "request_timeout", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float | None:
         return parse_duration(value)
@@ -203,7 +230,14 @@ class Settings(BaseSettings):
 
     @property
     def api_keys(self) -> list[str]:
-        return split_list(self.api_key)
+        keys = split_list(self.api_key)
+        if self.api_key_file is not None:
+            try:
+                lines = self.api_key_file.read_text(encoding="utf-8").splitlines()
+            except OSError as exc:
+                raise ValueError(f"cannot read API_KEY_FILE {self.api_key_file}: {exc.strerror}") from exc
+            keys += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        return keys
 
     @property
     def cors_origins(self) -> list[str]:

@@ -14,7 +14,8 @@ from starlette.middleware.cors import CORSMiddleware
 from lokal import __version__
 from lokal.api.errors import install_handlers
 from lokal.api.middleware import AuthMiddleware, BodyLimitMiddleware, NormalizeMiddleware
-from lokal.api.routes import embeddings, health, openai, rerank
+from lokal.api.routes import embeddings, health, metrics, openai, rerank
+from lokal.api.routes.metrics import Metrics, MetricsMiddleware
 from lokal.models.registry import ModelRegistry
 from lokal.settings import Settings
 
@@ -43,8 +44,11 @@ def create_app(settings: Settings, registry: ModelRegistry) -> FastAPI:
     app.state.settings = settings
     app.state.started = int(time.time())
     app.state.ready = asyncio.Event()
+    app.state.stopping = asyncio.Event()  # set when shutdown's grace period is over
     install_handlers(app)
+    app.state.metrics = Metrics()
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(openai.router, prefix="/v1", tags=["OpenAI"])
     app.include_router(openai.router, include_in_schema=False)
     app.include_router(embeddings.router, prefix="/v1", tags=["OpenAI"])
@@ -52,9 +56,11 @@ def create_app(settings: Settings, registry: ModelRegistry) -> FastAPI:
     app.include_router(rerank.router, prefix="/v1", tags=["Rerank"])
     app.include_router(rerank.router, include_in_schema=False)
 
-    # Added innermost first: requests meet Normalize, CORS, Auth, BodyLimit in that order.
+    # Added innermost first: requests meet Normalize, CORS, Auth, Metrics, BodyLimit in that order.
     app.add_middleware(BodyLimitMiddleware, limit_bytes=settings.upload_limit_bytes)
-    app.add_middleware(AuthMiddleware, keys=settings.api_keys, open_paths=OPEN_PATHS)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    open_paths = OPEN_PATHS + (("/metrics",) if settings.metrics_open else ())
+    app.add_middleware(AuthMiddleware, keys=settings.api_keys, open_paths=open_paths)
     if settings.cors:
         origins = settings.cors_origins
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"],

@@ -19,7 +19,9 @@ from lokal.backends.base import EngineError
 from lokal.models.embedding import EmbeddingInputError
 from lokal.models.functions import FunctionSpecError
 from lokal.models.prompting import PromptError
-from lokal.models.registry import ModelCapabilityError, ModelUnavailableError, UnknownModelError
+from lokal.api.streaming import EngineStuck, RequestTimeout, ShuttingDown
+from lokal.models.registry import (ModelBusyError, ModelCapabilityError, ModelUnavailableError,
+                                   UnknownModelError)
 
 log = logging.getLogger("lokal.api")
 
@@ -88,6 +90,15 @@ def to_api_error(exc: Exception) -> APIError:
         return from_engine(exc)
     if isinstance(exc, PromptError):
         return APIError(400, str(exc))
+    if isinstance(exc, ModelBusyError):
+        return APIError(429, str(exc), type="rate_limit_error",
+                        headers={"Retry-After": str(exc.retry_after)})
+    if isinstance(exc, RequestTimeout):
+        return APIError(408, str(exc), type="timeout_error")
+    if isinstance(exc, ShuttingDown):
+        return APIError(503, str(exc), type="service_unavailable_error")
+    if isinstance(exc, EngineStuck):
+        return APIError(500, str(exc), type="server_error")
     if isinstance(exc, FunctionSpecError):
         return APIError(400, str(exc), param="tool_choice")
     if isinstance(exc, ModelCapabilityError):
@@ -135,7 +146,8 @@ def install_handlers(app: FastAPI) -> None:
         return APIError(exc.status_code, message, headers=getattr(exc, "headers", None)).response()
 
     for cls in (UnknownModelError, ModelUnavailableError, EngineError, PromptError,
-                ModelCapabilityError, EmbeddingInputError, FunctionSpecError):
+                ModelCapabilityError, EmbeddingInputError, FunctionSpecError, ModelBusyError,
+                RequestTimeout, EngineStuck, ShuttingDown):
         app.add_exception_handler(cls, _known)
 
     @app.exception_handler(Exception)

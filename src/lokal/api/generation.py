@@ -12,7 +12,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from lokal.api.errors import APIError, to_api_error
-from lokal.api.streaming import SSE_HEADERS, Aggregator, Shaper, engine_chunks, sse
+from lokal.api.streaming import SSE_HEADERS, Aggregator, Shaper, engine_chunks, guarded, sse
 from lokal.models.functions import parse_reply
 from lokal.models.prompting import EngineCall
 from lokal.models.registry import Lease
@@ -37,8 +37,8 @@ def _require(lease: Lease, capability: str) -> None:
 
 
 async def respond(request: Request, lease: Lease, call: EngineCall, *, kind: str, stream: bool,
-                  include_usage: bool) -> Any:
-    """Run call on the leased model; release the lease when the answer is done."""
+                  include_usage: bool, timeout: float | None = None) -> Any:
+    """Run call on the leased model; the lease is released when the engine is done."""
     try:
         _require(lease, call.mode)
     except APIError:
@@ -47,13 +47,16 @@ async def respond(request: Request, lease: Lease, call: EngineCall, *, kind: str
     run = lease.backend.chat if call.mode == "chat" else lease.backend.complete
     shaper = Shaper(kind, call.mode, lease.entry.name)
     cancel = threading.Event()
-    chunks = engine_chunks(lambda sink: run(call.body, sink), cancel)
+    registry = request.app.state.registry
+    chunks = guarded(engine_chunks(lambda sink: run(call.body, sink), cancel, on_done=lease.release),
+                     cancel, timeout=timeout or request.app.state.settings.request_timeout,
+                     busy=registry.busy_timeout, on_stuck=lambda: registry.retire(lease),
+                     stopping=request.app.state.stopping)
     watcher = asyncio.create_task(_watch_disconnect(request, cancel))
 
     def finish() -> None:
         cancel.set()
         watcher.cancel()
-        lease.release()
 
     if not stream or call.functions is not None:
         aggregator = Aggregator(shaper)

@@ -72,6 +72,8 @@ class _SamplingRequest(_Request):
     stream_options: StreamOptions | None = None
     grammar: str | None = Field(None, max_length=1_000_000)
     user: str | None = None
+    # lokal: end this request after so many seconds (overrides REQUEST_TIMEOUT).
+    timeout: float | None = Field(None, gt=0, le=86_400)
 
     @field_validator("stop")
     @classmethod
@@ -103,7 +105,7 @@ class _SamplingRequest(_Request):
 
     def engine_params(self) -> dict[str, Any]:
         """The fields the client set, as plain values for the model layer."""
-        data = self.model_dump(exclude_unset=True, exclude_none=True, by_alias=False)
+        data = self.model_dump(exclude_unset=True, exclude_none=True, by_alias=False, exclude={"timeout"})
         if getattr(self, "response_format", None) is not None:
             data["response_format"] = self.response_format.engine_value()  # type: ignore[attr-defined]
         if self.n == 1:

@@ -27,9 +27,60 @@ class _Failure:
         self.exc = exc
 
 
-async def engine_chunks(run: Callable[[ChunkSink], None],
-                        cancel: threading.Event) -> AsyncIterator[dict[str, Any]]:
-    """Run a blocking engine call on a thread; yield its chunks here."""
+async def guarded(chunks: AsyncIterator[dict[str, Any]], cancel: threading.Event, *,
+                  timeout: float | None, busy: float | None, on_stuck: Callable[[], None],
+                  stopping: asyncio.Event | None = None) -> AsyncIterator[dict[str, Any]]:
+    """Chunks, ending the request past its timeout, when the engine goes quiet for
+    longer than the busy watchdog allows (then on_stuck retires the model), or when
+    the server's shutdown grace period is over."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout if timeout else None
+    while True:
+        if stopping is not None and stopping.is_set():
+            cancel.set()
+            raise ShuttingDown()
+        waits = [w for w in (busy, deadline - loop.time() if deadline else None) if w is not None]
+        try:
+            if waits:
+                chunk = await asyncio.wait_for(anext(chunks), max(0.0, min(waits)))
+            else:
+                chunk = await anext(chunks)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            cancel.set()
+            if deadline is not None and loop.time() >= deadline:
+                raise RequestTimeout(timeout or 0) from None
+            on_stuck()
+            raise EngineStuck(busy or 0) from None
+        yield chunk
+
+
+class ShuttingDown(Exception):
+    def __init__(self) -> None:
+        super().__init__("The server is shutting down and its grace period is over; the request "
+                         "was stopped. Retry against a running server.")
+
+
+class RequestTimeout(Exception):
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"The request did not finish within its {seconds:g} s timeout; "
+                         "generation was stopped.")
+
+
+class EngineStuck(Exception):
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"The model produced nothing for {seconds:g} s (WATCHDOG_BUSY_TIMEOUT); "
+                         "the request was ended and the model will be reloaded.")
+
+
+async def engine_chunks(run: Callable[[ChunkSink], None], cancel: threading.Event,
+                        on_done: Callable[[], None] | None = None) -> AsyncIterator[dict[str, Any]]:
+    """Run a blocking engine call on a thread; yield its chunks here.
+
+    on_done runs on the event loop when the engine call has returned, however
+    the response ended: only then is the model free of this request.
+    """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Any] = asyncio.Queue()
 
@@ -52,6 +103,12 @@ async def engine_chunks(run: Callable[[ChunkSink], None],
             put(_Failure(exc))
         else:
             put(_DONE)
+        finally:
+            if on_done is not None:
+                try:
+                    loop.call_soon_threadsafe(on_done)
+                except RuntimeError:  # the loop is gone: nothing left to release
+                    pass
 
     threading.Thread(target=work, name="lokal-generate", daemon=True).start()
     try:

@@ -42,6 +42,15 @@ class ModelUnavailableError(RuntimeError):
         self.reason = reason
 
 
+class ModelBusyError(RuntimeError):
+    """Every slot is busy and the wait queue is full (a 429 with Retry-After)."""
+
+    def __init__(self, name: str, limit: int, retry_after: int = 1) -> None:
+        super().__init__(f"The model '{name}' is busy: {limit} requests are running or waiting "
+                         "(PARALLEL_REQUESTS + QUEUE_SIZE). Retry shortly.")
+        self.retry_after = retry_after
+
+
 class ModelCapabilityError(ValueError):
     """The model exists but does not do what the request asks (a 400)."""
 
@@ -89,6 +98,7 @@ class EngineDefaults:
     parallel: int
     context_size: int | None = None
     batch_embeddings: bool = True
+    queue_size: int = 128
 
 
 BackendFactory = Callable[[str, LoadOptions], Backend]
@@ -154,13 +164,14 @@ class ModelRegistry:
 
     def __init__(self, models_path: Path, defaults: EngineDefaults, *,
                  config_file: Path | None = None, max_active: int = 0,
-                 idle_timeout: float | None = None,
+                 idle_timeout: float | None = None, busy_timeout: float | None = None,
                  backend_factory: BackendFactory = default_backend_factory) -> None:
         self.models_path = models_path
         self.config_file = config_file
         self.defaults = defaults
         self.max_active = max_active
         self.idle_timeout = idle_timeout
+        self.busy_timeout = busy_timeout
         self._factory = backend_factory
         self._entries: dict[str, ModelEntry] = {}
         self._loaded: dict[tuple[str, str], _Loaded] = {}
@@ -185,6 +196,10 @@ class ModelRegistry:
             return self._entries[name]
         except KeyError:
             raise UnknownModelError(name) from None
+
+    @property
+    def loaded_count(self) -> int:
+        return len(self._loaded)
 
     def is_loaded(self, name: str, purpose: str = "generate") -> bool:
         return (name, purpose) in self._loaded
@@ -255,6 +270,9 @@ class ModelRegistry:
                 loaded = self._loaded.get(key)
                 if loaded is None:
                     loaded = await self._load(entry, purpose)
+        limit = self.defaults.parallel + self.defaults.queue_size
+        if purpose == "generate" and loaded.in_use >= limit:
+            raise ModelBusyError(name, limit)
         loaded.in_use += 1
         loaded.idle.clear()
         loaded.last_used = time.monotonic()
@@ -291,6 +309,22 @@ class ModelRegistry:
                     log.info("unloading model %s (%s) to make room (MAX_ACTIVE_BACKENDS=%d)",
                              key[0], key[1], self.max_active)
                     await self._unload(key)
+
+    def retire(self, lease: Lease) -> None:
+        """Take a model that stopped responding out of service: new requests get a
+        fresh instance; the old one is freed once its engine calls have returned."""
+        key = next((k for k, v in self._loaded.items() if v is lease._loaded), None)
+        if key is None:
+            return
+        victim = self._loaded.pop(key)
+        log.error("model %s (%s) stopped responding: retired, will reload on the next request",
+                  key[0], key[1])
+
+        async def close_when_idle() -> None:
+            await victim.idle.wait()
+            await asyncio.to_thread(victim.backend.close)
+
+        asyncio.get_running_loop().create_task(close_when_idle())
 
     async def _unload(self, key: tuple[str, str]) -> None:
         loaded = self._loaded.pop(key, None)

@@ -35,7 +35,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         lease.release()
         raise
     return await respond(request, lease, call, kind="chat", stream=body.stream,
-                         include_usage=body.include_usage)
+                         include_usage=body.include_usage, timeout=body.timeout)
 
 
 @router.post("/completions", summary="Create a text completion")
@@ -47,4 +47,4 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
         lease.release()
         raise
     return await respond(request, lease, call, kind="completion", stream=body.stream,
-                         include_usage=body.include_usage)
+                         include_usage=body.include_usage, timeout=body.timeout)

@@ -38,16 +38,22 @@ def _import_engine() -> Any:
     return xllamacpp
 
 
-def _load_failure(lines: list[tuple[str, str]]) -> str:
-    """The engine's own words for why a load failed, most telling first."""
+_GENERIC = re.compile(r"failed to load model|exiting due to|failed to init|error loading model$")
+
+
+def _load_failure(lines: list[tuple[str, str]], folder: str) -> str:
+    """The engine's own words for why a load failed: its specific reasons first,
+    the generic "failed to load" lines only when nothing else was said."""
     keywords = ("failed", "error", "not within", "invalid", "unable", "cannot", "out of memory")
     picked = [text for level, text in lines if level == "E" or any(k in text.lower() for k in keywords)]
     seen: list[str] = []
     for text in picked:
         short = text.split(": ", 2)[-1] if text.count(": ") >= 2 else text
+        short = short.replace(folder.rstrip("/") + "/", "")  # no server paths for clients
         if short not in seen:
             seen.append(short)
-    return "; ".join(seen[-4:])
+    specific = [text for text in seen if not _GENERIC.search(text)]
+    return "; ".join((specific or seen)[:4])
 
 
 class LlamaCppBackend(Backend):
@@ -110,7 +116,7 @@ class LlamaCppBackend(Backend):
             except (RuntimeError, ValueError) as exc:
                 # Give the reader thread a moment to drain what the engine wrote.
                 threading.Event().wait(0.05)
-                reason = _load_failure(capture.since(mark)) or str(exc)
+                reason = _load_failure(capture.since(mark), str(options.model_path.parent)) or str(exc)
                 raise ModelLoadError(f"{options.model_path.name} failed to load: {reason}") from exc
         log.info("loaded %s (%s, context %d, %d slots, %d threads)", options.model_path.name,
                  info.architecture, options.context_size, options.parallel, options.threads)

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lokal.models import templates
-from lokal.models.files import ModelFileError, check_magic
+from lokal.models.files import ModelFileError, check_magic, read_gguf
 
 log = logging.getLogger("lokal.models")
 
@@ -239,8 +239,7 @@ def _entry_from_config(models_path: Path, config: ModelConfig, source: Path) -> 
         if not entry.model_path.exists():
             raise ConfigError(f"model file {config.parameters.model!r} does not exist in the models folder")
         if entry.model_path.is_file():
-            with entry.model_path.open("rb") as stream:
-                check_magic(entry.model_path, stream.read(4), entry.model_path.stat().st_size)
+            read_gguf(entry.model_path)  # refuses legacy, empty and cut-short files now
     except (ConfigError, ModelFileError, OSError) as exc:
         entry.error = str(exc)
     return entry
@@ -319,8 +318,7 @@ def scan_models(models_path: Path, config_file: Path | None = None) -> list[Mode
                 entry.error = f"{path.name} points outside the models folder (symlink?)"
             else:
                 try:
-                    with path.open("rb") as stream:
-                        check_magic(path, stream.read(4), path.stat().st_size)
+                    read_gguf(path)
                 except (ModelFileError, OSError) as exc:
                     entry.error = str(exc)
             entries.append(entry)

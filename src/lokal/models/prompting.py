@@ -117,7 +117,7 @@ def render_chat(entry: ModelEntry, messages: list[dict[str, Any]]) -> str:
             parts.append(rendered)
             continue
         prefix = roles.get(role, "")
-        parts.append(f"{prefix}{text}")
+        parts.append(f"{prefix}{text}" if text else "")  # LocalAI: the role only with content
         if text and role == "system":
             suppress_system = True
     joiner = config.template.join_chat_messages_by_character

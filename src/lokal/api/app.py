@@ -14,7 +14,7 @@ from starlette.middleware.cors import CORSMiddleware
 from lokal import __version__
 from lokal.api.errors import install_handlers
 from lokal.api.middleware import AuthMiddleware, BodyLimitMiddleware, NormalizeMiddleware
-from lokal.api.routes import embeddings, health, metrics, openai, rerank
+from lokal.api.routes import audio, embeddings, health, metrics, openai, rerank
 from lokal.api.routes.metrics import Metrics, MetricsMiddleware
 from lokal.models.registry import ModelRegistry
 from lokal.settings import Settings
@@ -53,6 +53,8 @@ def create_app(settings: Settings, registry: ModelRegistry) -> FastAPI:
     app.include_router(openai.router, include_in_schema=False)
     app.include_router(embeddings.router, prefix="/v1", tags=["OpenAI"])
     app.include_router(embeddings.router, include_in_schema=False)
+    app.include_router(audio.router, prefix="/v1", tags=["OpenAI"])
+    app.include_router(audio.router, include_in_schema=False)
     app.include_router(rerank.router, prefix="/v1", tags=["Rerank"])
     app.include_router(rerank.router, include_in_schema=False)
 

@@ -20,7 +20,7 @@ from lokal.models.files import ModelFileError, check_magic, read_gguf
 
 log = logging.getLogger("lokal.models")
 
-MODEL_SUFFIXES = (".gguf",)
+MODEL_SUFFIXES = (".gguf", ".bin")  # .bin: old GGML downloads, reported as legacy
 # LocalAI backend names that lokal serves, and the engine each one maps to.
 BACKEND_ALIASES = {
     "llama": "llama-cpp",

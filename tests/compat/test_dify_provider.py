@@ -13,6 +13,7 @@ import httpx
 import openai
 import pytest
 
+from tests.api.test_transcriptions import SENTENCE, encode, place_whisper, speak
 from tests.conftest import LokalServer, place_folder, place_model
 
 CHAT = "gpt-3.5-turbo"
@@ -30,6 +31,8 @@ def dify(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LokalServer]:
                                                "context_size: 2048\n")
     (models / "embeddings.yaml").write_text(f"name: {EMBED}\nparameters:\n  model: all-MiniLM-L6-v2\n"
                                             "embeddings: true\n")
+    place_whisper(models, "whisper-tiny")
+    (models / "whisper.yaml").write_text("name: whisper-1\nbackend: whisper\nparameters:\n  model: whisper-tiny\n")
     with LokalServer(models, "--preload-models", f"{CHAT},{EMBED}") as server:
         server.wait_ready(120)
         yield server
@@ -198,3 +201,18 @@ def test_rerank_on_a_chat_only_model_is_400(dify: LokalServer) -> None:
     r = httpx.post(f"{dify.base}/v1/rerank", json={"model": CHAT, "query": "q", "documents": ["a"]}, timeout=30)
     assert r.status_code == 400
     assert "embeddings: true" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("form", [0, 1, 2])
+def test_speech_to_text_validation_upload(dify: LokalServer, form: int, tmp_path) -> None:  # noqa: ANN001
+    # The provider posts multipart {model, file} to server_url + /v1/audio/transcriptions
+    # (an MP3 when validating) and reads {"text"}, failing on any "error" key.
+    mp3 = encode(speak(SENTENCE, tmp_path / "speech.wav"), "mp3")
+    url = server_urls(dify)[form].rstrip("/") + "/v1/audio/transcriptions"
+    with mp3.open("rb") as audio:
+        r = httpx.post(url, data={"model": "whisper-1"}, files={"file": ("validate.mp3", audio, "audio/mpeg")},
+                       timeout=120)
+    assert r.status_code == 200
+    body = r.json()
+    assert "error" not in body
+    assert "fox" in body["text"].lower()

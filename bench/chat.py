@@ -16,7 +16,8 @@ same context size (2048):
 3. **llama-cpp-python** - `python -m llama_cpp.server`, the peer, over HTTP,
    started with `--interrupt_requests False` (by default a new request cuts
    the stream in progress short; this way requests queue and every client
-   gets its whole answer; it decodes one request at a time either way). It lives in its own virtual environment (`--llama-cpp-python PYTHON`); when
+   gets its whole answer; it decodes one request at a time either way). It
+   lives in its own virtual environment (`--llama-cpp-python PYTHON`); when
    that is missing the peer is skipped and the rest is still measured.
 
 For each system: one warm-up request (loads the model), then
@@ -249,38 +250,125 @@ class Seeds:
         return out
 
 
-def measure(name: str, run_many: RunMany, args: argparse.Namespace) -> dict[str, Any]:
+class CpuWatch:
+    """CPU time other processes took while a phase ran (Linux /proc; else unknown).
+
+    Busy time of the whole machine minus that of this process and the server
+    under test, as a share of all cores over the phase's wall time. Anything
+    much above zero means the phase competed for the cores and its numbers are
+    low: llama.cpp's threads spin-wait, so it suffers from contention badly.
+    """
+
+    TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    def __init__(self, server_pid: int | None) -> None:
+        self.server_pid = server_pid
+
+    @classmethod
+    def _busy(cls) -> float:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        # user nice system idle iowait irq softirq steal ...
+        return (sum(fields[:8]) - fields[3] - fields[4]) / cls.TICK
+
+    def _mine(self) -> float:
+        t = os.times()
+        return t.user + t.system
+
+    def _server(self) -> float:
+        if self.server_pid is None:
+            return 0.0
+        try:
+            with open(f"/proc/{self.server_pid}/stat") as f:
+                stat = f.read().rsplit(")", 1)[1].split()
+            return (int(stat[11]) + int(stat[12])) / self.TICK
+        except (OSError, IndexError, ValueError):
+            return 0.0
+
+    def _ours(self) -> float:
+        return self._mine() + self._server()
+
+    def __enter__(self) -> CpuWatch:
+        self.other: float | None = None
+        # CPU seconds of this process (the clients; for direct also the engine) and of the server.
+        self.cpu: dict[str, float] = {}
+        try:
+            self._start = (time.perf_counter(), self._busy(), self._mine(), self._server())
+        except OSError:
+            self._start = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._start is None:
+            return
+        try:
+            wall = time.perf_counter() - self._start[0]
+            mine = self._mine() - self._start[2]
+            server = self._server() - self._start[3]
+            other = (self._busy() - self._start[1]) - mine - server
+        except OSError:
+            return
+        self.cpu = {"bench_process_s": mine, "server_process_s": server, "wall_s": wall}
+        cores = os.cpu_count() or 1
+        self.other = max(0.0, other / (wall * cores)) if wall > 0 else None
+
+    def note(self) -> str:
+        if self.other is None:
+            return ""
+        warn = "  <- NOISY" if self.other > NOISY else ""
+        return f"  [other processes: {100 * self.other:.0f}% CPU{warn}]"
+
+
+NOISY = 0.10  # share of all cores used by other processes above which a phase is flagged
+
+
+def measure(name: str, run_many: RunMany, args: argparse.Namespace,
+            server_pid: int | None = None) -> dict[str, Any]:
     seeds = Seeds()
     t0 = time.perf_counter()
     warm = run_many(seeds.take(1))[0]
     print(f"  warm-up: {warm.tokens} tokens in {warm.end - warm.start:.2f}s", flush=True)
     singles = []
+    single_other = []
+    single_cpu: list[dict[str, float]] = []
     for i in range(args.repeats):
-        s = run_many(seeds.take(1))[0]
+        with CpuWatch(server_pid) as watch:
+            s = run_many(seeds.take(1))[0]
         singles.append(s)
+        single_other.append(watch.other)
+        single_cpu.append(watch.cpu)
         tps = s.decode_tps
         print(f"  single #{i + 1}: {s.chunks} chunks, decode {tps or 0:.1f} tok/s, "
-              f"ttft {1000 * (s.ttft or 0):.0f} ms", flush=True)
+              f"ttft {1000 * (s.ttft or 0):.0f} ms{watch.note()}", flush=True)
     rates = [s.decode_tps for s in singles if s.decode_tps]
     result: dict[str, Any] = {
         "system": name,
         "single_tps": statistics.median(rates) if rates else None,
         "single_runs_tps": [s.decode_tps for s in singles],
+        "single_runs_other_cpu": single_other,
+        "single_runs_cpu": single_cpu,
         "single_ttft_ms": statistics.median([1000 * s.ttft for s in singles if s.ttft is not None] or [0]),
         "concurrent": {},
     }
+    noisy = [o for o in single_other if o is not None and o > NOISY]
     for c in args.concurrency:
-        streams = run_many(seeds.take(c))
+        with CpuWatch(server_pid) as watch:
+            streams = run_many(seeds.take(c))
         wall = max(s.end for s in streams) - min(s.start for s in streams)
         tokens = sum(s.tokens for s in streams)
         agg = tokens / wall if wall > 0 else None
         result["concurrent"][str(c)] = {
             "clients": c, "tokens": tokens, "wall_s": wall, "tps": agg,
             "usage_reported": all(s.usage_tokens is not None for s in streams),
+            "other_cpu": watch.other,
+            "cpu": watch.cpu,
             "per_stream_decode_tps": [s.decode_tps for s in streams],
             "per_stream_ttft_ms": [None if s.ttft is None else 1000 * s.ttft for s in streams],
         }
-        print(f"  c{c}: {tokens} tokens in {wall:.2f}s = {agg or 0:.1f} tok/s", flush=True)
+        if watch.other is not None and watch.other > NOISY:
+            noisy.append(watch.other)
+        print(f"  c{c}: {tokens} tokens in {wall:.2f}s = {agg or 0:.1f} tok/s{watch.note()}", flush=True)
+    result["noisy_phases"] = len(noisy)
     result["measure_s"] = time.perf_counter() - t0
     return result
 
@@ -298,7 +386,8 @@ def run_lokal(args: argparse.Namespace, models: Path, work: Path) -> dict[str, A
         proc = start_server(cmd, log_path, env, work)
         took = wait_ready(proc, f"http://{HOST}:{port}/readyz", log_path)
         print(f"  ready in {took:.1f}s (log: {log_path})", flush=True)
-        result = measure("lokal", http_runner(f"http://{HOST}:{port}", MODEL_NAME, args.max_tokens), args)
+        result = measure("lokal", http_runner(f"http://{HOST}:{port}", MODEL_NAME, args.max_tokens), args,
+                         server_pid=proc.pid)
         if proc.poll() is not None:
             raise RuntimeError("lokal exited during the run:\n" + tail(log_path))
         return result
@@ -412,7 +501,7 @@ def run_peer(args: argparse.Namespace, python: str, model_path: Path, work: Path
         took = wait_ready(proc, f"http://{HOST}:{port}/v1/models", log_path)
         print(f"  ready in {took:.1f}s (log: {log_path})", flush=True)
         result = measure("llama-cpp-python", http_runner(f"http://{HOST}:{port}", MODEL_NAME, args.max_tokens),
-                         args)
+                         args, server_pid=proc.pid)
         if proc.poll() is not None:
             raise RuntimeError("llama-cpp-python exited during the run:\n" + tail(log_path))
         return result
@@ -428,8 +517,12 @@ def fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+def noisy(phase: dict[str, Any]) -> bool:
+    return phase.get("other_cpu") is not None and phase["other_cpu"] > NOISY
+
+
 def table(results: dict[str, dict[str, Any]], levels: list[int]) -> str:
-    header = ["system", "single"] + [f"c{c}" for c in levels] + ["ttft ms"]
+    header = ["system", "single "] + [f"c{c} " for c in levels] + ["ttft ms"]
     rows = [header]
     for name in ("lokal", "direct", "llama-cpp-python"):
         r = results.get(name)
@@ -437,8 +530,10 @@ def table(results: dict[str, dict[str, Any]], levels: list[int]) -> str:
             note = "skipped" if r is not None and "skipped" in r else "failed" if r else "not run"
             rows.append([name, note] + [""] * (len(header) - 2))
             continue
-        rows.append([name, fmt(r["single_tps"])]
-                    + [fmt(r["concurrent"][str(c)]["tps"]) for c in levels]
+        single_noisy = any(o is not None and o > NOISY for o in r.get("single_runs_other_cpu", []))
+        rows.append([name, fmt(r["single_tps"]) + ("*" if single_noisy else " ")]
+                    + [fmt(r["concurrent"][str(c)]["tps"]) + ("*" if noisy(r["concurrent"][str(c)]) else " ")
+                       for c in levels]
                     + [f"{r['single_ttft_ms']:.0f}"])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = []
@@ -549,7 +644,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"llama-cpp-python skipped: cannot run it: {exc}", flush=True)
 
         for name, run in plan:
-            print(f"\n== {name}", flush=True)
+            print(f"\n== {name} (load average now {os.getloadavg()[0]:.2f})", flush=True)
             try:
                 results[name] = run()
             except KeyboardInterrupt:
@@ -572,6 +667,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"\nnote: {name} skipped: {r['skipped']}")
         elif "error" in r:
             print(f"\nnote: {name} failed: {r['error'].splitlines()[0]}")
+        elif r.get("noisy_phases"):
+            print(f"\nwarning: {name}: {r['noisy_phases']} phase(s) (marked *) shared the CPUs with other "
+                  f"processes (over {100 * NOISY:.0f}% of all cores); their numbers are low. Rerun on a quiet machine.")
 
     if args.json is not None:
         report = {

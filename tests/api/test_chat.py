@@ -204,3 +204,9 @@ def test_async_client_concurrent_requests(server) -> None:  # noqa: ANN001
 
     contents = asyncio.run(main())
     assert len(contents) == 4 and all(contents)
+
+
+def test_retrieve_one_model(client: openai.OpenAI) -> None:
+    assert client.models.retrieve(MODEL).id == MODEL
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4")

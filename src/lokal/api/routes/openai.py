@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from lokal.api.generation import respond
 from lokal.api.protocol import ChatCompletionRequest, CompletionRequest
 from lokal.models.prompting import plan_chat, plan_completion
-from lokal.models.registry import ModelRegistry
+from lokal.models.registry import ModelRegistry, UnknownModelError
 
 router = APIRouter()
 
@@ -24,6 +24,14 @@ async def list_models(request: Request) -> dict[str, Any]:
     data = [{"id": e.name, "object": "model", "created": created, "owned_by": "lokal"}
             for e in _registry(request).entries if e.ok]
     return {"object": "list", "data": data}
+
+
+@router.get("/models/{model_id:path}", summary="Describe one model")
+async def get_model(model_id: str, request: Request) -> dict[str, Any]:
+    entry = _registry(request).entry(model_id)  # unknown: 404
+    if not entry.ok:
+        raise UnknownModelError(model_id)
+    return {"id": entry.name, "object": "model", "created": request.app.state.started, "owned_by": "lokal"}
 
 
 @router.post("/chat/completions", summary="Create a chat completion")

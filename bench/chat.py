@@ -91,11 +91,17 @@ LOKAL_ENV = ("API_KEY", "CONFIG_FILE", "MODELS_PATH", "ADDRESS", "THREADS", "CON
              "PARALLEL_REQUESTS", "PRELOAD_MODELS", "MAX_ACTIVE_BACKENDS", "WATCHDOG_IDLE_TIMEOUT",
              "SINGLE_ACTIVE_BACKEND_COUNT")
 
-RunMany = Callable[[Sequence[int]], "list[Stream]"]
+# run_many(seeds, deadline): one streamed request per seed, all at once; their timelines.
+# Past deadline (a perf_counter time) it gives up with OverBudget.
+RunMany = Callable[[Sequence[int], float], "list[Stream]"]
 
 
 class Skip(Exception):
     """A system that cannot be measured here (the reason is printed)."""
+
+
+class OverBudget(Exception):
+    """A system's share of --time-limit ran out (a badly loaded machine, most likely)."""
 
 
 @dataclass
@@ -178,7 +184,13 @@ def http_runner(base: str, model: str, max_tokens: int) -> RunMany:
             bodies = [dict(request_body(max_tokens, seed), model=model) for seed in seeds]
             return list(await asyncio.gather(*(_http_stream(client, url, b) for b in bodies)))
 
-    return lambda seeds: asyncio.run(many(seeds))
+    async def bounded(seeds: Sequence[int], deadline: float) -> list[Stream]:
+        try:
+            return await asyncio.wait_for(many(seeds), timeout=max(0.1, deadline - time.perf_counter()))
+        except asyncio.TimeoutError:
+            raise OverBudget() from None
+
+    return lambda seeds, deadline: asyncio.run(bounded(seeds, deadline))
 
 
 # ------------------------------------------------------------------- servers
@@ -322,58 +334,59 @@ class CpuWatch:
 NOISY = 0.10  # share of all cores used by other processes above which a phase is flagged
 
 
-def measure(name: str, run_many: RunMany, args: argparse.Namespace,
+def measure(name: str, run_many: RunMany, args: argparse.Namespace, deadline: float,
             server_pid: int | None = None) -> dict[str, Any]:
+    """Warm-up, single-stream runs, then each concurrency level; partial past deadline."""
     seeds = Seeds()
     t0 = time.perf_counter()
-    warm = run_many(seeds.take(1))[0]
-    print(f"  warm-up: {warm.tokens} tokens in {warm.end - warm.start:.2f}s", flush=True)
-    singles = []
-    single_other = []
-    single_cpu: list[dict[str, float]] = []
-    for i in range(args.repeats):
-        with CpuWatch(server_pid) as watch:
-            s = run_many(seeds.take(1))[0]
-        singles.append(s)
-        single_other.append(watch.other)
-        single_cpu.append(watch.cpu)
-        tps = s.decode_tps
-        print(f"  single #{i + 1}: {s.chunks} chunks, decode {tps or 0:.1f} tok/s, "
-              f"ttft {1000 * (s.ttft or 0):.0f} ms{watch.note()}", flush=True)
-    rates = [s.decode_tps for s in singles if s.decode_tps]
-    result: dict[str, Any] = {
-        "system": name,
-        "single_tps": statistics.median(rates) if rates else None,
-        "single_runs_tps": [s.decode_tps for s in singles],
-        "single_runs_other_cpu": single_other,
-        "single_runs_cpu": single_cpu,
-        "single_ttft_ms": statistics.median([1000 * s.ttft for s in singles if s.ttft is not None] or [0]),
-        "concurrent": {},
-    }
-    noisy = [o for o in single_other if o is not None and o > NOISY]
-    for c in args.concurrency:
-        with CpuWatch(server_pid) as watch:
-            streams = run_many(seeds.take(c))
-        wall = max(s.end for s in streams) - min(s.start for s in streams)
-        tokens = sum(s.tokens for s in streams)
-        agg = tokens / wall if wall > 0 else None
-        result["concurrent"][str(c)] = {
-            "clients": c, "tokens": tokens, "wall_s": wall, "tps": agg,
-            "usage_reported": all(s.usage_tokens is not None for s in streams),
-            "other_cpu": watch.other,
-            "cpu": watch.cpu,
-            "per_stream_decode_tps": [s.decode_tps for s in streams],
-            "per_stream_ttft_ms": [None if s.ttft is None else 1000 * s.ttft for s in streams],
-        }
-        if watch.other is not None and watch.other > NOISY:
-            noisy.append(watch.other)
-        print(f"  c{c}: {tokens} tokens in {wall:.2f}s = {agg or 0:.1f} tok/s{watch.note()}", flush=True)
-    result["noisy_phases"] = len(noisy)
+    result: dict[str, Any] = {"system": name, "single_tps": None, "single_runs_tps": [],
+                              "single_runs_other_cpu": [], "single_runs_cpu": [], "single_ttft_ms": None,
+                              "concurrent": {}, "noisy_phases": 0}
+    try:
+        warm = run_many(seeds.take(1), deadline)[0]
+        print(f"  warm-up: {warm.tokens} tokens in {warm.end - warm.start:.2f}s", flush=True)
+        singles = []
+        for i in range(args.repeats):
+            with CpuWatch(server_pid) as watch:
+                s = run_many(seeds.take(1), deadline)[0]
+            singles.append(s)
+            rates = [x.decode_tps for x in singles if x.decode_tps]
+            result["single_tps"] = statistics.median(rates) if rates else None
+            result["single_runs_tps"].append(s.decode_tps)
+            result["single_runs_other_cpu"].append(watch.other)
+            result["single_runs_cpu"].append(watch.cpu)
+            result["single_ttft_ms"] = statistics.median([1000 * x.ttft for x in singles if x.ttft is not None]
+                                                         or [0])
+            if watch.other is not None and watch.other > NOISY:
+                result["noisy_phases"] += 1
+            print(f"  single #{i + 1}: {s.chunks} chunks, decode {s.decode_tps or 0:.1f} tok/s, "
+                  f"ttft {1000 * (s.ttft or 0):.0f} ms{watch.note()}", flush=True)
+        for c in args.concurrency:
+            with CpuWatch(server_pid) as watch:
+                streams = run_many(seeds.take(c), deadline)
+            wall = max(s.end for s in streams) - min(s.start for s in streams)
+            tokens = sum(s.tokens for s in streams)
+            agg = tokens / wall if wall > 0 else None
+            result["concurrent"][str(c)] = {
+                "clients": c, "tokens": tokens, "wall_s": wall, "tps": agg,
+                "usage_reported": all(s.usage_tokens is not None for s in streams),
+                "other_cpu": watch.other,
+                "cpu": watch.cpu,
+                "per_stream_decode_tps": [s.decode_tps for s in streams],
+                "per_stream_ttft_ms": [None if s.ttft is None else 1000 * s.ttft for s in streams],
+            }
+            if noisy(result["concurrent"][str(c)]):
+                result["noisy_phases"] += 1
+            print(f"  c{c}: {tokens} tokens in {wall:.2f}s = {agg or 0:.1f} tok/s{watch.note()}", flush=True)
+    except OverBudget:
+        result["incomplete"] = (f"its share of --time-limit ran out after {time.perf_counter() - t0:.0f}s "
+                                "of measuring; the phases left were not measured")
+        print(f"  time is up for {name}: the phases left are not measured", flush=True)
     result["measure_s"] = time.perf_counter() - t0
     return result
 
 
-def run_lokal(args: argparse.Namespace, models: Path, work: Path) -> dict[str, Any]:
+def run_lokal(args: argparse.Namespace, models: Path, work: Path, deadline: float) -> dict[str, Any]:
     port = free_port()
     log_path = work / "lokal.log"
     env = {k: v for k, v in os.environ.items()
@@ -387,7 +400,7 @@ def run_lokal(args: argparse.Namespace, models: Path, work: Path) -> dict[str, A
         took = wait_ready(proc, f"http://{HOST}:{port}/readyz", log_path)
         print(f"  ready in {took:.1f}s (log: {log_path})", flush=True)
         result = measure("lokal", http_runner(f"http://{HOST}:{port}", MODEL_NAME, args.max_tokens), args,
-                         server_pid=proc.pid)
+                         deadline, server_pid=proc.pid)
         if proc.poll() is not None:
             raise RuntimeError("lokal exited during the run:\n" + tail(log_path))
         return result
@@ -397,7 +410,7 @@ def run_lokal(args: argparse.Namespace, models: Path, work: Path) -> dict[str, A
         stop_server(proc)
 
 
-def run_direct(args: argparse.Namespace, model_path: Path, work: Path) -> dict[str, Any]:
+def run_direct(args: argparse.Namespace, model_path: Path, work: Path, deadline: float) -> dict[str, Any]:
     import xllamacpp
 
     params = xllamacpp.CommonParams()
@@ -422,18 +435,24 @@ def run_direct(args: argparse.Namespace, model_path: Path, work: Path) -> dict[s
     try:
         server = xllamacpp.Server(params)
 
-        def one(seed: int, out: list[Stream | BaseException], index: int, barrier: threading.Barrier) -> None:
+        def one(seed: int, out: list[Stream | BaseException], index: int, barrier: threading.Barrier,
+                deadline: float) -> None:
             try:
                 body = request_body(args.max_tokens, seed)
                 barrier.wait()
                 stream = Stream(start=time.perf_counter(), end=0.0)
                 errors: list[Any] = []
 
+                late: list[bool] = []
+
                 def cb(chunk: dict[str, Any]) -> bool:
                     if "error" in chunk:
                         errors.append(chunk["error"])
                         return True
                     observe(stream, chunk)
+                    if time.perf_counter() > deadline:
+                        late.append(True)
+                        return True  # stop generating
                     return False
 
                 ret = server.handle_chat_completions(body, cb)
@@ -442,14 +461,16 @@ def run_direct(args: argparse.Namespace, model_path: Path, work: Path) -> dict[s
                     errors.append(ret["error"])
                 if errors:
                     raise RuntimeError(f"engine error: {errors[0]}")
+                if late:
+                    raise OverBudget()
                 out[index] = stream
             except BaseException as exc:  # noqa: BLE001 - re-raised on the main thread
                 out[index] = exc
 
-        def run_many(seeds: Sequence[int]) -> list[Stream]:
+        def run_many(seeds: Sequence[int], deadline: float) -> list[Stream]:
             out: list[Any] = [None] * len(seeds)
             barrier = threading.Barrier(len(seeds))
-            threads = [threading.Thread(target=one, args=(seed, out, i, barrier), daemon=True)
+            threads = [threading.Thread(target=one, args=(seed, out, i, barrier, deadline), daemon=True)
                        for i, seed in enumerate(seeds)]
             for t in threads:
                 t.start()
@@ -460,7 +481,7 @@ def run_direct(args: argparse.Namespace, model_path: Path, work: Path) -> dict[s
                     raise item
             return out
 
-        return measure("direct", run_many, args)
+        return measure("direct", run_many, args, deadline)
     finally:
         del server
         gc.collect()
@@ -487,7 +508,8 @@ def peer_python(args: argparse.Namespace) -> str:
     return python
 
 
-def run_peer(args: argparse.Namespace, python: str, model_path: Path, work: Path) -> dict[str, Any]:
+def run_peer(args: argparse.Namespace, python: str, model_path: Path, work: Path,
+             deadline: float) -> dict[str, Any]:
     port = free_port()
     log_path = work / "llama-cpp-python.log"
     cmd = [python, "-m", "llama_cpp.server", "--model", str(model_path), "--model_alias", MODEL_NAME,
@@ -501,7 +523,7 @@ def run_peer(args: argparse.Namespace, python: str, model_path: Path, work: Path
         took = wait_ready(proc, f"http://{HOST}:{port}/v1/models", log_path)
         print(f"  ready in {took:.1f}s (log: {log_path})", flush=True)
         result = measure("llama-cpp-python", http_runner(f"http://{HOST}:{port}", MODEL_NAME, args.max_tokens),
-                         args, server_pid=proc.pid)
+                         args, deadline, server_pid=proc.pid)
         if proc.poll() is not None:
             raise RuntimeError("llama-cpp-python exited during the run:\n" + tail(log_path))
         return result
@@ -532,9 +554,9 @@ def table(results: dict[str, dict[str, Any]], levels: list[int]) -> str:
             continue
         single_noisy = any(o is not None and o > NOISY for o in r.get("single_runs_other_cpu", []))
         rows.append([name, fmt(r["single_tps"]) + ("*" if single_noisy else " ")]
-                    + [fmt(r["concurrent"][str(c)]["tps"]) + ("*" if noisy(r["concurrent"][str(c)]) else " ")
-                       for c in levels]
-                    + [f"{r['single_ttft_ms']:.0f}"])
+                    + [fmt(r["concurrent"].get(str(c), {}).get("tps"))
+                       + ("*" if noisy(r["concurrent"].get(str(c), {})) else " ") for c in levels]
+                    + ["-" if r["single_ttft_ms"] is None else f"{r['single_ttft_ms']:.0f}"])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = []
     for j, row in enumerate(rows):
@@ -557,7 +579,8 @@ def ratios(results: dict[str, dict[str, Any]], levels: list[int]) -> list[dict[s
         ("lokal single / direct single", 0.95,
          lokal and lokal["single_tps"], direct and direct["single_tps"]),
         (f"lokal c{top} / llama-cpp-python c{top}", 1.5,
-         lokal and lokal["concurrent"][str(top)]["tps"], peer and peer["concurrent"][str(top)]["tps"]),
+         lokal and lokal["concurrent"].get(str(top), {}).get("tps"),
+         peer and peer["concurrent"].get(str(top), {}).get("tps")),
     ]
     for label, target, num, den in checks:
         value = num / den if num and den else None
@@ -588,6 +611,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-direct", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--skip-lokal", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
+    p.add_argument("--time-limit", type=float, default=540.0,
+                   help="seconds for the whole run, shared out between the systems; phases that don't fit "
+                        "are left out (default 540)")
     args = p.parse_args(argv)
     if not args.concurrency or min(args.concurrency) < 1:
         p.error("--concurrency needs positive integers")
@@ -628,14 +654,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         (models / f"{MODEL_NAME}.yaml").write_text(
             f"name: {MODEL_NAME}\nparameters:\n  model: {source.name}\ncontext_size: {CONTEXT}\n")
 
-        plan: list[tuple[str, Callable[[], dict[str, Any]]]] = []
+        plan: list[tuple[str, Callable[[float], dict[str, Any]]]] = []
         if not args.skip_lokal:
-            plan.append(("lokal", lambda: run_lokal(args, models, work)))
+            plan.append(("lokal", lambda deadline: run_lokal(args, models, work, deadline)))
         if not args.skip_direct:
-            plan.append(("direct", lambda: run_direct(args, model_path, work)))
+            plan.append(("direct", lambda deadline: run_direct(args, model_path, work, deadline)))
         try:
             python = peer_python(args)
-            plan.append(("llama-cpp-python", lambda: run_peer(args, python, model_path, work)))
+            plan.append(("llama-cpp-python", lambda deadline: run_peer(args, python, model_path, work, deadline)))
         except Skip as exc:
             results["llama-cpp-python"] = {"skipped": str(exc)}
             print(f"llama-cpp-python skipped: {exc}", flush=True)
@@ -643,10 +669,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             results["llama-cpp-python"] = {"skipped": f"cannot run it: {exc}"}
             print(f"llama-cpp-python skipped: cannot run it: {exc}", flush=True)
 
-        for name, run in plan:
-            print(f"\n== {name} (load average now {os.getloadavg()[0]:.2f})", flush=True)
+        for position, (name, run) in enumerate(plan):
+            # Each system gets an equal share of the time left, so a slow one can't starve the rest.
+            left = args.time_limit - (time.perf_counter() - started)
+            deadline = time.perf_counter() + max(left, 0) / (len(plan) - position)
+            print(f"\n== {name} (load average now {os.getloadavg()[0]:.2f}; "
+                  f"{deadline - time.perf_counter():.0f}s allowed)", flush=True)
             try:
-                results[name] = run()
+                results[name] = run(deadline)
             except KeyboardInterrupt:
                 raise
             except Exception as exc:  # noqa: BLE001 - one system failing must not hide the others
@@ -667,7 +697,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"\nnote: {name} skipped: {r['skipped']}")
         elif "error" in r:
             print(f"\nnote: {name} failed: {r['error'].splitlines()[0]}")
-        elif r.get("noisy_phases"):
+        if r.get("incomplete"):
+            print(f"\nwarning: {name}: {r['incomplete']} (shown as -)")
+        if r.get("noisy_phases"):
             print(f"\nwarning: {name}: {r['noisy_phases']} phase(s) (marked *) shared the CPUs with other "
                   f"processes (over {100 * NOISY:.0f}% of all cores); their numbers are low. Rerun on a quiet machine.")
 

@@ -16,8 +16,30 @@ MAX_STOP_LENGTH = 1000
 MAX_N = 16
 
 
+def _reject_lone_surrogates(value: Any, depth: int = 0) -> None:
+    """JSON may escape half a UTF-16 pair (\\ud800); no engine or tokenizer takes it."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("strings may not contain lone UTF-16 surrogates (\\ud800-\\udfff)") from None
+    elif depth < 64 and isinstance(value, dict):
+        for key, item in value.items():
+            _reject_lone_surrogates(key, depth + 1)
+            _reject_lone_surrogates(item, depth + 1)
+    elif depth < 64 and isinstance(value, list):
+        for item in value:
+            _reject_lone_surrogates(item, depth + 1)
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False, protected_namespaces=())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_text(cls, data: Any) -> Any:
+        _reject_lone_surrogates(data)
+        return data
 
 
 class StreamOptions(_Request):

@@ -575,16 +575,24 @@ def ratios(results: dict[str, dict[str, Any]], levels: list[int]) -> list[dict[s
     top = 8 if 8 in levels else max(levels)
     out = []
     lokal, direct, peer = ok("lokal"), ok("direct"), ok("llama-cpp-python")
+    def single_noisy(r: dict[str, Any] | None) -> bool:
+        return bool(r) and any(o is not None and o > NOISY for o in r.get("single_runs_other_cpu", []))
+
+    def top_noisy(r: dict[str, Any] | None) -> bool:
+        return bool(r) and noisy(r["concurrent"].get(str(top), {}))
+
     checks = [
         ("lokal single / direct single", 0.95,
-         lokal and lokal["single_tps"], direct and direct["single_tps"]),
+         lokal and lokal["single_tps"], direct and direct["single_tps"],
+         single_noisy(lokal) or single_noisy(direct)),
         (f"lokal c{top} / llama-cpp-python c{top}", 1.5,
          lokal and lokal["concurrent"].get(str(top), {}).get("tps"),
-         peer and peer["concurrent"].get(str(top), {}).get("tps")),
+         peer and peer["concurrent"].get(str(top), {}).get("tps"),
+         top_noisy(lokal) or top_noisy(peer)),
     ]
-    for label, target, num, den in checks:
+    for label, target, num, den, is_noisy in checks:
         value = num / den if num and den else None
-        out.append({"ratio": label, "value": value, "target": target,
+        out.append({"ratio": label, "value": value, "target": target, "noisy": bool(value and is_noisy),
                     "verdict": "n/a" if value is None else ("PASS" if value >= target else "FAIL")})
     return out
 
@@ -691,7 +699,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     for c in checks:
         value = "n/a" if c["value"] is None else f"{c['value']:.3f}"
-        print(f"{c['ratio']:<40} {value:>7}  (target >= {c['target']})  {c['verdict']}")
+        caveat = "  (from NOISY phases: not to be trusted)" if c["noisy"] else ""
+        print(f"{c['ratio']:<40} {value:>7}  (target >= {c['target']})  {c['verdict']}{caveat}")
     for name, r in results.items():
         if "skipped" in r:
             print(f"\nnote: {name} skipped: {r['skipped']}")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
 
 from lokal.api.generation import respond
 from lokal.api.protocol import ChatCompletionRequest, CompletionRequest
-from lokal.models.prompting import plan_chat, plan_completion
+from lokal.models.config import ModelEntry
+from lokal.models.prompting import EngineCall, plan_chat, plan_completion
 from lokal.models.registry import ModelRegistry, UnknownModelError
 
 router = APIRouter()
@@ -34,25 +36,23 @@ async def get_model(model_id: str, request: Request) -> dict[str, Any]:
     return {"id": entry.name, "object": "model", "created": request.app.state.started, "owned_by": "lokal"}
 
 
-@router.post("/chat/completions", summary="Create a chat completion")
-async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+async def _generate(request: Request, body: ChatCompletionRequest | CompletionRequest,
+                    plan: Callable[[ModelEntry, dict[str, Any]], EngineCall], kind: str) -> Any:
     lease = await _registry(request).acquire(body.model)
     try:
-        call = plan_chat(lease.entry, body.engine_params())
+        call = plan(lease.entry, body.engine_params())
     except Exception:
         lease.release()
         raise
-    return await respond(request, lease, call, kind="chat", stream=body.stream,
+    return await respond(request, lease, call, kind=kind, stream=body.stream,
                          include_usage=body.include_usage, timeout=body.timeout)
+
+
+@router.post("/chat/completions", summary="Create a chat completion")
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+    return await _generate(request, body, plan_chat, "chat")
 
 
 @router.post("/completions", summary="Create a text completion")
 async def completions(body: CompletionRequest, request: Request) -> Any:
-    lease = await _registry(request).acquire(body.model)
-    try:
-        call = plan_completion(lease.entry, body.engine_params())
-    except Exception:
-        lease.release()
-        raise
-    return await respond(request, lease, call, kind="completion", stream=body.stream,
-                         include_usage=body.include_usage, timeout=body.timeout)
+    return await _generate(request, body, plan_completion, "completion")

@@ -129,12 +129,15 @@ async def soak(args: argparse.Namespace, base: str, pid: int | None, proc: subpr
     limits = httpx.Limits(max_connections=args.clients, max_keepalive_connections=args.clients)
     timeout = httpx.Timeout(args.request_timeout, connect=30)
 
+    last = 0.0
+
     def report() -> None:
-        nonlocal window
+        nonlocal window, last
         now = time.monotonic() - started
         figures = proc_figures(pid)
         memory = f"  RSS {figures[0]:.0f} MB  threads {figures[1]}" if figures else ""
-        print(f"[{now:6.0f}s] interval: {window.line(args.interval)}{memory}", flush=True)
+        print(f"[{now:6.0f}s] interval: {window.line(now - last)}{memory}", flush=True)
+        last = now
         print(f"{'':9} total:    {total.line(now)}", flush=True)
         intervals.append({"t": round(now, 1), "requests": window.requests, "errors": window.errors,
                           "p50": percentile(window.latencies, 50), "p99": percentile(window.latencies, 99),

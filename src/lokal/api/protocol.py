@@ -16,20 +16,22 @@ MAX_STOP_LENGTH = 1000
 MAX_N = 16
 
 
-def _reject_lone_surrogates(value: Any, depth: int = 0) -> None:
-    """JSON may escape half a UTF-16 pair (\\ud800); no engine or tokenizer takes it."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError("strings may not contain lone UTF-16 surrogates (\\ud800-\\udfff)") from None
-    elif depth < 64 and isinstance(value, dict):
-        for key, item in value.items():
-            _reject_lone_surrogates(key, depth + 1)
-            _reject_lone_surrogates(item, depth + 1)
-    elif depth < 64 and isinstance(value, list):
-        for item in value:
-            _reject_lone_surrogates(item, depth + 1)
+def _reject_lone_surrogates(value: Any) -> None:
+    """JSON may escape half a UTF-16 pair (\\ud800); no engine or tokenizer takes it.
+    Walks the whole body, however deep, without recursion."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("strings may not contain lone UTF-16 surrogates (\\ud800-\\udfff)") from None
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
 
 
 class _Request(BaseModel):

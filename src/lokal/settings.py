@@ -134,6 +134,11 @@ class Settings(BaseSettings):
         description="Seconds running requests may take to finish after SIGTERM; then they "
         "end with an error event.",
     )
+    prompt_cache_ram: int = Field(
+        0, ge=0, le=1_000_000, validation_alias=_env("PROMPT_CACHE_RAM"),
+        description="MB of RAM per model for prompt states saved beyond the slots' own caches "
+        "(llama.cpp would keep up to 8192; 0: none, memory stays flat).",
+    )
     max_active_backends: int = Field(
         0, ge=0, validation_alias=_env("MAX_ACTIVE_BACKENDS", "SINGLE_ACTIVE_BACKEND_COUNT"),
         description="Most models loaded at once; the least recently used is unloaded "

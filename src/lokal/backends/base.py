@@ -53,6 +53,7 @@ class LoadOptions:
     mmap: bool | None = None
     gpu_layers: int | None = None
     embeddings: bool = False
+    prompt_cache_mb: int = 0  # host memory for saved prompt states (0: none beyond the slots)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -87,6 +87,9 @@ class LlamaCppBackend(Backend):
         params.kv_unified = True
         params.cont_batching = True
         params.cache_prompt = True
+        # llama.cpp's default keeps up to 8 GiB of saved slot states in RAM per model,
+        # growing with every finished request; lokal bounds it (PROMPT_CACHE_RAM).
+        params.cache_ram_mib = options.prompt_cache_mb
         params.use_jinja = True
         params.cpuparams.n_threads = options.threads
         params.cpuparams_batch.n_threads = options.threads

@@ -99,6 +99,7 @@ class EngineDefaults:
     context_size: int | None = None
     batch_embeddings: bool = True
     queue_size: int = 128
+    prompt_cache_mb: int = 0
 
 
 BackendFactory = Callable[[str, LoadOptions], Backend]
@@ -251,6 +252,7 @@ class ModelRegistry:
             mmap=config.mmap,
             gpu_layers=config.gpu_layers,
             embeddings=purpose in ("embed", "rerank"),
+            prompt_cache_mb=self.defaults.prompt_cache_mb,
             extra={"purpose": purpose},
         )
         return engine, options

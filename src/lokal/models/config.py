@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lokal.models import templates
-from lokal.models.files import ModelFileError, check_magic, read_gguf
+from lokal.models.files import ModelFileError, read_gguf
 
 log = logging.getLogger("lokal.models")
 

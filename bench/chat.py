@@ -33,6 +33,12 @@ For each system: one warm-up request (loads the model), then
   usage) divided by the wall time from the first request's start to the last
   one's end. N comes from `--concurrency` (default 1,4,8).
 
+HTTP systems are read by a bare asyncio HTTP/1.1 client by default (`--client
+raw`): on a small machine a heavier client (httpx, `--client httpx`) takes CPU
+from the engine under test. The whole sequence runs `--rounds` times (default
+2) and medians are taken over every round, so the machine's drift in speed hits
+all systems alike.
+
 Every request uses the same long-answer prompt, temperature 0.7 (top_p 0.95,
 top_k 40, min_p 0.05, repeat_penalty 1.0 spelled out so all three sample alike)
 and its own seed, so answers differ and the prompt cache can't make it trivial.
@@ -156,6 +162,7 @@ def observe(stream: Stream, chunk: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- HTTP clients
 
 async def _http_stream(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> Stream:
+    """One streamed answer read with httpx (--client httpx)."""
     stream = Stream(start=time.perf_counter(), end=0.0)
     async with client.stream("POST", url, json=body) as response:
         if response.status_code != 200:
@@ -167,21 +174,84 @@ async def _http_stream(client: httpx.AsyncClient, url: str, body: dict[str, Any]
             data = line[5:].strip()
             if data == "[DONE]":
                 break
-            chunk = json.loads(data)
-            if "error" in chunk:
-                raise RuntimeError(f"error in stream from {url}: {chunk['error']}")
-            observe(stream, chunk)
+            _observe_event(stream, data, url)
     stream.end = time.perf_counter()
     return stream
 
 
-def http_runner(base: str, model: str, max_tokens: int) -> RunMany:
+def _observe_event(stream: Stream, data: str, url: str) -> None:
+    chunk = json.loads(data)
+    if "error" in chunk:
+        raise RuntimeError(f"error in stream from {url}: {chunk['error']}")
+    observe(stream, chunk)
+
+
+async def _raw_stream(host: str, port: int, path: str, body: dict[str, Any]) -> Stream:
+    """One streamed answer read over a bare HTTP/1.1 connection (--client raw, the default).
+
+    The client shares the machine with the server under test; httpx's per-line
+    work costs about 0.2 ms of CPU per token, which on two cores slows the
+    engine's spin-waiting threads measurably. This reader does the least a
+    client can: it undoes chunked transfer coding, splits SSE events and parses
+    each event's JSON (still checking every chunk and error).
+    """
+    stream = Stream(start=time.perf_counter(), end=0.0)
+    payload = json.dumps(body).encode()
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(b"POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
+                     b"Accept: text/event-stream\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+                     % (path.encode(), host.encode(), port, len(payload)) + payload)
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        status = int(status_line.split()[1])
+        headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines if h)}
+        chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        if status != 200:
+            text = (await reader.read()).decode(errors="replace")
+            raise RuntimeError(f"HTTP {status} from {path}: {text[:500]}")
+        pending = b""
+        done = False
+        while not done:
+            if chunked:
+                size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                if size == 0:
+                    break
+                data = await reader.readexactly(size + 2)
+                data = data[:-2]
+            else:
+                data = await reader.read(65536)
+                if not data:
+                    break
+            pending += data.replace(b"\r\n", b"\n")
+            *events, pending = pending.split(b"\n\n")
+            for event in events:
+                for line in event.split(b"\n"):
+                    if not line.startswith(b"data:"):
+                        continue
+                    text = line[5:].strip().decode()
+                    if text == "[DONE]":
+                        done = True
+                        break
+                    _observe_event(stream, text, path)
+    finally:
+        writer.close()
+    stream.end = time.perf_counter()
+    return stream
+
+
+def http_runner(base: str, model: str, max_tokens: int, client_kind: str = "raw") -> RunMany:
     url = f"{base}/v1/chat/completions"
+    host, _, port = base.removeprefix("http://").partition(":")
 
     async def many(seeds: Sequence[int]) -> list[Stream]:
+        bodies = [dict(request_body(max_tokens, seed), model=model) for seed in seeds]
+        if client_kind == "raw":
+            return list(await asyncio.gather(*(_raw_stream(host, int(port), "/v1/chat/completions", b)
+                                               for b in bodies)))
         limits = httpx.Limits(max_connections=len(seeds) + 2, max_keepalive_connections=len(seeds) + 2)
         async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT, limits=limits, trust_env=False) as client:
-            bodies = [dict(request_body(max_tokens, seed), model=model) for seed in seeds]
             return list(await asyncio.gather(*(_http_stream(client, url, b) for b in bodies)))
 
     async def bounded(seeds: Sequence[int], deadline: float) -> list[Stream]:
@@ -399,7 +469,7 @@ def run_lokal(args: argparse.Namespace, models: Path, work: Path, deadline: floa
         proc = start_server(cmd, log_path, env, work)
         took = wait_ready(proc, f"http://{HOST}:{port}/readyz", log_path)
         print(f"  ready in {took:.1f}s (log: {log_path})", flush=True)
-        result = measure("lokal", http_runner(f"http://{HOST}:{port}", MODEL_NAME, args.max_tokens), args,
+        result = measure("lokal", http_runner(f"http://{HOST}:{port}", MODEL_NAME, args.max_tokens, args.client), args,
                          deadline, server_pid=proc.pid)
         if proc.poll() is not None:
             raise RuntimeError("lokal exited during the run:\n" + tail(log_path))
@@ -420,6 +490,7 @@ def run_direct(args: argparse.Namespace, model_path: Path, work: Path, deadline:
     params.kv_unified = True
     params.cont_batching = True
     params.cache_prompt = True
+    params.cache_ram_mib = 0  # as lokal's default PROMPT_CACHE_RAM
     params.use_jinja = True
     params.cpuparams.n_threads = args.threads
     params.cpuparams_batch.n_threads = args.threads
@@ -522,7 +593,7 @@ def run_peer(args: argparse.Namespace, python: str, model_path: Path, work: Path
         proc = start_server(cmd, log_path, dict(os.environ), work)
         took = wait_ready(proc, f"http://{HOST}:{port}/v1/models", log_path)
         print(f"  ready in {took:.1f}s (log: {log_path})", flush=True)
-        result = measure("llama-cpp-python", http_runner(f"http://{HOST}:{port}", MODEL_NAME, args.max_tokens),
+        result = measure("llama-cpp-python", http_runner(f"http://{HOST}:{port}", MODEL_NAME, args.max_tokens, args.client),
                          args, deadline, server_pid=proc.pid)
         if proc.poll() is not None:
             raise RuntimeError("llama-cpp-python exited during the run:\n" + tail(log_path))
@@ -534,6 +605,38 @@ def run_peer(args: argparse.Namespace, python: str, model_path: Path, work: Path
 
 
 # ------------------------------------------------------------------- reporting
+
+def merge_rounds(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One system's rounds as one result: medians over every single-stream run and
+    over the rounds' aggregate for each concurrency level."""
+    good = [r for r in runs if "error" not in r]
+    if not good:
+        return runs[0]
+    merged: dict[str, Any] = {"system": name, "rounds": len(good), "concurrent": {},
+                              "noisy_phases": sum(r.get("noisy_phases", 0) for r in good),
+                              "measure_s": sum(r.get("measure_s", 0.0) for r in good)}
+    for key in ("single_runs_tps", "single_runs_other_cpu", "single_runs_cpu"):
+        merged[key] = [x for r in good for x in r.get(key, [])]
+    rates = [x for x in merged["single_runs_tps"] if x]
+    merged["single_tps"] = statistics.median(rates) if rates else None
+    ttfts = [r["single_ttft_ms"] for r in good if r.get("single_ttft_ms")]
+    merged["single_ttft_ms"] = statistics.median(ttfts) if ttfts else None
+    for level in sorted({c for r in good for c in r["concurrent"]}, key=int):
+        phases = [r["concurrent"][level] for r in good if level in r["concurrent"]]
+        tps = [p["tps"] for p in phases if p.get("tps")]
+        others = [p["other_cpu"] for p in phases if p.get("other_cpu") is not None]
+        merged["concurrent"][level] = {"clients": int(level), "tps": statistics.median(tps) if tps else None,
+                                       "other_cpu": max(others) if others else None,
+                                       "usage_reported": all(p.get("usage_reported") for p in phases),
+                                       "rounds": phases}
+    incomplete = [r["incomplete"] for r in good if r.get("incomplete")]
+    if incomplete:
+        merged["incomplete"] = incomplete[0]
+    failed = [r["error"] for r in runs if "error" in r]
+    if failed:
+        merged["failed_rounds"] = failed
+    return merged
+
 
 def fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
@@ -616,6 +719,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="python of a venv with llama-cpp-python[server] "
                         f"(default: $LLAMA_CPP_PYTHON or /work/venv-llamacpp/bin/python; now {default_peer})")
     p.add_argument("--skip-peer", action="store_true", help="do not run llama-cpp-python")
+    p.add_argument("--client", choices=("raw", "httpx"), default="raw",
+                   help="HTTP client for lokal and the peer: raw (bare asyncio HTTP/1.1, the least CPU) "
+                        "or httpx (what apps use; costs the server under test CPU on a small machine)")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="times the whole sequence of systems runs; medians are taken over all rounds, "
+                        "so drift in machine speed hits every system alike (default 2)")
     p.add_argument("--skip-direct", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--skip-lokal", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
@@ -625,8 +734,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not args.concurrency or min(args.concurrency) < 1:
         p.error("--concurrency needs positive integers")
-    if args.repeats < 1 or args.max_tokens < 2 or args.threads < 1:
-        p.error("--repeats >= 1, --max-tokens >= 2 and --threads >= 1 please")
+    if args.repeats < 1 or args.max_tokens < 2 or args.threads < 1 or args.rounds < 1:
+        p.error("--repeats, --rounds and --threads >= 1, --max-tokens >= 2 please")
     return args
 
 
@@ -648,7 +757,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     results: dict[str, dict[str, Any]] = {}
     print(f"model {source.name}, threads {args.threads}, context {CONTEXT}, max_tokens {args.max_tokens}, "
-          f"repeats {args.repeats}, concurrency {args.concurrency}, slots {args.parallel}, "
+          f"repeats {args.repeats}, rounds {args.rounds}, client {args.client}, concurrency {args.concurrency}, slots {args.parallel}, "
           f"{os.cpu_count()} CPUs", flush=True)
     with tempfile.TemporaryDirectory(prefix="lokal-bench-") as tmp:
         work = Path(tmp)
@@ -677,19 +786,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             results["llama-cpp-python"] = {"skipped": f"cannot run it: {exc}"}
             print(f"llama-cpp-python skipped: cannot run it: {exc}", flush=True)
 
-        for position, (name, run) in enumerate(plan):
-            # Each system gets an equal share of the time left, so a slow one can't starve the rest.
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in plan}
+        steps = [(r, name, run) for r in range(args.rounds) for name, run in plan]
+        for position, (round_no, name, run) in enumerate(steps):
+            # Each step gets an equal share of the time left, so a slow one can't starve the rest.
             left = args.time_limit - (time.perf_counter() - started)
-            deadline = time.perf_counter() + max(left, 0) / (len(plan) - position)
-            print(f"\n== {name} (load average now {os.getloadavg()[0]:.2f}; "
-                  f"{deadline - time.perf_counter():.0f}s allowed)", flush=True)
+            deadline = time.perf_counter() + max(left, 0) / (len(steps) - position)
+            print(f"\n== {name}, round {round_no + 1}/{args.rounds} (load average now "
+                  f"{os.getloadavg()[0]:.2f}; {deadline - time.perf_counter():.0f}s allowed)", flush=True)
             try:
-                results[name] = run(deadline)
+                runs[name].append(run(deadline))
             except KeyboardInterrupt:
                 raise
             except Exception as exc:  # noqa: BLE001 - one system failing must not hide the others
-                results[name] = {"error": str(exc)}
+                runs[name].append({"error": str(exc)})
                 print(f"  FAILED: {exc}", flush=True)
+        for name, system_runs in runs.items():
+            results[name] = merge_rounds(name, system_runs)
         elapsed = time.perf_counter() - started
 
     checks = ratios(results, args.concurrency)
@@ -717,6 +830,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "settings": {"model": source.name, "threads": args.threads, "context": CONTEXT,
                          "max_tokens": args.max_tokens, "repeats": args.repeats,
                          "concurrency": args.concurrency, "slots": args.parallel, "prompt": PROMPT,
+                         "rounds": args.rounds, "client": args.client,
                          "sampling": SAMPLING},
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                         "python": platform.python_version()},

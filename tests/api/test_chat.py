@@ -41,6 +41,17 @@ def test_max_tokens_limits_and_reports_length(client: openai.OpenAI) -> None:
     assert reply.choices[0].finish_reason == "length"
 
 
+def test_ignore_eos_generates_past_the_end_of_the_answer(client: openai.OpenAI) -> None:
+    # "Say OK." ends after a token or two; with ignore_eos the engine keeps going.
+    ask = {"model": MODEL, "messages": [{"role": "user", "content": "Say OK."}], "max_tokens": 40,
+           "temperature": 0}
+    short = client.chat.completions.create(**ask)
+    assert short.choices[0].finish_reason == "stop" and short.usage.completion_tokens < 40
+    full = client.chat.completions.create(**ask, extra_body={"ignore_eos": True})
+    assert full.usage.completion_tokens == 40
+    assert full.choices[0].finish_reason == "length"
+
+
 def test_max_completion_tokens_is_honoured(client: openai.OpenAI) -> None:
     reply = client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "Write a long story about a dragon."}],

@@ -86,7 +86,7 @@ def test_sigterm_lets_requests_finish_then_ends_them_with_an_error(tmp_path: Pat
 
         def long_stream() -> None:
             with httpx.stream("POST", f"{server.base}/v1/chat/completions", timeout=120,
-                              json=dict(LONG, max_tokens=5000, stream=True)) as r:
+                              json=dict(LONG, max_tokens=5000, stream=True, ignore_eos=True)) as r:
                 events.extend(line for line in r.iter_lines() if line.startswith("data: "))
 
         threads = [threading.Thread(target=finish_short), threading.Thread(target=long_stream)]

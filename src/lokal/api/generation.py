@@ -61,9 +61,10 @@ async def respond(request: Request, lease: Lease, call: EngineCall, *, kind: str
     if not stream or call.functions is not None:
         aggregator = Aggregator(shaper)
         try:
-            async for chunk in chunks:
-                for shaped in shaper.shape(chunk):
-                    aggregator.add(shaped)
+            async for batch in chunks:
+                for chunk in batch:
+                    for shaped in shaper.shape(chunk):
+                        aggregator.add(shaped)
         finally:
             await chunks.aclose()
             finish()
@@ -90,18 +91,17 @@ async def respond(request: Request, lease: Lease, call: EngineCall, *, kind: str
 
     async def events() -> AsyncIterator[bytes]:
         try:
-            pending = [first] if first is not None else []
+            batch = first or []
             while True:
-                for chunk in pending:
-                    for shaped in shaper.shape(chunk):
-                        yield sse(shaped)
+                # Everything the engine sent since the last write goes out in one write.
+                data = b"".join(sse(shaped) for chunk in batch for shaped in shaper.shape(chunk))
+                if data:
+                    yield data
                 try:
-                    pending = [await anext(chunks)]
+                    batch = await anext(chunks)
                 except StopAsyncIteration:
                     break
-            if include_usage:
-                yield sse(shaper.usage_chunk())
-            yield sse("[DONE]")
+            yield (sse(shaper.usage_chunk()) if include_usage else b"") + sse("[DONE]")
         except Exception as exc:  # noqa: BLE001 - reported to the client in-stream
             yield sse(to_api_error(exc).body())
             yield sse("[DONE]")

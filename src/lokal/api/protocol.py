@@ -95,6 +95,8 @@ class _SamplingRequest(_Request):
     stream: bool = False
     stream_options: StreamOptions | None = None
     grammar: str | None = Field(None, max_length=1_000_000)
+    # llama.cpp and vLLM: keep generating past the end-of-sequence token (benchmarks, tests).
+    ignore_eos: bool | None = None
     user: str | None = None
     # lokal: end this request after so many seconds (overrides REQUEST_TIMEOUT).
     timeout: float | None = Field(None, gt=0, le=86_400)

@@ -1,7 +1,9 @@
 """Engine chunks to OpenAI answers: the thread bridge, chunk shaping, SSE, aggregation.
 
 Engines block a thread and call a sink per chunk. `engine_chunks` runs that on
-its own thread and yields the chunks to the event loop; setting the cancel event
+its own thread and yields the chunks to the event loop, every chunk that is
+waiting at once (one wake-up and one socket write for all of them when the
+event loop falls behind, as with many concurrent streams); setting the cancel event
 (client gone) makes the sink answer "stop" so the engine frees its slot within
 one token. Non-streaming answers are assembled from the same chunks, so both
 kinds of request stop the same way when their client disconnects.
@@ -27,10 +29,13 @@ class _Failure:
         self.exc = exc
 
 
-async def guarded(chunks: AsyncIterator[dict[str, Any]], cancel: threading.Event, *,
+Batch = list[dict[str, Any]]
+
+
+async def guarded(chunks: AsyncIterator[Batch], cancel: threading.Event, *,
                   timeout: float | None, busy: float | None, on_stuck: Callable[[], None],
-                  stopping: asyncio.Event | None = None) -> AsyncIterator[dict[str, Any]]:
-    """Chunks, ending the request past its timeout, when the engine goes quiet for
+                  stopping: asyncio.Event | None = None) -> AsyncIterator[Batch]:
+    """Batches of chunks, ending the request past its timeout, when the engine goes quiet for
     longer than the busy watchdog allows (then on_stuck retires the model), or when
     the server's shutdown grace period is over."""
     loop = asyncio.get_running_loop()
@@ -42,9 +47,9 @@ async def guarded(chunks: AsyncIterator[dict[str, Any]], cancel: threading.Event
         waits = [w for w in (busy, deadline - loop.time() if deadline else None) if w is not None]
         try:
             if waits:
-                chunk = await asyncio.wait_for(anext(chunks), max(0.0, min(waits)))
+                batch = await asyncio.wait_for(anext(chunks), max(0.0, min(waits)))
             else:
-                chunk = await anext(chunks)
+                batch = await anext(chunks)
         except StopAsyncIteration:
             return
         except TimeoutError:
@@ -53,7 +58,7 @@ async def guarded(chunks: AsyncIterator[dict[str, Any]], cancel: threading.Event
                 raise RequestTimeout(timeout or 0) from None
             on_stuck()
             raise EngineStuck(busy or 0) from None
-        yield chunk
+        yield batch
 
 
 class ShuttingDown(Exception):
@@ -75,8 +80,9 @@ class EngineStuck(Exception):
 
 
 async def engine_chunks(run: Callable[[ChunkSink], None], cancel: threading.Event,
-                        on_done: Callable[[], None] | None = None) -> AsyncIterator[dict[str, Any]]:
-    """Run a blocking engine call on a thread; yield its chunks here.
+                        on_done: Callable[[], None] | None = None) -> AsyncIterator[Batch]:
+    """Run a blocking engine call on a thread; yield its chunks here, in batches of
+    those that arrived since the last one was taken.
 
     on_done runs on the event loop when the engine call has returned, however
     the response ended: only then is the model free of this request.
@@ -113,12 +119,22 @@ async def engine_chunks(run: Callable[[ChunkSink], None], cancel: threading.Even
     threading.Thread(target=work, name="lokal-generate", daemon=True).start()
     try:
         while True:
+            batch: Batch = []
             item = await queue.get()
+            while True:
+                if item is _DONE or isinstance(item, _Failure):
+                    break
+                batch.append(item)
+                if queue.empty():
+                    item = None
+                    break
+                item = queue.get_nowait()
+            if batch:
+                yield batch
             if item is _DONE:
                 return
             if isinstance(item, _Failure):
                 raise item.exc
-            yield item
     finally:
         cancel.set()
 

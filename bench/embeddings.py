@@ -7,7 +7,11 @@ with `lokal models convert` (or `--gguf PATH`).
 
 Workloads, in sentences per second:
   (a) one request of N short texts;
-  (b) N concurrent one-text requests (Dify's pattern), over about 64 connections.
+  (b) N concurrent one-text requests (Dify's pattern), at most 64 at a time, each
+      on a fresh connection as Dify's `requests.post` makes them.
+HTTP is spoken by a bare asyncio client (--client raw, default): the client
+shares the two cores with the server, and httpx (--client httpx) spends so much
+CPU per request that it, not the server, set the pace of (b).
 Systems, one at a time (never two at once: they would fight over the cores):
   direct            the engine in a separate Python process, no HTTP: (a) one
                     call; (b) N one-text calls from --direct-threads threads
@@ -244,6 +248,35 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
+async def raw_post(host: str, port: int, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """POST body as JSON over a fresh HTTP/1.1 connection (as Dify's `requests.post`
+    does); (status, parsed answer). The least CPU a client can spend: the client
+    shares the machine with the server under test (httpx, --client httpx, spent so
+    much that it, not lokal, set the pace of workload (b))."""
+    payload = json.dumps(body).encode()
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(b"POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\nConnection: close\r\n\r\n"
+                     % (path.encode(), host.encode(), port, len(payload)) + payload)
+        data = await reader.read()
+    finally:
+        writer.close()
+    head, _, answer = data.partition(b"\r\n\r\n")
+    if b"transfer-encoding: chunked" in head.lower():
+        raise RuntimeError("unexpected chunked answer")
+    return int(head.split(None, 2)[1]), json.loads(answer)
+
+
+def check_json(reply: tuple[int, dict[str, Any]], count: int) -> None:
+    status, answer = reply
+    if status != 200:
+        raise RuntimeError(f"HTTP {status}: {json.dumps(answer)[:300]}")
+    data = answer["data"]
+    if len(data) != count or len(data[0]["embedding"]) != 384:
+        raise RuntimeError(f"unexpected answer: {len(data)} vectors")
+
+
 def make_models_folder(root: Path, backend: str, model_path: Path) -> Path:
     """A LocalAI-style folder: `bert` (the MiniLM folder or the GGUF) and embeddings.yaml."""
     models = root / "models"
@@ -294,10 +327,24 @@ def run_lokal(args: argparse.Namespace, models: Path, log_dir: Path, batching: b
                 raise RuntimeError(f"unexpected answer: {len(data)} vectors")
 
         async def one_request(texts: list[str]) -> None:
+            if args.client == "raw":
+                check_json(await raw_post(HOST, port, "/v1/embeddings", {"model": MODEL_NAME, "input": texts}),
+                           len(texts))
+                return
             async with httpx.AsyncClient(timeout=timeout, trust_env=False) as client:
                 check(await client.post(url, json={"model": MODEL_NAME, "input": texts}), len(texts))
 
         async def many_requests(texts: list[str]) -> None:
+            if args.client == "raw":
+                gate = asyncio.Semaphore(args.connections)
+
+                async def one(text: str) -> tuple[int, dict[str, Any]]:
+                    async with gate:
+                        return await raw_post(HOST, port, "/v1/embeddings", {"model": MODEL_NAME, "input": text})
+
+                for reply in await asyncio.gather(*(one(t) for t in texts)):
+                    check_json(reply, 1)
+                return
             async with httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False) as client:
                 replies = await asyncio.gather(*(client.post(url, json={"model": MODEL_NAME, "input": t})
                                                  for t in texts))
@@ -369,7 +416,7 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> bool
 
     systems = ["direct", "lokal", "lokal-unbatched"]
     print()
-    print(f"all-MiniLM-L6-v2, backend {args.backend}, {args.threads} threads, N={args.n}, "
+    print(f"all-MiniLM-L6-v2, backend {args.backend}, client {args.client}, {args.threads} threads, N={args.n}, "
           f"median of {args.repeats}; sentences/s (other processes' share of the CPUs)")
     print(f"{'system':<18}{'(a) 1 request x N':>22}{'(b) N requests x 1':>22}")
     noisy = False
@@ -413,6 +460,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--n", type=int, default=256, help="texts per workload (default 256)")
     parser.add_argument("--repeats", type=int, default=3, help="measured rounds, median kept (default 3)")
     parser.add_argument("--connections", type=int, default=64, help="HTTP connections for (b) (default 64)")
+    parser.add_argument("--client", choices=("raw", "httpx"), default="raw",
+                        help="HTTP client: raw (bare asyncio HTTP/1.1, a fresh connection per request, "
+                             "the least CPU) or httpx (pooled; costs the server under test CPU)")
     parser.add_argument("--direct-threads", type=int, default=8,
                         help="threads making the direct one-text calls in (b) (default 8)")
     parser.add_argument("--parallel", type=int, default=4,

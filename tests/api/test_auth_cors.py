@@ -44,6 +44,17 @@ def test_health_routes_are_open(secured: LokalServer) -> None:
     assert httpx.get(f"{secured.base}/readyz").status_code == 200
 
 
+def test_head_is_answered_as_get_without_a_body(secured: LokalServer) -> None:
+    # Health checks often send HEAD (curl -I); it follows GET's rules, auth included.
+    for path in ("/healthz", "/readyz"):
+        r = httpx.head(f"{secured.base}{path}")
+        assert r.status_code == 200 and r.content == b""
+        assert r.headers["content-type"] == "application/json"
+    assert httpx.head(f"{secured.base}/v1/models").status_code == 401
+    r = httpx.head(f"{secured.base}/v1/models", headers={"Authorization": "Bearer key-one"})
+    assert r.status_code == 200 and r.content == b""
+
+
 def test_sdk_auth_errors_are_typed(secured: LokalServer) -> None:
     bad = openai.OpenAI(base_url=f"{secured.base}/v1", api_key="nope", max_retries=0)
     with pytest.raises(openai.AuthenticationError):

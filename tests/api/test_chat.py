@@ -121,7 +121,12 @@ def test_n_beyond_the_slots_is_a_clear_400(http: httpx.Client) -> None:
     r = http.post("/v1/chat/completions", json={
         "model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "n": 9})
     assert r.status_code == 400
-    assert "n" in r.json()["error"]["message"]
+    error = r.json()["error"]
+    assert error["param"] == "n" and "PARALLEL_REQUESTS" in error["message"]
+    # Several prompts take their turns in the slots: only n is bounded by them.
+    r = http.post("/v1/completions", json={"model": MODEL, "prompt": [f"Count to {i}." for i in range(9)],
+                                           "max_tokens": 2})
+    assert r.status_code == 200 and len(r.json()["choices"]) == 9
 
 
 def test_json_object_response_format_gives_json(client: openai.OpenAI) -> None:

@@ -43,6 +43,10 @@ def test_sdk_raises_typed_errors(client: openai.OpenAI) -> None:
     ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "top_p": -1}, "top_p"),
     ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": "many"}, "max_tokens"),
     ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": -3}, "max_tokens"),
+    # llama.cpp would still generate a token for 0; OpenAI refuses it as well.
+    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, "max_tokens"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 0},
+     "max_completion_tokens"),
     ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "n": 0}, "n"),
     ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "n": 1000000}, "n"),
     ({"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),

@@ -30,7 +30,8 @@ async def send_error(send: Send, status: int, message: str, error_type: str,
 
 class NormalizeMiddleware:
     """`/v1/v1/x` is `/v1/x` (a base URL that already ended in /v1), `//x` is `/x`
-    (one that ended in a slash), and a JSON body
+    (one that ended in a slash), HEAD is answered as GET without the body (health
+    checks such as `curl -I`; the HTTP server drops the body), and a JSON body
     is JSON whatever Content-Type says (curl -d sends form encoding)."""
 
     def __init__(self, app: ASGIApp) -> None:
@@ -42,6 +43,8 @@ class NormalizeMiddleware:
             fixed = _REPEATED_V1.sub(r"\1", _SLASHES.sub("/", path))
             if fixed != path:
                 scope = dict(scope, path=fixed, raw_path=fixed.encode())
+            if scope["method"] == "HEAD":
+                scope = dict(scope, method="GET")
             if scope["method"] in ("POST", "PUT", "PATCH"):
                 headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
                 content_type = dict(scope["headers"]).get(b"content-type", b"")

@@ -80,7 +80,8 @@ class _SamplingRequest(_Request):
     """Parameters shared by chat and text completions."""
 
     model: str = Field(min_length=1, max_length=256)
-    max_tokens: int | None = Field(None, ge=0)
+    # 0 would still generate a token in llama.cpp; OpenAI refuses it too.
+    max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
     top_k: int | None = Field(None, ge=0)
@@ -201,7 +202,7 @@ class ToolDef(_Request):
 
 class ChatCompletionRequest(_SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=0)
+    max_completion_tokens: int | None = Field(None, ge=1)
     response_format: ResponseFormat | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)

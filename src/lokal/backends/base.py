@@ -83,6 +83,8 @@ class Backend(ABC):
 
     #: what the model can do: "chat", "completion", "embeddings", "rerank"
     capabilities: frozenset[str] = frozenset()
+    #: sequences the model can generate at once (None: no such limit)
+    slots: int | None = None
 
     def chat(self, body: dict[str, Any], sink: ChunkSink) -> None:
         """Stream a chat completion for an OpenAI-style body into sink."""

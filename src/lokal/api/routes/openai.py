@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from lokal.api.errors import APIError
 from lokal.api.generation import respond
 from lokal.api.protocol import ChatCompletionRequest, CompletionRequest
 from lokal.models.config import ModelEntry
@@ -40,12 +41,22 @@ async def _generate(request: Request, body: ChatCompletionRequest | CompletionRe
                     plan: Callable[[ModelEntry, dict[str, Any]], EngineCall], kind: str) -> Any:
     lease = await _registry(request).acquire(body.model)
     try:
+        _check_slots(body, lease.backend.slots)
         call = plan(lease.entry, body.engine_params())
     except Exception:
         lease.release()
         raise
     return await respond(request, lease, call, kind=kind, stream=body.stream,
                          include_usage=body.include_usage, timeout=body.timeout)
+
+
+def _check_slots(body: ChatCompletionRequest | CompletionRequest, slots: int | None) -> None:
+    """The choices of one prompt are decoded side by side, each in a slot of its own
+    (several prompts take their turns, so only n is bounded)."""
+    if slots is not None and body.n > slots:
+        raise APIError(400, f"n={body.n} asks for more choices than this model decodes at once "
+                            f"({slots}, PARALLEL_REQUESTS). Ask for fewer, or raise PARALLEL_REQUESTS.",
+                       param="n")
 
 
 @router.post("/chat/completions", summary="Create a chat completion")

@@ -190,8 +190,8 @@ async def _raw_stream(host: str, port: int, path: str, body: dict[str, Any]) -> 
     """One streamed answer read over a bare HTTP/1.1 connection (--client raw, the default).
 
     The client shares the machine with the server under test; httpx's per-line
-    work costs about 0.2 ms of CPU per token, which on two cores slows the
-    engine's spin-waiting threads measurably. This reader does the least a
+    work costs about 0.2 ms of CPU per token, CPU that on two cores comes out
+    of the engine's spin-waiting threads. This reader does the least a
     client can: it undoes chunked transfer coding, splits SSE events and parses
     each event's JSON (still checking every chunk and error).
     """

@@ -47,8 +47,7 @@ known_usecases:
   - chat
   - completion
 mirostat: 2
-download_files:
-  - filename: x
+cuda: true
 """
 
 
@@ -111,7 +110,7 @@ def test_full_localai_config_is_read(models: Path) -> None:
     assert config.template.use_tokenizer_template is False
     assert config.known_usecases == ["chat", "completion"]
     # Unknown LocalAI fields are kept and reported, not refused.
-    assert config.unknown_fields == ["download_files", "mirostat"]
+    assert config.unknown_fields == ["cuda", "mirostat"]
     # All three templates were resolved and parsed.
     assert entry.templates.chat is not None
     assert entry.templates.chat.render({"Input": "hi"}) == "hi\nASSISTANT:"

@@ -145,7 +145,9 @@ def cmd_models_list(settings: Settings) -> int:
         source = entry.source.name if entry.source else "-"
         if entry.ok:
             target = entry.model_path.name if entry.model_path else "-"
-            print(f"{entry.name:<{width}}  ok     {target}  ({source})")
+            pending = entry.pending_downloads
+            later = f"; {len(pending)} file(s) downloaded on first use" if pending else ""
+            print(f"{entry.name:<{width}}  ok     {target}  ({source}{later})")
         else:
             failed += 1
             print(f"{entry.name:<{width}}  ERROR  {entry.error}  ({source})")

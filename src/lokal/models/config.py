@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from lokal.models import templates
+from lokal.models import download, templates
 from lokal.models.files import ModelFileError, read_gguf
 
 log = logging.getLogger("lokal.models")
@@ -69,6 +69,31 @@ class Parameters(BaseModel):
                 if getattr(self, n) is not None and not (n == "max_tokens" and self.max_tokens == 0)}
 
 
+class DownloadFile(BaseModel):
+    """One entry of LocalAI's `download_files`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    filename: str = Field(min_length=1)
+    uri: str = Field(min_length=1)
+    sha256: str | None = None
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, value: str) -> str:
+        download.resolve_url(value)  # refuses file://, bare paths and other schemes
+        return value
+
+    @field_validator("sha256", mode="before")
+    @classmethod
+    def _sha(cls, value: Any) -> str | None:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value).zfill(64)  # an unquoted all-digit hash: YAML read a number
+        if value is not None and not isinstance(value, str):
+            raise ValueError("sha256 must be 64 hexadecimal digits")
+        return download.check_sha256(value)
+
+
 class TemplateConfig(BaseModel):
     """`template:` of a LocalAI config: names of `.tmpl` files or inline templates."""
 
@@ -99,6 +124,8 @@ class ModelConfig(BaseModel):
     system_prompt: str | None = None
     template: TemplateConfig = Field(default_factory=TemplateConfig)
     known_usecases: list[str] | None = None
+    # LocalAI: files fetched into the models folder when the model is first used.
+    download_files: list[DownloadFile] = Field(default_factory=list)
     embeddings: bool = False
     # Embeddings: cut inputs longer than the model's window (false: refuse them with a 400).
     truncate: bool = True
@@ -169,6 +196,12 @@ class ModelEntry:
     model_path: Path | None = None
     templates: ChatTemplates = field(default_factory=ChatTemplates)
     error: str | None = None
+    downloads: list[download.Download] = field(default_factory=list)
+
+    @property
+    def pending_downloads(self) -> list[download.Download]:
+        """Files this model needs that are not in the models folder yet."""
+        return [d for d in self.downloads if not d.path.exists()]
 
     @property
     def ok(self) -> bool:
@@ -228,7 +261,21 @@ def _entry_from_config(models_path: Path, config: ModelConfig, source: Path) -> 
             )
         if not config.parameters.model:
             raise ConfigError("parameters.model is missing: name the model file")
-        entry.model_path = confine(models_path, config.parameters.model)
+        model = config.parameters.model
+        for item in config.download_files:
+            entry.downloads.append(download.Download(
+                download.resolve_url(item.uri), confine(models_path, item.filename, what="download file"),
+                item.sha256))
+        if download.is_url(model):  # LocalAI: the model file itself given by URL
+            try:
+                url, name = download.resolve_url(model), download.url_file_name(model)
+            except ValueError as exc:
+                raise ConfigError(f"parameters.model: {exc}") from exc
+            model = name
+            path = confine(models_path, name)
+            if all(d.path != path for d in entry.downloads):
+                entry.downloads.append(download.Download(url, path))
+        entry.model_path = confine(models_path, model)
         entry.templates = ChatTemplates(
             chat=_load_template(models_path, config.template.chat, "chat"),
             chat_message=_load_template(models_path, config.template.chat_message, "chat_message"),
@@ -236,7 +283,8 @@ def _entry_from_config(models_path: Path, config: ModelConfig, source: Path) -> 
         )
         if config.template.use_tokenizer_template:
             entry.templates.chat = entry.templates.chat_message = None
-        if not entry.model_path.exists():
+        fetched_later = any(d.path == entry.model_path for d in entry.downloads)
+        if not entry.model_path.exists() and not fetched_later:
             raise ConfigError(f"model file {config.parameters.model!r} does not exist in the models folder")
         if entry.model_path.is_file():
             read_gguf(entry.model_path)  # refuses legacy, empty and cut-short files now

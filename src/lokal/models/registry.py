@@ -17,6 +17,7 @@ from pathlib import Path
 
 from lokal.backends.base import Backend, Embeddings, LoadOptions, ModelLoadError
 from lokal.models.config import ModelEntry, scan_models
+from lokal.models import download
 from lokal.models.embedding import EmbeddingBatcher
 from lokal.models.files import ModelFile, ModelFileError, inspect, is_cross_encoder
 
@@ -264,6 +265,8 @@ class ModelRegistry:
         entry = self.entry(name)
         if entry.error is not None:
             raise ModelUnavailableError(name, entry.error)
+        if entry.pending_downloads:
+            await self._fetch(entry)
         if purpose == "rerank":
             purpose = self.rerank_purpose(entry)
         key = (name, purpose)
@@ -281,6 +284,19 @@ class ModelRegistry:
         loaded.idle.clear()
         loaded.last_used = time.monotonic()
         return Lease(self, entry, loaded)
+
+    async def _fetch(self, entry: ModelEntry) -> None:
+        """Download the files the entry's config names by URL, once however many
+        requests wait for them; a failure is the request's error and the next
+        request tries again."""
+        lock = self._locks.setdefault((entry.name, "download"), asyncio.Lock())
+        async with lock:
+            for item in entry.pending_downloads:
+                try:
+                    await asyncio.to_thread(download.fetch, item)
+                except download.DownloadError as exc:
+                    log.error("model %s: %s", entry.name, exc)
+                    raise ModelUnavailableError(entry.name, str(exc)) from exc
 
     async def _load(self, entry: ModelEntry, purpose: str) -> _Loaded:
         engine, options = self.load_options(entry, purpose)

@@ -45,7 +45,7 @@ async def respond(request: Request, lease: Lease, call: EngineCall, *, kind: str
         lease.release()
         raise
     run = lease.backend.chat if call.mode == "chat" else lease.backend.complete
-    shaper = Shaper(kind, call.mode, lease.entry.name)
+    shaper = Shaper(kind, call.mode, lease.entry.name, int(call.body.get("n") or 1))
     cancel = threading.Event()
     registry = request.app.state.registry
     chunks = guarded(engine_chunks(lambda sink: run(call.body, sink), cancel, on_done=lease.release),

@@ -156,16 +156,21 @@ class Shaper:
     engine's tasks and sent last, by `usage_chunk`, when the client asks for it.
     """
 
-    def __init__(self, kind: str, source: str, model: str) -> None:
+    def __init__(self, kind: str, source: str, model: str, choices_per_prompt: int = 1) -> None:
         self.kind = kind
         self.source = source
         self.model = model
+        # The engine runs each of a prompt's n choices as a task of its own and
+        # reports the prompt's tokens for every one; OpenAI counts them once.
+        self.n = max(1, choices_per_prompt)
         prefix = "chatcmpl-" if kind == "chat" else "cmpl-"
         self.id = prefix + uuid.uuid4().hex[:24]
         self.created = int(time.time())
         self.object = "chat.completion.chunk" if kind == "chat" else "text_completion"
         self._started: set[int] = set()
         self.usage: dict[str, Any] | None = None
+        self._prompt_sum = 0
+        self._cached_sum: int | None = None
 
     def chunk(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> dict[str, Any]:
         chunk: dict[str, Any] = {"id": self.id, "object": self.object, "created": self.created,
@@ -187,14 +192,17 @@ class Shaper:
         return out
 
     def _add_usage(self, usage: dict[str, Any]) -> None:
-        """Sum usage over the engine's tasks (one per prompt or choice)."""
-        total = self.usage or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-        for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
-            total[key] += int(usage.get(key) or 0)
+        """Sum usage over the engine's tasks (one per prompt and choice)."""
+        self._prompt_sum += int(usage.get("prompt_tokens") or 0)
         cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
         if cached is not None:
-            details = total.setdefault("prompt_tokens_details", {"cached_tokens": 0})
-            details["cached_tokens"] += int(cached)
+            self._cached_sum = (self._cached_sum or 0) + int(cached)
+        completion = (self.usage or {}).get("completion_tokens", 0) + int(usage.get("completion_tokens") or 0)
+        prompt = round(self._prompt_sum / self.n)
+        total: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
+                                 "total_tokens": prompt + completion}
+        if self._cached_sum is not None:
+            total["prompt_tokens_details"] = {"cached_tokens": round(self._cached_sum / self.n)}
         self.usage = total
 
     def usage_chunk(self) -> dict[str, Any]:

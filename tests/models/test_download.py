@@ -120,6 +120,9 @@ def test_the_server_downloads_on_first_use_once_and_serves(files_server: str, tm
     models = tmp_path / "models"
     models.mkdir()
     source = _Files.files[SMOL]
+    template = tmp_path / "qa.tmpl"
+    template.write_text("Question: {{.Input}}\nAnswer:")
+    _Files.files["qa.tmpl"] = template
     (models / "by-url.yaml").write_text(f"name: by-url\nparameters:\n  model: {files_server}/{SMOL}\n")
     (models / "listed.yaml").write_text(
         f"name: listed\nparameters:\n  model: smol.gguf\ndownload_files:\n  - filename: smol.gguf\n"
@@ -127,10 +130,14 @@ def test_the_server_downloads_on_first_use_once_and_serves(files_server: str, tm
     (models / "corrupt.yaml").write_text(
         f"name: corrupt\nparameters:\n  model: bad.gguf\ndownload_files:\n  - filename: bad.gguf\n"
         f"    uri: {files_server}/{SMOL}\n    sha256: {'0' * 64}\n")  # unquoted digits: YAML reads an int
+    # A LocalAI template fetched with the model: read once it is in, not taken as literal text.
+    (models / "templated.yaml").write_text(
+        f"name: templated\nparameters:\n  model: {files_server}/{SMOL}\ntemplate:\n  chat: qa\n"
+        f"download_files:\n  - filename: qa.tmpl\n    uri: {files_server}/qa.tmpl\n")
     _Files.hits.clear()
-    with LokalServer(models) as server:
+    with LokalServer(models, "--log-level", "debug") as server:
         assert {m["id"] for m in httpx.get(f"{server.base}/v1/models").json()["data"]} == {
-            "by-url", "listed", "corrupt"}
+            "by-url", "listed", "corrupt", "templated"}
         body = {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4}
 
         def ask(model: str, out: list[int]) -> None:
@@ -158,3 +165,8 @@ def test_the_server_downloads_on_first_use_once_and_serves(files_server: str, tm
         r = httpx.post(f"{server.base}/v1/chat/completions", json=dict(body, model="by-url"), timeout=300)
         assert r.status_code == 200
         assert "downloaded " + SMOL in server.log()
+
+        r = httpx.post(f"{server.base}/v1/chat/completions", json=dict(body, model="templated"), timeout=300)
+        assert r.status_code == 200, r.text
+        assert (models / "qa.tmpl").exists()
+        assert "rendered chat prompt: 'Question: " in server.log()

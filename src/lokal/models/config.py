@@ -197,6 +197,7 @@ class ModelEntry:
     templates: ChatTemplates = field(default_factory=ChatTemplates)
     error: str | None = None
     downloads: list[download.Download] = field(default_factory=list)
+    templates_pending: bool = False  # a template file is among the downloads still to come
 
     @property
     def pending_downloads(self) -> list[download.Download]:
@@ -224,18 +225,40 @@ def confine(models_path: Path, relative: str, what: str = "model file") -> Path:
     return resolved
 
 
+def load_templates(models_path: Path, config: ModelConfig) -> ChatTemplates:
+    """The LocalAI templates a config names (none when it uses the GGUF's own)."""
+    loaded = ChatTemplates(
+        chat=_load_template(models_path, config.template.chat, "chat"),
+        chat_message=_load_template(models_path, config.template.chat_message, "chat_message"),
+        completion=_load_template(models_path, config.template.completion, "completion"),
+    )
+    if config.template.use_tokenizer_template:
+        loaded.chat = loaded.chat_message = None
+    return loaded
+
+
+def _is_template_name(value: str) -> bool:
+    return "\n" not in value and "{{" not in value and len(value) < 256
+
+
+def _template_file(models_path: Path, value: str | None) -> Path | None:
+    """The .tmpl file a template value names, when it is a name inside the folder."""
+    if not value or not _is_template_name(value):
+        return None
+    try:
+        return confine(models_path, value if value.endswith(".tmpl") else f"{value}.tmpl", what="template")
+    except ConfigError:
+        return None
+
+
 def _load_template(models_path: Path, value: str | None, kind: str) -> templates.Template | None:
     """A template named like LocalAI: `NAME` reads NAME.tmpl if it exists, else is the text."""
     if not value:
         return None
-    is_name = "\n" not in value and "{{" not in value and len(value) < 256
-    if is_name:
+    path = _template_file(models_path, value)
+    if path is not None:
         file_name = value if value.endswith(".tmpl") else f"{value}.tmpl"
-        try:
-            path = confine(models_path, file_name, what="template")
-        except ConfigError:
-            path = None
-        if path is not None and path.is_file():
+        if path.is_file():
             try:
                 source = path.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as exc:
@@ -276,13 +299,12 @@ def _entry_from_config(models_path: Path, config: ModelConfig, source: Path) -> 
             if all(d.path != path for d in entry.downloads):
                 entry.downloads.append(download.Download(url, path))
         entry.model_path = confine(models_path, model)
-        entry.templates = ChatTemplates(
-            chat=_load_template(models_path, config.template.chat, "chat"),
-            chat_message=_load_template(models_path, config.template.chat_message, "chat_message"),
-            completion=_load_template(models_path, config.template.completion, "completion"),
-        )
-        if config.template.use_tokenizer_template:
-            entry.templates.chat = entry.templates.chat_message = None
+        waiting = {d.path for d in entry.downloads if not d.path.exists()}
+        if waiting & {_template_file(models_path, value) for value in (
+                config.template.chat, config.template.chat_message, config.template.completion)}:
+            entry.templates_pending = True  # read once the downloads are in
+        else:
+            entry.templates = load_templates(models_path, config)
         fetched_later = any(d.path == entry.model_path for d in entry.downloads)
         if not entry.model_path.exists() and not fetched_later:
             raise ConfigError(f"model file {config.parameters.model!r} does not exist in the models folder")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lokal.backends.base import Backend, Embeddings, LoadOptions, ModelLoadError
-from lokal.models.config import ModelEntry, scan_models
+from lokal.models.config import ConfigError, ModelEntry, load_templates, scan_models
 from lokal.models import download
 from lokal.models.embedding import EmbeddingBatcher
 from lokal.models.files import ModelFile, ModelFileError, inspect, is_cross_encoder
@@ -265,7 +265,7 @@ class ModelRegistry:
         entry = self.entry(name)
         if entry.error is not None:
             raise ModelUnavailableError(name, entry.error)
-        if entry.pending_downloads:
+        if entry.pending_downloads or entry.templates_pending:
             await self._fetch(entry)
         if purpose == "rerank":
             purpose = self.rerank_purpose(entry)
@@ -289,14 +289,21 @@ class ModelRegistry:
         """Download the files the entry's config names by URL, once however many
         requests wait for them; a failure is the request's error and the next
         request tries again."""
-        lock = self._locks.setdefault((entry.name, "download"), asyncio.Lock())
-        async with lock:
-            for item in entry.pending_downloads:
+        for item in entry.pending_downloads:
+            # One lock per file: models sharing a file fetch it once too.
+            async with self._locks.setdefault(("download", str(item.path)), asyncio.Lock()):
                 try:
-                    await asyncio.to_thread(download.fetch, item)
+                    await asyncio.to_thread(download.fetch, item)  # a no-op once it is there
                 except download.DownloadError as exc:
                     log.error("model %s: %s", entry.name, exc)
                     raise ModelUnavailableError(entry.name, str(exc)) from exc
+        async with self._locks.setdefault((entry.name, "templates"), asyncio.Lock()):
+            if entry.templates_pending and entry.config is not None:
+                try:
+                    entry.templates = load_templates(self.models_path, entry.config)
+                except ConfigError as exc:
+                    raise ModelUnavailableError(entry.name, str(exc)) from exc
+                entry.templates_pending = False
 
     async def _load(self, entry: ModelEntry, purpose: str) -> _Loaded:
         engine, options = self.load_options(entry, purpose)

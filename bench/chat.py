@@ -10,9 +10,9 @@ same context size (2048):
 1. **lokal** - `python -m lokal serve --parallel-requests 8`, spoken to over
    HTTP (OpenAI `/v1/chat/completions`, streamed SSE);
 2. **direct** - `xllamacpp.Server` called in-process from Python threads, the
-   way lokal drives it internally, with the same parameters (8 slots, unified
-   KV cache, continuous batching, prompt cache, Jinja chat template): the
-   ceiling lokal's HTTP layer can reach;
+   way lokal drives it internally, with the same parameters (8 slots, a KV
+   cache of the whole context per slot, continuous batching, prompt cache,
+   Jinja chat template): the ceiling lokal's HTTP layer can reach;
 3. **llama-cpp-python** - `python -m llama_cpp.server`, the peer, over HTTP,
    started with `--interrupt_requests False` (by default a new request cuts
    the stream in progress short; this way requests queue and every client
@@ -485,9 +485,9 @@ def run_direct(args: argparse.Namespace, model_path: Path, work: Path, deadline:
 
     params = xllamacpp.CommonParams()
     params.model.path = str(model_path)
-    params.n_ctx = CONTEXT
+    params.n_ctx = CONTEXT * args.parallel  # as lokal: a whole context per slot
     params.n_parallel = args.parallel
-    params.kv_unified = True
+    params.kv_unified = False
     params.cont_batching = True
     params.cache_prompt = True
     params.cache_ram_mib = 0  # as lokal's default PROMPT_CACHE_RAM

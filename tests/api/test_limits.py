@@ -15,6 +15,28 @@ LONG = {"model": NAME, "messages": [{"role": "user", "content": "Write a very lo
         "max_tokens": 150, "temperature": 1.0}
 
 
+def test_long_prompts_at_once_each_get_a_whole_context(tmp_path: Path) -> None:
+    # Four prompts that each fit the context, all at once: every slot has a context of
+    # its own. (With one shared KV pool the four filled it and all four failed with 500.)
+    place_model(tmp_path / "models")
+    with LokalServer(tmp_path / "models", "--parallel-requests", "4", "--context-size", "512") as server:
+        async def one(client: httpx.AsyncClient, i: int) -> httpx.Response:
+            text = f"Note {i}: " + "alpha beta gamma delta epsilon zeta eta theta " * 30 + "\nSummarize."
+            return await client.post("/v1/chat/completions", json={
+                "model": NAME, "messages": [{"role": "user", "content": text}], "max_tokens": 120,
+                "ignore_eos": True, "seed": i})
+
+        async def main() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=server.base, timeout=600) as client:
+                return await asyncio.gather(*[one(client, i) for i in range(4)])
+
+        replies = asyncio.run(main())
+        assert [r.status_code for r in replies] == [200] * 4, [r.text[:200] for r in replies]
+        for r in replies:
+            usage = r.json()["usage"]
+            assert usage["completion_tokens"] == 120 and 300 < usage["prompt_tokens"] < 512 - 120
+
+
 def test_full_queue_answers_429_with_retry_after(tmp_path: Path) -> None:
     place_model(tmp_path / "models")
     with LokalServer(tmp_path / "models", "--parallel-requests", "1", "--queue-size", "1") as server:

@@ -160,15 +160,15 @@ def test_n_choices_at_temperature_zero_are_equal(query: object, stored: tuple[Pa
     assert len(texts) == 2 and texts[0].strip() and texts[0] == texts[1]
 
 
-ENGINE_KV_POOL = (
-    "server: with temperature 0 the answer still depends on what else is in the engine's KV cache. "
-    "src/lokal/backends/llamacpp.py sets params.kv_unified = True (one KV pool for all slots); "
-    "llama.cpp then attends over a cell range sized by the whole pool's occupancy, so other "
-    "requests (or n > 1) change the float sums and can flip a near-tie greedy token. With "
-    "kv_unified = False (per-slot caches) the same requests give the same answer every time.")
+ENGINE_NOT_BATCH_INVARIANT = (
+    "engine: with temperature 0 the answer still depends on the requests before it. Per-slot "
+    "KV caches (lokal's default since session 2) did not remove it. Most likely cause: "
+    "llama.cpp is not batch-invariant, and how much of a prompt a slot's cache already holds "
+    "(a prefix shared with an earlier request) decides the batch shapes the rest is evaluated "
+    "in, and so the float sums; a near-tie greedy token can flip.")
 
 
-@pytest.mark.xfail(strict=True, reason=ENGINE_KV_POOL)
+@pytest.mark.xfail(strict=True, reason=ENGINE_NOT_BATCH_INVARIANT)
 def test_greedy_answer_ignores_other_requests(query: object, stored: tuple[Path, str]) -> None:
     chain = query.build_chain(stored[0], query.make_llm(temperature=0))
     reference = warm_answers(chain, 1)[0]

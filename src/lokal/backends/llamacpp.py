@@ -39,6 +39,7 @@ def _import_engine() -> Any:
     return xllamacpp
 
 
+_MAX_CONTEXT = 2**31 - 1  # llama.cpp's n_ctx is a 32-bit int
 _GENERIC = re.compile(r"failed to load model|exiting due to|failed to init|error loading model$")
 
 
@@ -84,10 +85,24 @@ class LlamaCppBackend(Backend):
         xllamacpp = _import_engine()
         params = xllamacpp.CommonParams()
         params.model.path = str(options.model_path)
-        params.n_ctx = options.context_size
         params.n_parallel = options.parallel
-        # One KV pool shared by all slots: every request may use the whole context.
-        params.kv_unified = True
+        if options.embeddings:
+            # No KV cache to speak of: one pool, each input up to the window.
+            params.n_ctx = options.context_size
+            params.kv_unified = True
+        else:
+            # Every slot gets a whole context of its own (as Ollama sizes NUM_PARALLEL x
+            # context): with one shared pool, a few long prompts at once (RAG traffic)
+            # filled it and every one of them failed, and a greedy answer depended on
+            # what else was cached.
+            total = options.context_size * options.parallel
+            if total > _MAX_CONTEXT:
+                raise ModelLoadError(
+                    f"{options.model_path.name}: context_size {options.context_size} x {options.parallel} "
+                    f"slots is {total} tokens of KV cache, more than llama.cpp can address ({_MAX_CONTEXT}); "
+                    "lower context_size or PARALLEL_REQUESTS.")
+            params.n_ctx = total
+            params.kv_unified = False
         params.cont_batching = True
         params.cache_prompt = True
         # llama.cpp's default keeps up to 8 GiB of saved slot states in RAM per model,

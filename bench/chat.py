@@ -84,6 +84,8 @@ from typing import Any
 
 import httpx
 
+import _http  # bench/_http.py, beside this script
+
 HOST = "127.0.0.1"
 PROMPT = "Write a long story about a lighthouse keeper."
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -187,22 +189,15 @@ def _observe_event(stream: Stream, data: str, url: str) -> None:
 
 
 async def _raw_stream(host: str, port: int, path: str, body: dict[str, Any]) -> Stream:
-    """One streamed answer read over a bare HTTP/1.1 connection (--client raw, the default).
-
-    The client shares the machine with the server under test; httpx's per-line
-    work costs about 0.2 ms of CPU per token, CPU that on two cores comes out
-    of the engine's spin-waiting threads. This reader does the least a
-    client can: it undoes chunked transfer coding, splits SSE events and parses
-    each event's JSON (still checking every chunk and error).
+    """One streamed answer read with the bare client (bench/_http.py; --client raw,
+    the default): it undoes chunked transfer coding, splits SSE events and parses
+    each event's JSON (still checking every chunk and error). httpx's per-line work
+    costs about 0.2 ms of CPU per token, CPU that on two cores comes out of the
+    engine's spin-waiting threads.
     """
     stream = Stream(start=time.perf_counter(), end=0.0)
-    payload = json.dumps(body).encode()
-    reader, writer = await asyncio.open_connection(host, port)
+    reader, writer = await _http.post(host, port, path, body, accept="text/event-stream")
     try:
-        writer.write(b"POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
-                     b"Accept: text/event-stream\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
-                     % (path.encode(), host.encode(), port, len(payload)) + payload)
-        await writer.drain()
         head = await reader.readuntil(b"\r\n\r\n")
         status_line, *header_lines = head.decode("latin-1").split("\r\n")
         status = int(status_line.split()[1])

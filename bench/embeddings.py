@@ -44,6 +44,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self
 
+import _http  # bench/_http.py, beside this script
+
 HOST = "127.0.0.1"
 MODEL_NAME = "text-embedding-ada-002"
 READY_TIMEOUT = 120.0
@@ -249,16 +251,11 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 async def raw_post(host: str, port: int, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    """POST body as JSON over a fresh HTTP/1.1 connection (as Dify's `requests.post`
-    does); (status, parsed answer). The least CPU a client can spend: the client
-    shares the machine with the server under test (httpx, --client httpx, spent so
-    much that it, not lokal, set the pace of workload (b))."""
-    payload = json.dumps(body).encode()
-    reader, writer = await asyncio.open_connection(host, port)
+    """POST body as JSON with the bare client (bench/_http.py); (status, parsed answer).
+    Pooled httpx (--client httpx) spent so much CPU that it, not lokal, set the pace
+    of workload (b)."""
+    reader, writer = await _http.post(host, port, path, body)
     try:
-        writer.write(b"POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\nConnection: close\r\n\r\n"
-                     % (path.encode(), host.encode(), port, len(payload)) + payload)
         data = await reader.read()
     finally:
         writer.close()

@@ -13,11 +13,11 @@ import asyncio
 import collections
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
+from bench.soak import request_for  # the soak sends this same traffic, for longer
 from tests.conftest import LokalServer
 from tests.reliability import (CHAT_MODEL, EMBED_MODEL, demo_models, envelope_problem, percentile,
                                rss_mb, stream_errors, threads)
@@ -31,16 +31,6 @@ REQUEST_TIMEOUT = 240.0   # a queued request waits its turn behind 63 others on 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return demo_models(tmp_path_factory.mktemp("load") / "models")
-
-
-def request_for(kind: str, n: int) -> tuple[str, dict[str, Any]]:
-    if kind == "chat":
-        return "/v1/chat/completions", {
-            "model": CHAT_MODEL, "stream": True, "max_tokens": 8 + n % 9, "stream_options": {"include_usage": True},
-            "messages": [{"role": "user", "content": f"Request {n}: name a colour."}]}
-    if kind == "completion":
-        return "/v1/completions", {"model": CHAT_MODEL, "prompt": f"{n} The sky is", "max_tokens": 8}
-    return "/v1/embeddings", {"model": EMBED_MODEL, "input": [f"document {n}", "another sentence to embed"]}
 
 
 class Results:

@@ -119,22 +119,16 @@ async def engine_chunks(run: Callable[[ChunkSink], None], cancel: threading.Even
     threading.Thread(target=work, name="lokal-generate", daemon=True).start()
     try:
         while True:
-            batch: Batch = []
-            item = await queue.get()
-            while True:
-                if item is _DONE or isinstance(item, _Failure):
-                    break
-                batch.append(item)
-                if queue.empty():
-                    item = None
-                    break
-                item = queue.get_nowait()
+            batch: list[Any] = [await queue.get()]
+            while not queue.empty():
+                batch.append(queue.get_nowait())
+            end = batch.pop() if batch[-1] is _DONE or isinstance(batch[-1], _Failure) else None
             if batch:
                 yield batch
-            if item is _DONE:
+            if end is _DONE:
                 return
-            if isinstance(item, _Failure):
-                raise item.exc
+            if isinstance(end, _Failure):
+                raise end.exc
     finally:
         cancel.set()
 
@@ -168,8 +162,9 @@ class Shaper:
         self.created = int(time.time())
         self.object = "chat.completion.chunk" if kind == "chat" else "text_completion"
         self._started: set[int] = set()
-        self.usage: dict[str, Any] | None = None
+        self._reported = False  # the engine sent usage
         self._prompt_sum = 0
+        self._completion_sum = 0
         self._cached_sum: int | None = None
 
     def chunk(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -193,17 +188,24 @@ class Shaper:
 
     def _add_usage(self, usage: dict[str, Any]) -> None:
         """Sum usage over the engine's tasks (one per prompt and choice)."""
+        self._reported = True
         self._prompt_sum += int(usage.get("prompt_tokens") or 0)
+        self._completion_sum += int(usage.get("completion_tokens") or 0)
         cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
         if cached is not None:
             self._cached_sum = (self._cached_sum or 0) + int(cached)
-        completion = (self.usage or {}).get("completion_tokens", 0) + int(usage.get("completion_tokens") or 0)
+
+    @property
+    def usage(self) -> dict[str, Any] | None:
+        """The answer's usage, a prompt counted once however many choices it has."""
+        if not self._reported:
+            return None
         prompt = round(self._prompt_sum / self.n)
-        total: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
-                                 "total_tokens": prompt + completion}
+        total: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": self._completion_sum,
+                                 "total_tokens": prompt + self._completion_sum}
         if self._cached_sum is not None:
             total["prompt_tokens_details"] = {"cached_tokens": round(self._cached_sum / self.n)}
-        self.usage = total
+        return total
 
     def usage_chunk(self) -> dict[str, Any]:
         """The closing chunk of a stream that asked for usage."""

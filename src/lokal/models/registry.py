@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lokal.backends.base import Backend, Embeddings, LoadOptions, ModelLoadError
-from lokal.models.config import ConfigError, ModelEntry, load_templates, scan_models
 from lokal.models import download
+from lokal.models.config import ConfigError, ModelEntry, load_templates, scan_models
 from lokal.models.embedding import EmbeddingBatcher
 from lokal.models.files import ModelFile, ModelFileError, inspect, is_cross_encoder
 

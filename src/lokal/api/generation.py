@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from lokal.api.errors import APIError, to_api_error
+from lokal.api.errors import APIError, error_body
 from lokal.api.streaming import SSE_HEADERS, Aggregator, Shaper, engine_chunks, guarded, sse
 from lokal.models.functions import parse_reply
 from lokal.models.prompting import EngineCall
@@ -103,7 +103,7 @@ async def respond(request: Request, lease: Lease, call: EngineCall, *, kind: str
                     break
             yield (sse(shaper.usage_chunk()) if include_usage else b"") + sse("[DONE]")
         except Exception as exc:  # noqa: BLE001 - reported to the client in-stream
-            yield sse(to_api_error(exc).body())
+            yield sse(error_body(exc, request.url.path))
             yield sse("[DONE]")
         finally:
             await chunks.aclose()

@@ -7,21 +7,22 @@ runs, so a rejected request costs nothing and never reaches a model.
 from __future__ import annotations
 
 import hmac
-import json
 import re
 from collections.abc import Iterable
 
 from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from lokal.api.errors import error_bytes
+
 _REPEATED_V1 = re.compile(r"^(/v1)(/v1)+(?=/|$)")
 _SLASHES = re.compile(r"//+")
 
 
-async def send_error(send: Send, status: int, message: str, error_type: str,
+async def send_error(send: Send, scope: Scope, status: int, message: str,
                      headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
-    body = json.dumps({"error": {"message": message, "type": error_type, "param": None,
-                                 "code": status}}).encode()
+    """An error answered before any route runs, in the envelope of the path's API family."""
+    body = error_bytes(status, message, scope.get("path", ""))
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode()), *headers]})
@@ -81,9 +82,8 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         if not self._valid(self._presented(scope)):
-            await send_error(send, 401, "Missing or invalid API key. Send 'Authorization: Bearer "
-                             "<key>' or 'x-api-key: <key>'.", "authentication_error",
-                             [(b"www-authenticate", b"Bearer")])
+            await send_error(send, scope, 401, "Missing or invalid API key. Send 'Authorization: "
+                             "Bearer <key>' or 'x-api-key: <key>'.", [(b"www-authenticate", b"Bearer")])
             return
         await self.app(scope, receive, send)
 
@@ -101,7 +101,7 @@ class BodyLimitMiddleware:
             return
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
-            await send_error(send, 413, self._message(), "invalid_request_error")
+            await send_error(send, scope, 413, self._message())
             return
         received = 0
 

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from lokal.backends.base import ChunkSink
+from lokal.errors import EngineStuck, RequestTimeout, ShuttingDown
 
 _DONE = object()
 
@@ -59,24 +60,6 @@ async def guarded(chunks: AsyncIterator[Batch], cancel: threading.Event, *,
             on_stuck()
             raise EngineStuck(busy or 0) from None
         yield batch
-
-
-class ShuttingDown(Exception):
-    def __init__(self) -> None:
-        super().__init__("The server is shutting down and its grace period is over; the request "
-                         "was stopped. Retry against a running server.")
-
-
-class RequestTimeout(Exception):
-    def __init__(self, seconds: float) -> None:
-        super().__init__(f"The request did not finish within its {seconds:g} s timeout; "
-                         "generation was stopped.")
-
-
-class EngineStuck(Exception):
-    def __init__(self, seconds: float) -> None:
-        super().__init__(f"The model produced nothing for {seconds:g} s (WATCHDOG_BUSY_TIMEOUT); "
-                         "the request was ended and the model will be reloaded.")
 
 
 async def engine_chunks(run: Callable[[ChunkSink], None], cancel: threading.Event,

@@ -14,27 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lokal.errors import EngineError
+
+__all__ = ["EngineError"]
+
 ChunkSink = Callable[[dict[str, Any]], bool]
-
-
-class EngineError(Exception):
-    """A request the engine refused or failed; carries an HTTP-style status."""
-
-    def __init__(self, status: int, message: str, kind: str | None = None,
-                 details: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.kind = kind
-        self.details = details or {}
-
-    @classmethod
-    def from_dict(cls, error: dict[str, Any]) -> EngineError:
-        status = error.get("code")
-        if not isinstance(status, int) or not 400 <= status <= 599:
-            status = 500
-        details = {k: v for k, v in error.items() if k not in ("code", "message", "type")}
-        return cls(status, str(error.get("message") or "engine error"), error.get("type"), details)
 
 
 class ModelLoadError(Exception):

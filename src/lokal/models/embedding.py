@@ -19,14 +19,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from lokal.backends.base import Backend, Embeddings, EngineError
+from lokal.errors import BadRequest
 
 log = logging.getLogger("lokal.embeddings")
 
 MAX_BATCH = 256
 
 
-class EmbeddingInputError(ValueError):
-    """An input that cannot be embedded (a 400 for the client)."""
+class EmbeddingInputError(BadRequest):
+    """An input that cannot be embedded."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param="input")
 
 
 @functools.lru_cache(maxsize=1)

@@ -15,9 +15,14 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from lokal.errors import BadRequest
 
-class FunctionSpecError(ValueError):
-    """A function-calling request that cannot be honoured (a 400)."""
+
+class FunctionSpecError(BadRequest):
+    """A function-calling request that cannot be honoured."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param="tool_choice")
 
 
 @dataclass

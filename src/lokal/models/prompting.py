@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from lokal.errors import BadRequest
 from lokal.models import templates
 from lokal.models.config import ModelEntry
 from lokal.models.functions import FunctionPlan, plan_functions, prompt_messages
@@ -24,7 +25,7 @@ _NOT_FOR_ENGINE = frozenset({"model", "user", "stream", "stream_options", "max_c
                               "function_call", "tools", "tool_choice", "parallel_tool_calls"})
 
 
-class PromptError(ValueError):
+class PromptError(BadRequest):
     """A request the model's templates cannot render (a 400 for the client)."""
 
 

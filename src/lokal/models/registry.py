@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lokal.backends.base import Backend, Embeddings, LoadOptions, ModelLoadError
+from lokal.errors import (ModelBusyError, ModelCapabilityError, ModelUnavailableError,
+                          UnknownModelError)
 from lokal.models import download
 from lokal.models.config import ConfigError, ModelEntry, load_templates, scan_models
 from lokal.models.embedding import EmbeddingBatcher
@@ -24,43 +26,6 @@ from lokal.models.files import ModelFile, ModelFileError, inspect, is_cross_enco
 log = logging.getLogger("lokal.models")
 
 DEFAULT_CONTEXT = 4096
-
-
-class UnknownModelError(LookupError):
-    """No model by that name (a 404; never answered by another model)."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.name = name
-
-
-class ModelUnavailableError(RuntimeError):
-    """The model exists but cannot load; the message says why."""
-
-    def __init__(self, name: str, reason: str) -> None:
-        super().__init__(f"model {name!r} cannot be loaded: {reason}")
-        self.name = name
-        self.reason = reason
-
-
-class ModelBusyError(RuntimeError):
-    """Every slot is busy and the wait queue is full (a 429 with Retry-After)."""
-
-    def __init__(self, name: str, limit: int, retry_after: int = 1) -> None:
-        super().__init__(f"The model '{name}' is busy: {limit} requests are running or waiting "
-                         "(PARALLEL_REQUESTS + QUEUE_SIZE). Retry shortly.")
-        self.retry_after = retry_after
-
-
-class ModelCapabilityError(ValueError):
-    """The model exists but does not do what the request asks (a 400)."""
-
-    def __init__(self, name: str, purpose: str, hint: str = "") -> None:
-        what = {"generate": "chat or text completion", "embed": "embeddings", "rerank": "rerank",
-                "transcribe": "audio transcription"}.get(purpose, purpose)
-        super().__init__(f"The model '{name}' does not support {what}.{hint}")
-        self.name = name
-        self.purpose = purpose
 
 
 #: What a request needs from a model. A model that serves several purposes gets

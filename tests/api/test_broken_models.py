@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from lokal.models.files import read_gguf
+from lokal.formats.modelfile import read_gguf
 from tests.conftest import LokalServer, place_model, smollm_gguf
 
 GOOD = "good.gguf"

@@ -360,7 +360,7 @@ def test_server_still_serves_after_errors(stt: LokalServer, speech: dict[str, Pa
 
 
 def test_subtitle_timestamps() -> None:
-    from lokal.api.routes.audio import timestamp
+    from lokal.api.openai.audio import timestamp
 
     assert timestamp(0, ",") == "00:00:00,000"
     assert timestamp(2.5604, ",") == "00:00:02,560"

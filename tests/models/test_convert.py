@@ -15,7 +15,7 @@ import pytest
 
 from lokal.models import convert as convert_module
 from lokal.models.convert import ConvertError, convert
-from lokal.models.files import read_gguf
+from lokal.formats.modelfile import read_gguf
 from tests.conftest import LokalServer, minilm_folder
 
 @pytest.fixture(autouse=True)

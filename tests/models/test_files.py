@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lokal.models.files import ModelFileError, check_magic, inspect, is_cross_encoder, read_gguf
+from lokal.formats.modelfile import ModelFileError, check_magic, inspect, is_cross_encoder, read_gguf
 from tests.conftest import smollm_gguf
 
 

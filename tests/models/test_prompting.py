@@ -6,8 +6,22 @@ from pathlib import Path
 
 import pytest
 
+from lokal.api.openai.protocol import (ChatCompletionRequest, CompletionRequest, ImagePart, TextPart,
+                                       ToolResultPart, _text)
+from lokal.models import prompting
 from lokal.models.config import ModelEntry, read_config_file
-from lokal.models.prompting import PromptError, content_text, plan_chat, plan_completion
+from lokal.models.prompting import EngineCall, PromptError
+
+
+def plan_chat(entry: ModelEntry, request: dict[str, object]) -> EngineCall:
+    """An OpenAI chat request as the route translates and plans it."""
+    task = ChatCompletionRequest.model_validate({"model": "m", **request}).to_task()
+    return prompting.plan_chat(entry, task)
+
+
+def plan_completion(entry: ModelEntry, request: dict[str, object]) -> EngineCall:
+    task = CompletionRequest.model_validate({"model": "m", **request}).to_task()
+    return prompting.plan_completion(entry, task)
 
 GPT4ALL_CHAT = """\
 The prompt below is a question to answer, a task to complete, or a conversation to respond to; decide which and write an appropriate response.
@@ -191,12 +205,12 @@ def test_list_content_becomes_text_for_the_engine(tmp_path: Path) -> None:
 
 
 def test_content_text() -> None:
-    assert content_text(None) == ""
-    assert content_text("plain") == "plain"
-    assert content_text([{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {}},
-                         {"type": "text", "text": "b"}]) == "ab"
-    assert content_text([{"type": "tool_result", "content": [{"type": "text", "text": "r"}]},
-                         {"type": "text", "text": None}]) == "r"
+    assert _text(None) == ""
+    assert _text("plain") == "plain"
+    assert _text([TextPart(type="text", text="a"), ImagePart(type="image_url"),
+                  TextPart(type="text", text="b")]) == "ab"
+    assert _text([ToolResultPart(type="tool_result", content=[TextPart(type="text", text="r")]),
+                  TextPart(type="text", text="")]) == "r"
 
 
 # LocalAI templates ---------------------------------------------------------------------

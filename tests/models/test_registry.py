@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from pathlib import Path
 
@@ -11,8 +12,8 @@ import pytest
 
 from lokal.api.app import create_app
 from lokal.backends.base import Backend, LoadOptions
-from lokal.models.registry import (EngineDefaults, ModelRegistry, ModelUnavailableError,
-                                   UnknownModelError, default_backend_factory)
+from lokal.errors import ModelUnavailableError, UnknownModelError
+from lokal.models.registry import EngineDefaults, ModelRegistry, default_backend_factory
 from lokal.settings import Settings
 from tests.conftest import place_model
 
@@ -48,6 +49,12 @@ def two_models(tmp_path: Path) -> Path:
     return models
 
 
+async def use(registry: ModelRegistry, name: str) -> None:
+    """One request's worth of the model: lease it and give it back."""
+    async with registry.lease(name, "chat"):
+        pass
+
+
 def make(models: Path, factory: CountingFactory, **kwargs: object) -> ModelRegistry:
     return ModelRegistry(models, EngineDefaults(threads=2, parallel=2, context_size=512),
                          backend_factory=factory, **kwargs)  # type: ignore[arg-type]
@@ -58,10 +65,10 @@ def test_concurrent_first_requests_load_once(two_models: Path) -> None:
 
     async def main() -> None:
         registry = make(two_models, factory)
-        leases = await asyncio.gather(*[registry.acquire("a.gguf") for _ in range(5)])
-        assert len({id(lease.backend) for lease in leases}) == 1
-        for lease in leases:
-            lease.release()
+        async with contextlib.AsyncExitStack() as stack:
+            leases = await asyncio.gather(*[stack.enter_async_context(registry.lease("a.gguf", "chat"))
+                                            for _ in range(5)])
+            assert len({id(lease.backend) for lease in leases}) == 1
         await registry.close()
 
     asyncio.run(main())
@@ -74,8 +81,8 @@ def test_lru_model_is_unloaded_when_the_limit_is_reached(two_models: Path) -> No
 
     async def main() -> None:
         registry = make(two_models, factory, max_active=1)
-        (await registry.acquire("a.gguf")).release()
-        (await registry.acquire("b.gguf")).release()
+        await use(registry, "a.gguf")
+        await use(registry, "b.gguf")
         assert not registry.is_loaded("a.gguf") and registry.is_loaded("b.gguf")
         await registry.close()
 
@@ -89,12 +96,13 @@ def test_a_model_in_use_is_not_unloaded_under_its_request(two_models: Path) -> N
 
     async def main() -> None:
         registry = make(two_models, factory, max_active=1)
-        held = await registry.acquire("a.gguf")
-        waiting = asyncio.create_task(registry.acquire("b.gguf"))
+        held = contextlib.AsyncExitStack()
+        await held.enter_async_context(registry.lease("a.gguf", "chat"))
+        waiting = asyncio.create_task(use(registry, "b.gguf"))
         await asyncio.sleep(0.3)
         assert not waiting.done() and registry.is_loaded("a.gguf")
-        held.release()
-        (await waiting).release()
+        await held.aclose()
+        await waiting
         assert registry.is_loaded("b.gguf") and not registry.is_loaded("a.gguf")
         await registry.close()
 
@@ -107,7 +115,7 @@ def test_idle_models_are_unloaded_by_the_watchdog(two_models: Path) -> None:
     async def main() -> None:
         registry = make(two_models, factory, idle_timeout=0.5)
         registry.start_watchdog()
-        (await registry.acquire("a.gguf")).release()
+        await use(registry, "a.gguf")
         assert registry.is_loaded("a.gguf")
         for _ in range(40):
             await asyncio.sleep(0.1)
@@ -115,7 +123,7 @@ def test_idle_models_are_unloaded_by_the_watchdog(two_models: Path) -> None:
                 break
         assert not registry.is_loaded("a.gguf")
         # It loads again on the next request.
-        (await registry.acquire("a.gguf")).release()
+        await use(registry, "a.gguf")
         await registry.close()
 
     asyncio.run(main())
@@ -128,9 +136,9 @@ def test_unknown_and_broken_models(two_models: Path) -> None:
     async def main() -> None:
         registry = make(two_models, CountingFactory())
         with pytest.raises(UnknownModelError):
-            await registry.acquire("c.gguf")
+            await use(registry, "c.gguf")
         with pytest.raises(ModelUnavailableError, match="empty"):
-            await registry.acquire("empty.gguf")
+            await use(registry, "empty.gguf")
         await registry.close()
 
     asyncio.run(main())

@@ -14,7 +14,9 @@ from starlette.middleware.cors import CORSMiddleware
 from lokal import __version__
 from lokal.api.errors import install_handlers
 from lokal.api.middleware import AuthMiddleware, BodyLimitMiddleware, NormalizeMiddleware
-from lokal.api.routes import audio, embeddings, health, metrics, openai, rerank
+from lokal.api.openai import audio, embeddings, rerank
+from lokal.api.openai import routes as openai
+from lokal.api.routes import health, metrics
 from lokal.api.routes.metrics import Metrics, MetricsMiddleware
 from lokal.models.registry import ModelRegistry
 from lokal.settings import Settings

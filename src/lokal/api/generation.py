@@ -1,130 +1,115 @@
-"""Running an engine call for a request and answering it, streamed or whole."""
+"""A chat or completion task running for one HTTP request, whatever its API family.
+
+`start` leases the model, plans the engine call, starts the generation, watches
+for the client going away (which stops generation within a token and frees the
+slot, streaming or not) and waits for the first deltas, so that errors before
+the first token (unknown model, busy, context overflow, bad grammar) are HTTP
+errors in the family's envelope. Each family then renders the deltas its own
+way: streamed (`Run.batches`) or whole (`Run.collect`). Errors after the first
+token are raised from `batches`; the family reports them in-stream.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import threading
+import contextlib
+import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, StreamingResponse
 
-from lokal.api.errors import APIError, error_body
-from lokal.api.streaming import SSE_HEADERS, Aggregator, Shaper, engine_chunks, guarded, sse
-from lokal.models.functions import parse_reply
-from lokal.models.prompting import EngineCall
-from lokal.models.registry import Lease
+from lokal.errors import BadRequest
+from lokal.models.config import ModelEntry
+from lokal.models.generation import Generation
+from lokal.models.prompting import plan_chat, plan_completion
+from lokal.tasks import ChatTask, CompletionTask, Delta, Usage
 
-log = logging.getLogger("lokal.api")
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-async def _watch_disconnect(request: Request, cancel: threading.Event) -> None:
-    """Set cancel when the client goes away (the body has been read by now)."""
-    while not cancel.is_set():
+def sse(data: dict[str, Any] | str, event: str | None = None) -> bytes:
+    payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    if event is not None:
+        return f"event: {event}\ndata: {payload}\n\n".encode()
+    return f"data: {payload}\n\n".encode()
+
+
+async def _watch_disconnect(request: Request, generation: Generation) -> None:
+    """Stop the generation when the client goes away (the body has been read by now)."""
+    while not generation.cancel.is_set():
         message = await request.receive()
         if message["type"] == "http.disconnect":
-            cancel.set()
+            generation.cancel.set()
             return
 
 
-def _require(lease: Lease, capability: str) -> None:
-    if capability not in lease.backend.capabilities:
-        raise APIError(400, f"The model '{lease.entry.name}' does not support {capability} "
-                            f"(it supports: {', '.join(sorted(lease.backend.capabilities)) or 'nothing'}).",
-                       param="model")
+@dataclass
+class Run:
+    """A started generation and the deltas that arrived first."""
 
+    generation: Generation
+    entry: ModelEntry
+    first: list[Delta]
+    _stack: contextlib.AsyncExitStack
+    _taken: bool = field(default=False)
 
-async def respond(request: Request, lease: Lease, call: EngineCall, *, kind: str, stream: bool,
-                  include_usage: bool, timeout: float | None = None) -> Any:
-    """Run call on the leased model; the lease is released when the engine is done."""
-    try:
-        _require(lease, call.mode)
-    except APIError:
-        lease.release()
-        raise
-    run = lease.backend.chat if call.mode == "chat" else lease.backend.complete
-    shaper = Shaper(kind, call.mode, lease.entry.name, int(call.body.get("n") or 1))
-    cancel = threading.Event()
-    registry = request.app.state.registry
-    chunks = guarded(engine_chunks(lambda sink: run(call.body, sink), cancel, on_done=lease.release),
-                     cancel, timeout=timeout or request.app.state.settings.request_timeout,
-                     busy=registry.busy_timeout, on_stuck=lambda: registry.retire(lease),
-                     stopping=request.app.state.stopping)
-    watcher = asyncio.create_task(_watch_disconnect(request, cancel))
+    @property
+    def usage(self) -> Usage:
+        return self.generation.usage
 
-    def finish() -> None:
-        cancel.set()
-        watcher.cancel()
-
-    if not stream or call.functions is not None:
-        aggregator = Aggregator(shaper)
+    async def batches(self) -> AsyncIterator[list[Delta]]:
+        """Every batch of deltas, the first one included; closes the run at the end."""
         try:
-            async for batch in chunks:
-                for chunk in batch:
-                    for shaped in shaper.shape(chunk):
-                        aggregator.add(shaped)
+            if self.first:
+                yield self.first
+            async for batch in self.generation:
+                yield batch
         finally:
-            await chunks.aclose()
-            finish()
-        result = aggregator.result()
-        if call.functions is not None:
-            for choice in result["choices"]:
-                message, reason = parse_reply(choice["message"].get("content") or "", call.functions)
-                choice["message"] = message
-                choice["finish_reason"] = reason
-            if stream:  # the JSON was never the client's to see: send the parsed answer
-                return StreamingResponse(_replay(shaper, result, include_usage), media_type="text/event-stream",
-                                         headers=SSE_HEADERS)
-        return JSONResponse(result)
+            await self.close()
 
-    # Errors before the first chunk (context overflow, bad grammar) are HTTP errors.
+    async def collect(self) -> list[Delta]:
+        """The whole answer's deltas, for a response that is not streamed."""
+        deltas = list(self.first)
+        try:
+            async for batch in self.generation:
+                deltas.extend(batch)
+        finally:
+            await self.close()
+        return deltas
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+
+
+async def start(request: Request, task: ChatTask | CompletionTask) -> Run:
+    """Lease, plan and start task for request; see the module's docstring."""
+    app = request.app
+    stack = contextlib.AsyncExitStack()
     try:
-        first = await anext(chunks)
-    except StopAsyncIteration:
-        first = None
+        lease = await stack.enter_async_context(app.state.registry.lease(task.model, task.task))
+        slots = lease.backend.slots
+        if slots is not None and task.options.n > slots:
+            # The choices of one prompt are decoded side by side, each in a slot of its own
+            # (several prompts take their turns, so only n is bounded).
+            raise BadRequest(f"n={task.options.n} asks for more choices than this model decodes at "
+                             f"once ({slots}, PARALLEL_REQUESTS). Ask for fewer, or raise "
+                             "PARALLEL_REQUESTS.", param="n")
+        if isinstance(task, ChatTask):
+            call = plan_chat(lease.entry, task)
+        else:
+            call = plan_completion(lease.entry, task)
+        generation = Generation(lease, call, timeout=task.options.timeout or app.state.settings.request_timeout,
+                                stopping=app.state.stopping)
+        stack.push_async_callback(generation.close)
+        watcher = asyncio.create_task(_watch_disconnect(request, generation))
+        stack.callback(watcher.cancel)
+        first: list[Delta] = []
+        async for batch in generation:
+            first = batch
+            break
     except BaseException:
-        await chunks.aclose()
-        finish()
+        await stack.aclose()
         raise
-
-    async def events() -> AsyncIterator[bytes]:
-        try:
-            batch = first or []
-            while True:
-                # Everything the engine sent since the last write goes out in one write.
-                data = b"".join(sse(shaped) for chunk in batch for shaped in shaper.shape(chunk))
-                if data:
-                    yield data
-                try:
-                    batch = await anext(chunks)
-                except StopAsyncIteration:
-                    break
-            yield (sse(shaper.usage_chunk()) if include_usage else b"") + sse("[DONE]")
-        except Exception as exc:  # noqa: BLE001 - reported to the client in-stream
-            yield sse(error_body(exc, request.url.path))
-            yield sse("[DONE]")
-        finally:
-            await chunks.aclose()
-            finish()
-
-    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
-
-
-async def _replay(shaper: Shaper, result: dict[str, Any], include_usage: bool) -> AsyncIterator[bytes]:
-    """A finished chat answer as a stream: role, content or call, finish, [usage], [DONE]."""
-    for choice in result["choices"]:
-        index, message = choice["index"], choice["message"]
-        delta: dict[str, Any] = {"role": "assistant", "content": message.get("content") or ""}
-        if message.get("function_call"):
-            delta = {"role": "assistant", "content": None, "function_call": message["function_call"]}
-        elif message.get("tool_calls"):
-            delta = {"role": "assistant", "content": None,
-                     "tool_calls": [dict(call, index=i) for i, call in enumerate(message["tool_calls"])]}
-        yield sse(shaper.chunk([{"index": index, "delta": delta, "logprobs": None, "finish_reason": None}]))
-        yield sse(shaper.chunk([{"index": index, "delta": {}, "logprobs": None,
-                                 "finish_reason": choice["finish_reason"]}]))
-    if include_usage:
-        yield sse(shaper.usage_chunk())
-    yield sse("[DONE]")
+    return Run(generation, lease.entry, first, stack)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lokal.errors import EngineError
+from lokal.formats.modelfile import GGUFInfo
 
 __all__ = ["EngineError"]
 
@@ -37,8 +38,9 @@ class LoadOptions:
     mmap: bool | None = None
     gpu_layers: int | None = None
     embeddings: bool = False
+    rerank: bool = False  # a cross-encoder scoring (query, document) pairs
     prompt_cache_mb: int = 0  # host memory for saved prompt states (0: none beyond the slots)
-    extra: dict[str, Any] = field(default_factory=dict)
+    gguf: GGUFInfo | None = None  # the header the catalog read, so engines need not read it again
 
 
 @dataclass
@@ -46,6 +48,14 @@ class Embeddings:
     """Unit-length vectors in input order, and the tokens they took."""
 
     vectors: list[list[float]]
+    prompt_tokens: int
+
+
+@dataclass
+class Scores:
+    """Relevance of each document to a query, in document order, and the tokens it took."""
+
+    scores: list[float]
     prompt_tokens: int
 
 
@@ -83,9 +93,8 @@ class Backend(ABC):
         the model's window when truncate is set, else refused with a 400."""
         raise EngineError(400, "this model cannot embed")
 
-    def rerank(self, query: str, documents: list[str]) -> Embeddings:
-        """Relevance of each document to query, in document order, as one-value
-        vectors (native rerankers), with the tokens it took."""
+    def rerank(self, query: str, documents: list[str]) -> Scores:
+        """Relevance of each document to query, in document order (cross-encoders)."""
         raise EngineError(400, "this model is not a reranker")
 
     def transcribe(self, audio: bytes, *, language: str | None = None, prompt: str | None = None,

@@ -19,8 +19,8 @@ from typing import Any
 
 from lokal.backends import engine_log
 from lokal.backends.base import (Backend, ChunkSink, Embeddings, EngineError, LoadOptions,
-                                 ModelLoadError)
-from lokal.models.files import ModelFileError, read_gguf
+                                 ModelLoadError, Scores)
+from lokal.formats.modelfile import ModelFileError, read_gguf
 
 log = logging.getLogger("lokal.backends.llamacpp")
 
@@ -63,10 +63,12 @@ class LlamaCppBackend(Backend):
 
     def __init__(self, options: LoadOptions) -> None:
         self.options = options
-        try:
-            info = read_gguf(options.model_path)
-        except ModelFileError as exc:
-            raise ModelLoadError(str(exc)) from exc
+        info = options.gguf
+        if info is None:
+            try:
+                info = read_gguf(options.model_path)
+            except ModelFileError as exc:
+                raise ModelLoadError(str(exc)) from exc
         if info.is_encoder and not options.embeddings:
             # Building a generating engine for an encoder aborts the process.
             raise ModelLoadError(
@@ -75,7 +77,7 @@ class LlamaCppBackend(Backend):
             )
         self.info = info
         self.slots = options.parallel
-        self.ranks = options.extra.get("purpose") == "rerank"
+        self.ranks = options.rerank
         if self.ranks:
             self.capabilities = frozenset({"rerank"})
         elif options.embeddings:
@@ -196,7 +198,7 @@ class LlamaCppBackend(Backend):
                                    f"{window}-token window (the model's config sets truncate: false).")
         return self.embed([_shorten(inputs[0], tokens, window)], truncate)  # type: ignore[list-item]
 
-    def rerank(self, query: str, documents: list[str]) -> Embeddings:
+    def rerank(self, query: str, documents: list[str]) -> Scores:
         result = self._server.handle_rerank({"query": query, "documents": documents,
                                              "top_n": len(documents)})
         if isinstance(result, dict) and "error" in result:
@@ -213,7 +215,7 @@ class LlamaCppBackend(Backend):
             # probabilities already.
             scores = [_sigmoid(s) for s in scores]
         usage = result.get("usage", {}) if isinstance(result, dict) else {}
-        return Embeddings([[s] for s in scores], int(usage.get("total_tokens", 0)))
+        return Scores(scores, int(usage.get("total_tokens", 0)))
 
     def close(self) -> None:
         server = self.__dict__.pop("_server", None)

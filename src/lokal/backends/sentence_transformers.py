@@ -11,7 +11,7 @@ import os
 import threading
 from typing import Any
 
-from lokal.backends.base import Backend, Embeddings, EngineError, LoadOptions, ModelLoadError
+from lokal.backends.base import Backend, Embeddings, EngineError, LoadOptions, ModelLoadError, Scores
 
 log = logging.getLogger("lokal.backends.st")
 
@@ -31,7 +31,7 @@ class SentenceTransformersBackend(Backend):
         except ImportError as exc:
             raise ModelLoadError(f"{options.model_path.name}: {EXTRA_HINT} ({exc})") from exc
         torch.set_num_threads(options.threads)
-        self.cross_encoder = options.extra.get("purpose") == "rerank"
+        self.cross_encoder = options.rerank
         self.capabilities = frozenset({"rerank"} if self.cross_encoder else {"embeddings"})
         try:
             if self.cross_encoder:
@@ -76,14 +76,14 @@ class SentenceTransformersBackend(Backend):
                                          convert_to_numpy=True, show_progress_bar=False)
         return Embeddings(vectors.tolist(), sum(min(c, self.window) for c in counts))
 
-    def rerank(self, query: str, documents: list[str]) -> Embeddings:
+    def rerank(self, query: str, documents: list[str]) -> Scores:
         pairs = [(query, doc) for doc in documents]
         encoded: Any = self._model.tokenizer(pairs, truncation=True, max_length=self.window)
         with self._lock, self._torch.inference_mode():
             scores = self._model.predict(pairs, batch_size=32, show_progress_bar=False,
                                          convert_to_numpy=True)
         values = scores.reshape(len(documents), -1)[:, -1].tolist()
-        return Embeddings([[float(v)] for v in values], sum(len(ids) for ids in encoded["input_ids"]))
+        return Scores([float(v) for v in values], sum(len(ids) for ids in encoded["input_ids"]))
 
     def close(self) -> None:
         self.__dict__.pop("_model", None)

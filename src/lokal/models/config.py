@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lokal.models import download, templates
-from lokal.models.files import ModelFileError, read_gguf
+from lokal.formats.modelfile import ModelFile, ModelFileError, inspect, is_cross_encoder
 
 log = logging.getLogger("lokal.models")
 
@@ -198,6 +198,10 @@ class ModelEntry:
     error: str | None = None
     downloads: list[download.Download] = field(default_factory=list)
     templates_pending: bool = False  # a template file is among the downloads still to come
+    # What the model is, read from its file once (see catalog.describe).
+    file: ModelFile | None = None
+    tasks: frozenset[str] = frozenset()  # chat, complete, embed, rerank, transcribe
+    rerank_by: str | None = None  # "cross-encoder", or "cosine" of embeddings
 
     @property
     def pending_downloads(self) -> list[download.Download]:
@@ -308,9 +312,7 @@ def _entry_from_config(models_path: Path, config: ModelConfig, source: Path) -> 
         fetched_later = any(d.path == entry.model_path for d in entry.downloads)
         if not entry.model_path.exists() and not fetched_later:
             raise ConfigError(f"model file {config.parameters.model!r} does not exist in the models folder")
-        if entry.model_path.is_file():
-            read_gguf(entry.model_path)  # refuses legacy, empty and cut-short files now
-    except (ConfigError, ModelFileError, OSError) as exc:
+    except (ConfigError, OSError) as exc:
         entry.error = str(exc)
     return entry
 
@@ -386,13 +388,44 @@ def scan_models(models_path: Path, config_file: Path | None = None) -> list[Mode
                                model_path=resolved)
             if root not in resolved.parents:
                 entry.error = f"{path.name} points outside the models folder (symlink?)"
-            else:
-                try:
-                    read_gguf(path)
-                except (ModelFileError, OSError) as exc:
-                    entry.error = str(exc)
             entries.append(entry)
-    return _dedupe(entries)
+    entries = _dedupe(entries)
+    for entry in entries:
+        describe(entry)
+    return entries
+
+
+def abilities(model_file: ModelFile, embeddings: bool) -> tuple[frozenset[str], str | None]:
+    """The tasks a model file serves and how it reranks; `embeddings` is the
+    config's flag that lets a chat GGUF embed too."""
+    if model_file.kind == "whisper-ct2":
+        return frozenset({"transcribe"}), None
+    if model_file.kind == "hf":
+        if is_cross_encoder(model_file.hf_config):
+            return frozenset({"rerank"}), "cross-encoder"
+        return frozenset({"embed", "rerank"}), "cosine"
+    gguf = model_file.gguf
+    assert gguf is not None
+    if gguf.is_reranker:
+        return frozenset({"rerank"}), "cross-encoder"
+    if gguf.is_encoder:
+        return frozenset({"embed", "rerank"}), "cosine"
+    if embeddings:
+        return frozenset({"chat", "complete", "embed", "rerank"}), "cosine"
+    return frozenset({"chat", "complete"}), None
+
+
+def describe(entry: ModelEntry) -> None:
+    """Read the entry's model file once and record what it can do (or why not)."""
+    if entry.error is not None or entry.model_path is None or not entry.model_path.exists():
+        return
+    try:
+        entry.file = inspect(entry.model_path)
+    except (ModelFileError, OSError) as exc:
+        entry.error = str(exc)
+        return
+    embeddings = entry.config.embeddings if entry.config is not None else False
+    entry.tasks, entry.rerank_by = abilities(entry.file, embeddings)
 
 
 def _dedupe(entries: list[ModelEntry]) -> list[ModelEntry]:

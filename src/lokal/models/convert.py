@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from lokal.models.files import GGUFInfo, ModelFileError, read_gguf
+from lokal.formats.modelfile import GGUFInfo, ModelFileError, read_gguf
 
 #: Output types offered (the converter also knows bf16 and ternary types, which
 #: llama.cpp runs slowly or only for special models on CPUs).

@@ -1,9 +1,11 @@
-"""From an OpenAI-style request to the body an engine runs, as the model's config says.
+"""From a task to the body an engine runs, as the model's config says: the one place.
 
 Config values are defaults: whatever the request sets wins, zero included
-(`temperature: 0` overrides a config's 0.2). A config naming LocalAI templates
-has the prompt rendered here, LocalAI's way; otherwise the GGUF's own chat
-template does it inside the engine.
+(`temperature: 0` overrides a config's 0.2), and the config's stopwords join the
+request's. A config naming LocalAI templates has the prompt rendered here,
+LocalAI's way; otherwise the GGUF's own chat template does it inside the engine.
+With tools, the reply is held by a grammar to lokal's JSON envelope (see
+`functions`).
 """
 
 from __future__ import annotations
@@ -16,17 +18,13 @@ from lokal.errors import BadRequest
 from lokal.models import templates
 from lokal.models.config import ModelEntry
 from lokal.models.functions import FunctionPlan, plan_functions, prompt_messages
+from lokal.tasks import ChatTask, CompletionTask, GenerationOptions, Message
 
-log = logging.getLogger("lokal.prompt")
-
-# Fields of an OpenAI request that are ours to handle, never the engine's.
-_NOT_FOR_ENGINE = frozenset({"model", "user", "stream", "stream_options", "max_completion_tokens",
-                              "messages", "prompt", "echo", "suffix", "best_of", "functions",
-                              "function_call", "tools", "tool_choice", "parallel_tool_calls"})
+log = logging.getLogger(__name__)
 
 
 class PromptError(BadRequest):
-    """A request the model's templates cannot render (a 400 for the client)."""
+    """A request the model's templates cannot render."""
 
 
 @dataclass
@@ -36,52 +34,48 @@ class EngineCall:
     mode: Literal["chat", "completion"]
     body: dict[str, Any]
     rendered: list[str] | None = None  # prompts rendered by LocalAI templates, for debug logs
-    functions: FunctionPlan | None = None  # the reply is a function call or an answer, as JSON
+    functions: FunctionPlan | None = None  # the reply is lokal's JSON envelope: a call or an answer
+    n: int = 1  # choices per prompt
 
 
-def content_text(content: Any) -> str:
-    """The text of a message's content: a string, or the text of its parts."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    texts = []
-    for part in content:
-        if part.get("type") == "text":
-            texts.append(part.get("text") or "")
-        elif part.get("type") == "tool_result":
-            texts.append(content_text(part.get("content")))
-    return "".join(texts)
+_SAMPLING = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty",
+             "frequency_penalty", "repeat_penalty", "logit_bias", "ignore_eos", "cache_prompt", "n_probs")
 
 
-def _stops(config_stops: list[str], requested: Any) -> list[str]:
-    stops: list[str] = []
-    if isinstance(requested, str):
-        stops.append(requested)
-    elif isinstance(requested, list):
-        stops.extend(requested)
+def _stops(config_stops: list[str], requested: list[str]) -> list[str]:
+    stops = list(requested)
     for stop in config_stops:
         if stop and stop not in stops:
             stops.append(stop)
     return stops
 
 
-def _engine_body(entry: ModelEntry, request: dict[str, Any]) -> dict[str, Any]:
-    """Request parameters with the config's defaults filled in."""
+def _engine_body(entry: ModelEntry, options: GenerationOptions) -> dict[str, Any]:
+    """The generation options as an engine body, the config's defaults filled in."""
+    sampling = options.sampling
+    body: dict[str, Any] = {}
+    for name in _SAMPLING:
+        value = getattr(sampling, name)
+        if value is not None:
+            body[name] = value
     config = entry.config
-    body = {k: v for k, v in request.items() if k not in _NOT_FOR_ENGINE and v is not None}
-    if "max_tokens" not in body and request.get("max_completion_tokens") is not None:
-        body["max_tokens"] = request["max_completion_tokens"]
     if config is not None:
         for key, value in config.parameters.request_defaults().items():
             body.setdefault(key, value)
-        stops = _stops(config.stopwords, request.get("stop"))
-    else:
-        stops = _stops([], request.get("stop"))
+    stops = _stops(config.stopwords if config is not None else [], sampling.stop)
     if stops:
         body["stop"] = stops
-    else:
-        body.pop("stop", None)
+    if options.n != 1:
+        body["n"] = options.n
+    if options.grammar is not None:
+        body["grammar"] = options.grammar
+    fmt = options.response_format
+    if fmt is not None:
+        if fmt.schema is not None:
+            body["response_format"] = {"type": "json_schema",
+                                       "json_schema": {"name": fmt.name or "schema", "schema": fmt.schema}}
+        else:
+            body["response_format"] = {"type": "json_object"}
     return body
 
 
@@ -92,7 +86,7 @@ def _render(template: templates.Template, data: dict[str, Any]) -> str:
         raise PromptError(f"the model's prompt template failed: {exc}") from exc
 
 
-def render_chat(entry: ModelEntry, messages: list[dict[str, Any]]) -> str:
+def render_chat(entry: ModelEntry, messages: list[Message]) -> str:
     """Messages into one prompt, as LocalAI does with `roles`, `chat_message` and `chat`."""
     config = entry.config
     assert config is not None
@@ -101,15 +95,15 @@ def render_chat(entry: ModelEntry, messages: list[dict[str, Any]]) -> str:
     suppress_system = False
     last = len(messages) - 1
     for index, message in enumerate(messages):
-        role = message["role"]
-        text = content_text(message.get("content"))
+        role = message.role
+        text = message.text
         if entry.templates.chat_message is not None:
             rendered = _render(entry.templates.chat_message, {
                 "SystemPrompt": config.system_prompt or "",
                 "Role": roles.get(role, ""),
                 "RoleName": role,
                 "Content": text,
-                "FunctionName": message.get("name") or "",
+                "FunctionName": message.name or "",
                 "LastMessage": index == last,
                 "MessageIndex": index,
             })
@@ -144,28 +138,25 @@ def render_completion(entry: ModelEntry, prompt: str) -> str:
     })
 
 
-def _engine_messages(entry: ModelEntry, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Messages for the GGUF chat template: text content, config system prompt first."""
-    out = []
-    for message in messages:
-        item = {k: v for k, v in message.items() if v is not None}
-        content = message.get("content")
-        if isinstance(content, list):
-            item["content"] = content_text(content)
-        elif content is None:
-            item["content"] = ""
-        out.append(item)
+def _engine_messages(entry: ModelEntry, messages: list[Message]) -> list[dict[str, Any]]:
+    """Messages for the GGUF chat template, config system prompt first."""
+    out: list[dict[str, Any]] = [{"role": m.role, "content": m.text} for m in messages]
     config = entry.config
-    if config is not None and config.system_prompt and not any(m["role"] == "system" for m in out):
+    if config is not None and config.system_prompt and not any(m.role == "system" for m in messages):
         out.insert(0, {"role": "system", "content": config.system_prompt})
     return out
 
 
-def plan_chat(entry: ModelEntry, request: dict[str, Any]) -> EngineCall:
-    """The engine call for a chat request."""
-    body = _engine_body(entry, request)
-    functions = plan_functions(request)
-    messages = prompt_messages(request["messages"], functions)
+def plan_chat(entry: ModelEntry, task: ChatTask) -> EngineCall:
+    """The engine call for a chat task."""
+    body = _engine_body(entry, task.options)
+    sampling = task.options.sampling
+    if sampling.logprobs:
+        body["logprobs"] = True
+        if sampling.top_logprobs:
+            body["top_logprobs"] = sampling.top_logprobs
+    functions = plan_functions(task)
+    messages = prompt_messages(task.messages, functions)
     if functions is not None:
         # The engine turns the schema into a grammar: a call or an answer, nothing else.
         body.pop("response_format", None)
@@ -174,27 +165,29 @@ def plan_chat(entry: ModelEntry, request: dict[str, Any]) -> EngineCall:
     if entry.templates.renders_chat:
         prompt = render_chat(entry, messages)
         log.debug("model %s: rendered chat prompt: %r", entry.name, prompt)
-        for key in ("logprobs", "top_logprobs"):
-            body.pop(key, None)
+        body.pop("logprobs", None)
+        body.pop("top_logprobs", None)
         body["prompt"] = prompt
-        return EngineCall(mode="completion", body=body, rendered=[prompt], functions=functions)
+        return EngineCall("completion", body, rendered=[prompt], functions=functions, n=task.options.n)
     body["messages"] = _engine_messages(entry, messages)
-    return EngineCall(mode="chat", body=body, functions=functions)
+    return EngineCall("chat", body, functions=functions, n=task.options.n)
 
 
-def plan_completion(entry: ModelEntry, request: dict[str, Any]) -> EngineCall:
-    """The engine call for a text completion request (prompt: str, list, or token ids)."""
-    body = _engine_body(entry, request)
-    prompt = request["prompt"]
+def plan_completion(entry: ModelEntry, task: CompletionTask) -> EngineCall:
+    """The engine call for a text completion (prompt: str, list, or token ids)."""
+    body = _engine_body(entry, task.options)
+    if task.logprobs is not None:
+        body["logprobs"] = task.logprobs
+    prompt = task.prompt
     rendered = None
     if entry.templates.completion is not None:
         if isinstance(prompt, str):
             prompt = render_completion(entry, prompt)
             rendered = [prompt]
         elif isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
-            prompt = [render_completion(entry, p) for p in prompt]
+            prompt = [render_completion(entry, p) for p in prompt]  # type: ignore[arg-type]
             rendered = list(prompt)
         if rendered is not None:
             log.debug("model %s: rendered completion prompt: %r", entry.name, rendered)
     body["prompt"] = prompt
-    return EngineCall(mode="completion", body=body, rendered=rendered)
+    return EngineCall("completion", body, rendered=rendered, n=task.options.n)

@@ -1,4 +1,4 @@
-"""Request types of the OpenAI API, one per endpoint. No engine imports here.
+"""Request types of the OpenAI API, one per endpoint, and their translation into tasks.
 
 Unknown fields are accepted and ignored, as OpenAI-compatible servers do; known
 fields are checked for type and range so that bad values are a 400, not an
@@ -10,6 +10,9 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from lokal import tasks
+from lokal.models.functions import FunctionSpecError
 
 MAX_STOPS = 16
 MAX_STOP_LENGTH = 1000
@@ -67,13 +70,12 @@ class ResponseFormat(_Request):
             raise ValueError("response_format of type json_schema needs json_schema.schema")
         return self
 
-    def engine_value(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"type": self.type}
+    def to_task(self) -> tasks.ResponseFormat | None:
+        if self.type == "text":
+            return None
         if self.json_schema is not None:
-            out["json_schema"] = self.json_schema.model_dump(by_alias=True, exclude_none=True)
-        if self.schema_ is not None:
-            out["schema"] = self.schema_
-        return out
+            return tasks.ResponseFormat("json_schema", self.json_schema.schema_, self.json_schema.name)
+        return tasks.ResponseFormat("json_object", self.schema_)
 
 
 class _SamplingRequest(_Request):
@@ -98,6 +100,11 @@ class _SamplingRequest(_Request):
     grammar: str | None = Field(None, max_length=1_000_000)
     # llama.cpp and vLLM: keep generating past the end-of-sequence token (benchmarks, tests).
     ignore_eos: bool | None = None
+    # llama.cpp's own names for the same things (requests written for llama-server).
+    n_predict: int | None = Field(None, ge=1)
+    cache_prompt: bool | None = None
+    n_probs: int | None = Field(None, ge=0, le=20)
+    json_schema: dict[str, Any] | None = None
     user: str | None = None
     # lokal: end this request after so many seconds (overrides REQUEST_TIMEOUT).
     timeout: float | None = Field(None, gt=0, le=86_400)
@@ -130,14 +137,26 @@ class _SamplingRequest(_Request):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
-    def engine_params(self) -> dict[str, Any]:
-        """The fields the client set, as plain values for the model layer."""
-        data = self.model_dump(exclude_unset=True, exclude_none=True, by_alias=False, exclude={"timeout"})
-        if getattr(self, "response_format", None) is not None:
-            data["response_format"] = self.response_format.engine_value()  # type: ignore[attr-defined]
-        if self.n == 1:
-            data.pop("n", None)
-        return data
+    def options(self, max_tokens: int | None = None) -> tasks.GenerationOptions:
+        """The sampling and generation options the client set (None: not set)."""
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if self.max_tokens is not None:
+            max_tokens = self.max_tokens
+        elif max_tokens is None:
+            max_tokens = self.n_predict
+        sampling = tasks.Sampling(
+            max_tokens=max_tokens,
+            temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p,
+            seed=self.seed, stop=stop, presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty, repeat_penalty=self.repeat_penalty,
+            logit_bias=self.logit_bias, ignore_eos=self.ignore_eos, cache_prompt=self.cache_prompt,
+            n_probs=self.n_probs)
+        fmt = getattr(self, "response_format", None)
+        response_format = fmt.to_task() if fmt is not None else None
+        if response_format is None and self.json_schema is not None:
+            response_format = tasks.ResponseFormat("json_schema", self.json_schema)
+        return tasks.GenerationOptions(sampling=sampling, n=self.n, response_format=response_format,
+                                       grammar=self.grammar, stream=self.stream, timeout=self.timeout)
 
 
 class TextPart(_Request):
@@ -179,6 +198,15 @@ class ChatMessage(_Request):
     tool_call_id: str | None = None
     function_call: FunctionCall | None = None
 
+    def to_task(self) -> tasks.Message:
+        role = {"developer": "system", "function": "tool"}.get(self.role, self.role)
+        calls = [tasks.ToolCall(c.id or "", c.function.name, c.function.arguments)
+                 for c in self.tool_calls or []]
+        if self.function_call is not None:
+            calls.append(tasks.ToolCall("", self.function_call.name, self.function_call.arguments))
+        return tasks.Message(role, _text(self.content), tool_calls=calls,  # type: ignore[arg-type]
+                             tool_call_id=self.tool_call_id, name=self.name)
+
     @model_validator(mode="after")
     def _text_only(self) -> ChatMessage:
         if isinstance(self.content, list):
@@ -193,6 +221,9 @@ class FunctionDef(_Request):
     name: str = Field(min_length=1, max_length=256)
     description: str | None = None
     parameters: dict[str, Any] | None = None
+
+    def to_task(self) -> tasks.Tool:
+        return tasks.Tool(self.name, self.description or "", self.parameters)
 
 
 class ToolDef(_Request):
@@ -213,13 +244,54 @@ class ChatCompletionRequest(_SamplingRequest):
     functions: list[FunctionDef] | None = Field(None, max_length=128)
     function_call: Literal["none", "auto"] | dict[str, Any] | None = None
 
-    def engine_params(self) -> dict[str, Any]:
-        data = super().engine_params()
-        data["messages"] = [m.model_dump(exclude_none=True) for m in self.messages]
-        if not self.logprobs:
-            data.pop("logprobs", None)
-            data.pop("top_logprobs", None)
-        return data
+    @property
+    def legacy_functions(self) -> bool:
+        """OpenAI's legacy `functions` (answered as function_call), not `tools`."""
+        return bool(self.functions) and not self.tools
+
+    def to_task(self) -> tasks.ChatTask:
+        options = self.options(self.max_completion_tokens)
+        if self.logprobs:
+            options.sampling.logprobs = True
+            options.sampling.top_logprobs = self.top_logprobs or 0
+        if self.legacy_functions:
+            tools = [f.to_task() for f in self.functions or []]
+            choice = _tool_choice(self.function_call)
+        elif self.tools:
+            tools = [t.function.to_task() for t in self.tools]
+            choice = _tool_choice(self.tool_choice)
+        else:
+            tools, choice = [], "auto"
+        return tasks.ChatTask(self.model, [m.to_task() for m in self.messages], options,
+                              tools=tools, tool_choice=choice)
+
+
+def _tool_choice(choice: Any) -> str:
+    """tool_choice / function_call as lokal's choice: auto, none, required or a name."""
+    if choice is None:
+        return "auto"
+    if isinstance(choice, str):
+        return choice
+    function = choice.get("function") if "function" in choice else choice
+    name = function.get("name") if isinstance(function, dict) else None
+    if not isinstance(name, str):
+        raise FunctionSpecError("tool_choice / function_call must name a function")
+    return name
+
+
+def _text(content: str | list[Any] | None) -> str:
+    """A message's content as text: a string, or its text parts joined."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    texts = []
+    for part in content:
+        if isinstance(part, TextPart):
+            texts.append(part.text)
+        elif isinstance(part, ToolResultPart):
+            texts.append(_text(part.content))
+    return "".join(texts)
 
 
 TokenIds = list[Annotated[int, Field(ge=0, lt=1 << 31)]]
@@ -242,12 +314,9 @@ class CompletionRequest(_SamplingRequest):
             raise ValueError("at most 64 prompts are allowed in one request")
         return value
 
-    @property
-    def prompt_count(self) -> int:
-        prompt = self.prompt
-        if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
-            return len(prompt)
-        return 1
+    def to_task(self) -> tasks.CompletionTask:
+        return tasks.CompletionTask(self.model, self.prompt, self.options(), echo=self.echo,
+                                    suffix=self.suffix, logprobs=self.logprobs)
 
 
 MAX_EMBEDDING_INPUTS = 2048
@@ -259,6 +328,17 @@ class EmbeddingRequest(_Request):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)
     user: str | None = None
+
+    def to_task(self) -> tasks.EmbedTask:
+        value = self.input
+        if isinstance(value, list) and value and all(isinstance(v, int) for v in value):
+            return tasks.EmbedTask(self.model, [value], token_ids=True,  # type: ignore[list-item]
+                                   dimensions=self.dimensions)
+        if isinstance(value, list) and value and all(isinstance(v, list) for v in value):
+            return tasks.EmbedTask(self.model, value, token_ids=True,  # type: ignore[arg-type]
+                                   dimensions=self.dimensions)
+        inputs = [value] if isinstance(value, str) else list(value)
+        return tasks.EmbedTask(self.model, inputs, dimensions=self.dimensions)  # type: ignore[arg-type]
 
     @field_validator("input")
     @classmethod
@@ -293,6 +373,6 @@ class RerankRequest(_Request):
     top_n: int | None = Field(None, ge=1)
     return_documents: bool = True
 
-    @property
-    def texts(self) -> list[str]:
-        return [d if isinstance(d, str) else d.text for d in self.documents]
+    def to_task(self) -> tasks.RerankTask:
+        texts = [d if isinstance(d, str) else d.text for d in self.documents]
+        return tasks.RerankTask(self.model, self.query, texts, self.top_n)

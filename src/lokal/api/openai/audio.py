@@ -6,7 +6,6 @@ OpenAI's json ({"text"}), text, srt, vtt or verbose_json.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
@@ -14,7 +13,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from lokal.api.errors import APIError
 from lokal.backends.base import Transcription
-from lokal.models.registry import ModelRegistry
+from lokal.models import serving
+from lokal.tasks import TranscribeTask
 
 router = APIRouter()
 
@@ -91,14 +91,8 @@ async def create_transcription(
     await file.close()
     if not audio:
         raise APIError(400, "Invalid file: the audio file is empty.", param="file")
-    registry: ModelRegistry = request.app.state.registry
-    lease = await registry.acquire(name.strip(), "transcribe")
-    try:
-        result = await asyncio.to_thread(lease.backend.transcribe, audio,
-                                         language=_blank(language), prompt=_blank(prompt),
-                                         temperature=temp)
-    finally:
-        lease.release()
+    result = await serving.transcribe(request.app.state.registry, TranscribeTask(
+        name.strip(), audio, language=_blank(language), prompt=_blank(prompt), temperature=temp))
     if fmt == "text":
         return PlainTextResponse(result.text + "\n")
     if fmt == "srt":

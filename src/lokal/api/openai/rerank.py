@@ -7,34 +7,21 @@ folder with only an embedding model can still serve rerank.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
 
-from lokal.api.protocol import RerankRequest
-from lokal.models.registry import ModelRegistry
+from lokal.api.openai.protocol import RerankRequest
+from lokal.models import serving
 
 router = APIRouter()
 
 
 @router.post("/rerank", summary="Rerank documents by relevance to a query")
 async def rerank(body: RerankRequest, request: Request) -> dict[str, Any]:
-    registry: ModelRegistry = request.app.state.registry
-    lease = await registry.acquire(body.model, "rerank")
-    texts = body.texts
-    try:
-        if "rerank" in lease.backend.capabilities:
-            ranked = await asyncio.to_thread(lease.backend.rerank, body.query, texts)
-            scores = [v[0] for v in ranked.vectors]
-            tokens = ranked.prompt_tokens
-        else:
-            embedded = await lease.embed([body.query, *texts])
-            query, *documents = embedded.vectors
-            scores = [sum(q * d for q, d in zip(query, doc)) for doc in documents]
-            tokens = embedded.prompt_tokens
-    finally:
-        lease.release()
+    task = body.to_task()
+    result = await serving.rerank(request.app.state.registry, task)
+    scores, texts = result.scores, task.documents
     order = sorted(range(len(texts)), key=lambda i: scores[i], reverse=True)
     if body.top_n is not None:
         order = order[:body.top_n]
@@ -45,4 +32,4 @@ async def rerank(body: RerankRequest, request: Request) -> dict[str, Any]:
             item["document"] = {"text": texts[index]}
         results.append(item)
     return {"object": "list", "model": body.model, "results": results,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+            "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens}}

@@ -1,0 +1,1 @@
+"""OpenAI's API family: chat and text completions, models, embeddings, rerank, audio."""

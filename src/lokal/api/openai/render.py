@@ -1,0 +1,177 @@
+"""Deltas into OpenAI's chunks and answers: chat completions and text completions.
+
+A whole (non-streamed) answer is assembled from the same chunks a stream sends,
+so both say the same thing.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from lokal.tasks import Delta, Usage
+
+
+class Shaper:
+    """Rewrites deltas into the OpenAI chunks of one response.
+
+    `kind` is what the client asked for ("chat" or "completion"); with `legacy`
+    (OpenAI's `functions`), a tool call is answered as `function_call`.
+    """
+
+    def __init__(self, kind: str, model: str, *, legacy: bool = False) -> None:
+        self.kind = kind
+        self.model = model
+        self.legacy = legacy
+        self.id = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
+        self.created = int(time.time())
+        self.object = "chat.completion.chunk" if kind == "chat" else "text_completion"
+        self._started: set[int] = set()
+
+    def chunk(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> dict[str, Any]:
+        chunk: dict[str, Any] = {"id": self.id, "object": self.object, "created": self.created,
+                                 "model": self.model, "choices": choices}
+        if usage is not None:
+            chunk["usage"] = usage
+        return chunk
+
+    def shape(self, deltas: list[Delta]) -> list[dict[str, Any]]:
+        """The chunks for a batch of deltas: one per delta that says something."""
+        out = []
+        for delta in deltas:
+            choice = self._completion_choice(delta) if self.kind == "completion" else self._chat_choice(delta)
+            if choice is not None:
+                out.append(self.chunk([choice]))
+        return out
+
+    def _completion_choice(self, delta: Delta) -> dict[str, Any] | None:
+        if not delta.text and delta.finish_reason is None and not delta.logprobs:
+            return None
+        return {"index": delta.index, "text": delta.text,
+                "logprobs": {"content": delta.logprobs} if delta.logprobs else None,
+                "finish_reason": delta.finish_reason}
+
+    def _chat_choice(self, delta: Delta) -> dict[str, Any] | None:
+        message: dict[str, Any] = {}
+        first = delta.index not in self._started
+        if first:
+            self._started.add(delta.index)
+            message["role"] = "assistant"
+        if delta.text or (first and not delta.tool_calls):
+            message["content"] = delta.text
+        elif first:
+            message["content"] = None
+        if delta.reasoning:
+            message["reasoning_content"] = delta.reasoning
+        if delta.tool_calls:
+            if self.legacy:
+                call = delta.tool_calls[0]
+                function: dict[str, Any] = {"arguments": call.arguments}
+                if call.name is not None:
+                    function["name"] = call.name
+                message["function_call"] = function
+            else:
+                message["tool_calls"] = [_tool_call(c) for c in delta.tool_calls]
+        finish = delta.finish_reason
+        if not message and finish is None and not delta.logprobs:
+            return None
+        if finish == "tool_calls" and self.legacy:
+            finish = "function_call"  # type: ignore[assignment]
+        return {"index": delta.index, "delta": message,
+                "logprobs": {"content": delta.logprobs} if delta.logprobs else None,
+                "finish_reason": finish}
+
+    def usage(self, usage: Usage) -> dict[str, Any]:
+        out: dict[str, Any] = {"prompt_tokens": usage.prompt_tokens,
+                               "completion_tokens": usage.completion_tokens,
+                               "total_tokens": usage.total_tokens}
+        if usage.cached_tokens is not None:
+            out["prompt_tokens_details"] = {"cached_tokens": usage.cached_tokens}
+        return out
+
+    def usage_chunk(self, usage: Usage) -> dict[str, Any]:
+        """The closing chunk of a stream that asked for usage."""
+        return self.chunk([], self.usage(usage))
+
+
+def _tool_call(call: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"index": call.position}
+    if call.id is not None:
+        out["id"] = call.id
+        out["type"] = "function"
+    function: dict[str, Any] = {"arguments": call.arguments}
+    if call.name is not None:
+        function["name"] = call.name
+    out["function"] = function
+    return out
+
+
+class Aggregator:
+    """Assembles a whole (non-streaming) answer from shaped chunks."""
+
+    def __init__(self, shaper: Shaper) -> None:
+        self.shaper = shaper
+        self._choices: dict[int, dict[str, Any]] = {}
+
+    def add(self, chunk: dict[str, Any]) -> None:
+        for choice in chunk["choices"]:
+            index = choice["index"]
+            if self.shaper.kind == "completion":
+                slot = self._choices.setdefault(index, {"index": index, "text": "", "logprobs": None,
+                                                        "finish_reason": None})
+                slot["text"] += choice.get("text") or ""
+            else:
+                slot = self._choices.setdefault(index, {
+                    "index": index, "message": {"role": "assistant", "content": None},
+                    "logprobs": None, "finish_reason": None})
+                _merge_delta(slot["message"], choice.get("delta") or {})
+            _merge_logprobs(slot, choice.get("logprobs"))
+            if choice.get("finish_reason"):
+                slot["finish_reason"] = choice["finish_reason"]
+
+    def result(self, usage: Usage) -> dict[str, Any]:
+        shaper = self.shaper
+        choices = [self._choices[i] for i in sorted(self._choices)]
+        for choice in choices:
+            message = choice.get("message")
+            if (message is not None and message.get("content") is None and not message.get("tool_calls")
+                    and not message.get("function_call")):
+                message["content"] = ""
+        return {
+            "id": shaper.id,
+            "object": "chat.completion" if shaper.kind == "chat" else "text_completion",
+            "created": shaper.created,
+            "model": shaper.model,
+            "choices": choices,
+            "usage": shaper.usage(usage),
+        }
+
+
+def _merge_logprobs(slot: dict[str, Any], logprobs: Any) -> None:
+    if not logprobs:
+        return
+    if slot["logprobs"] is None:
+        slot["logprobs"] = {"content": []}
+    slot["logprobs"]["content"].extend(logprobs.get("content") or [])
+
+
+def _merge_delta(message: dict[str, Any], delta: dict[str, Any]) -> None:
+    for key in ("content", "reasoning_content"):
+        if delta.get(key):
+            message[key] = (message.get(key) or "") + delta[key]
+    if delta.get("function_call"):
+        target = message.setdefault("function_call", {"name": "", "arguments": ""})
+        target["name"] += delta["function_call"].get("name") or ""
+        target["arguments"] += delta["function_call"].get("arguments") or ""
+    for call in delta.get("tool_calls") or []:
+        calls = message.setdefault("tool_calls", [])
+        position = call.get("index", len(calls))
+        while len(calls) <= position:
+            calls.append({"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+        target = calls[position]
+        if call.get("id"):
+            target["id"] = call["id"]
+        function = call.get("function") or {}
+        target["function"]["name"] += function.get("name") or ""
+        target["function"]["arguments"] += function.get("arguments") or ""

@@ -1,0 +1,74 @@
+"""The OpenAI routes: models, chat completions, completions."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from lokal.api.errors import error_body
+from lokal.api.generation import SSE_HEADERS, Run, sse, start
+from lokal.api.openai.protocol import ChatCompletionRequest, CompletionRequest
+from lokal.api.openai.render import Aggregator, Shaper
+from lokal.errors import UnknownModelError
+from lokal.models.registry import ModelRegistry
+
+router = APIRouter()
+
+
+def _registry(request: Request) -> ModelRegistry:
+    return request.app.state.registry
+
+
+@router.get("/models", summary="List the models this server serves")
+async def list_models(request: Request) -> dict[str, Any]:
+    created = request.app.state.started
+    data = [{"id": e.name, "object": "model", "created": created, "owned_by": "lokal"}
+            for e in _registry(request).entries if e.ok]
+    return {"object": "list", "data": data}
+
+
+@router.get("/models/{model_id:path}", summary="Describe one model")
+async def get_model(model_id: str, request: Request) -> dict[str, Any]:
+    entry = _registry(request).entry(model_id)  # unknown: 404
+    if not entry.ok:
+        raise UnknownModelError(model_id)
+    return {"id": entry.name, "object": "model", "created": request.app.state.started, "owned_by": "lokal"}
+
+
+async def _answer(request: Request, run: Run, shaper: Shaper, *, stream: bool, include_usage: bool) -> Any:
+    if not stream:
+        aggregator = Aggregator(shaper)
+        for chunk in shaper.shape(await run.collect()):
+            aggregator.add(chunk)
+        return JSONResponse(aggregator.result(run.usage))
+
+    async def events() -> AsyncIterator[bytes]:
+        try:
+            async for batch in run.batches():
+                # Everything the engine sent since the last write goes out in one write.
+                data = b"".join(sse(chunk) for chunk in shaper.shape(batch))
+                if data:
+                    yield data
+            yield (sse(shaper.usage_chunk(run.usage)) if include_usage else b"") + sse("[DONE]")
+        except Exception as exc:  # noqa: BLE001 - reported to the client in-stream
+            yield sse(error_body(exc, request.url.path)) + sse("[DONE]")
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+@router.post("/chat/completions", summary="Create a chat completion")
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+    task = body.to_task()
+    run = await start(request, task)
+    return await _answer(request, run, Shaper("chat", body.model, legacy=body.legacy_functions),
+                         stream=body.stream, include_usage=body.include_usage)
+
+
+@router.post("/completions", summary="Create a text completion")
+async def completions(body: CompletionRequest, request: Request) -> Any:
+    run = await start(request, body.to_task())
+    return await _answer(request, run, Shaper("completion", body.model), stream=body.stream,
+                         include_usage=body.include_usage)

@@ -1,0 +1,86 @@
+"""The catalog: the models folder as named entries, and what each model can do.
+
+What a model can do is decided once, when the folder is scanned (or when its
+downloads arrive), from its config and its file's header read once, and kept on
+the entry as tasks (`chat`, `complete`, `embed`, `rerank`, `transcribe`) and how
+a rerank runs (`cross-encoder`, or `cosine` of embeddings). No request re-reads
+a model file. Broken entries are kept apart with their reasons; requests for
+them get those reasons.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from lokal.errors import ModelUnavailableError, UnknownModelError
+from lokal.models import download
+from lokal.models.config import ConfigError, ModelEntry, describe, load_templates, scan_models
+
+log = logging.getLogger(__name__)
+
+
+class Catalog:
+    """Named entries of one models folder (and an optional list of configs)."""
+
+    def __init__(self, models_path: Path, config_file: Path | None = None) -> None:
+        self.models_path = models_path
+        self.config_file = config_file
+        self._entries: dict[str, ModelEntry] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self.scan()
+
+    def scan(self) -> list[ModelEntry]:
+        """Read the folder again: new, changed and removed configs take effect now."""
+        entries = scan_models(self.models_path, self.config_file)
+        self._entries = {e.name: e for e in entries}
+        return entries
+
+    @property
+    def entries(self) -> list[ModelEntry]:
+        return list(self._entries.values())
+
+    @property
+    def servable(self) -> list[ModelEntry]:
+        return [e for e in self._entries.values() if e.ok]
+
+    @property
+    def broken(self) -> list[ModelEntry]:
+        return [e for e in self._entries.values() if not e.ok]
+
+    def entry(self, name: str) -> ModelEntry:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise UnknownModelError(name) from None
+
+    async def ready(self, entry: ModelEntry) -> None:
+        """Make sure the entry can load: its files downloaded, its templates read and
+        its file described. Concurrent requests wait for one download; a failure is
+        the request's error and the next request tries again."""
+        if entry.error is not None:
+            raise ModelUnavailableError(entry.name, entry.error)
+        if not entry.pending_downloads and not entry.templates_pending and entry.file is not None:
+            return
+        for item in entry.pending_downloads:
+            # One lock per file: models sharing a file fetch it once too.
+            async with self._locks.setdefault(("download", str(item.path)), asyncio.Lock()):
+                try:
+                    await asyncio.to_thread(download.fetch, item)  # a no-op once it is there
+                except download.DownloadError as exc:
+                    log.error("model %s: %s", entry.name, exc)
+                    raise ModelUnavailableError(entry.name, str(exc)) from exc
+        async with self._locks.setdefault((entry.name, "ready"), asyncio.Lock()):
+            if entry.templates_pending and entry.config is not None:
+                try:
+                    entry.templates = load_templates(self.models_path, entry.config)
+                except ConfigError as exc:
+                    raise ModelUnavailableError(entry.name, str(exc)) from exc
+                entry.templates_pending = False
+            if entry.file is None:
+                await asyncio.to_thread(describe, entry)
+        if entry.error is not None:
+            raise ModelUnavailableError(entry.name, entry.error)
+        if entry.file is None:
+            raise ModelUnavailableError(entry.name, "its model file is missing")

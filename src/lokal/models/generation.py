@@ -1,0 +1,236 @@
+"""Running a chat or completion task on a leased model: engine chunks in, `Delta`s out.
+
+Engines block a thread and call a sink per chunk. `engine_chunks` runs that on
+its own thread and hands the chunks to the event loop, every chunk waiting at
+once (one wake-up for all of them when the loop falls behind, as with many
+concurrent streams); setting the cancel event (client gone) makes the sink
+answer "stop" so the engine frees its slot within one token. `Generation`
+turns engine chunks, in whichever of the engine's shapes, into `Delta`s: text,
+tool-call parts read incrementally from lokal's JSON envelope, finish reasons,
+and the usage summed over the engine's tasks. Streamed and whole answers of
+every API family are made from the same deltas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from lokal.backends.base import ChunkSink
+from lokal.errors import EngineStuck, RequestTimeout, ShuttingDown
+from lokal.models.functions import EnvelopeReader
+from lokal.models.prompting import EngineCall
+from lokal.tasks import Delta, ToolCallDelta, Usage
+
+_DONE = object()
+
+
+class _Failure:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+Batch = list[dict[str, Any]]
+
+
+async def engine_chunks(run: Callable[[ChunkSink], None], cancel: threading.Event,
+                        on_done: Callable[[], None] | None = None) -> AsyncIterator[Batch]:
+    """Run a blocking engine call on a thread; yield its chunks here, in batches of
+    those that arrived since the last one was taken.
+
+    on_done runs on the event loop when the engine call has returned, however
+    the response ended: only then is the model free of this request.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    def put(item: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+        except RuntimeError:  # the loop is gone (shutdown): nobody is listening
+            cancel.set()
+
+    def sink(chunk: dict[str, Any]) -> bool:
+        if cancel.is_set():
+            return True
+        put(chunk)
+        return cancel.is_set()
+
+    def work() -> None:
+        try:
+            run(sink)
+        except BaseException as exc:  # noqa: BLE001 - handed to the event loop
+            put(_Failure(exc))
+        else:
+            put(_DONE)
+        finally:
+            if on_done is not None:
+                try:
+                    loop.call_soon_threadsafe(on_done)
+                except RuntimeError:  # the loop is gone: nothing left to release
+                    pass
+
+    threading.Thread(target=work, name="lokal-generate", daemon=True).start()
+    try:
+        while True:
+            batch: list[Any] = [await queue.get()]
+            while not queue.empty():
+                batch.append(queue.get_nowait())
+            end = batch.pop() if batch[-1] is _DONE or isinstance(batch[-1], _Failure) else None
+            if batch:
+                yield batch
+            if end is _DONE:
+                return
+            if isinstance(end, _Failure):
+                raise end.exc
+    finally:
+        cancel.set()
+
+
+async def guarded(chunks: AsyncIterator[Batch], cancel: threading.Event, *,
+                  timeout: float | None, busy: float | None, on_stuck: Callable[[], None],
+                  stopping: asyncio.Event | None = None) -> AsyncIterator[Batch]:
+    """Batches of chunks, ending the request past its timeout, when the engine goes quiet
+    for longer than the busy watchdog allows (then on_stuck retires the model), or when
+    the server's shutdown grace period is over."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout if timeout else None
+    try:
+        while True:
+            if stopping is not None and stopping.is_set():
+                cancel.set()
+                raise ShuttingDown()
+            waits = [w for w in (busy, deadline - loop.time() if deadline else None) if w is not None]
+            try:
+                if waits:
+                    batch = await asyncio.wait_for(anext(chunks), max(0.0, min(waits)))
+                else:
+                    batch = await anext(chunks)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                cancel.set()
+                if deadline is not None and loop.time() >= deadline:
+                    raise RequestTimeout(timeout or 0) from None
+                on_stuck()
+                raise EngineStuck(busy or 0) from None
+            yield batch
+    finally:
+        await chunks.aclose()
+
+
+class Generation:
+    """One chat or completion running on a leased model, as batches of `Delta`s.
+
+    Iterate it (`async for deltas in generation`), then read `usage`. `close()`
+    stops the engine (if it is still going) and gives the model back once the
+    engine has returned; it is safe to call more than once.
+    """
+
+    def __init__(self, lease: Any, call: EngineCall, *, timeout: float | None,
+                 stopping: asyncio.Event | None = None) -> None:
+        self.call = call
+        self.model = lease.entry.name
+        self.cancel = threading.Event()
+        self._readers: dict[int, EnvelopeReader] = {}
+        self._prompt_sum = 0
+        self._completion_sum = 0
+        self._cached_sum: int | None = None
+        self._reported = False
+        self._n = max(1, call.n)
+        run = lease.backend.chat if call.mode == "chat" else lease.backend.complete
+        body = call.body
+        self._chunks = guarded(
+            engine_chunks(lambda sink: run(body, sink), self.cancel, on_done=lease.hold()),
+            self.cancel, timeout=timeout, busy=lease.busy_timeout, on_stuck=lease.retire,
+            stopping=stopping)
+        self._closed = False
+        self._iter = self._deltas()
+
+    def __aiter__(self) -> AsyncIterator[list[Delta]]:
+        return self._iter
+
+    async def _deltas(self) -> AsyncIterator[list[Delta]]:
+        async for batch in self._chunks:
+            out: list[Delta] = []
+            for chunk in batch:
+                self._read(chunk, out)
+            if out:
+                yield out
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.cancel.set()
+            await self._iter.aclose()
+            await self._chunks.aclose()
+
+    @property
+    def usage(self) -> Usage:
+        """The answer's usage, a prompt counted once however many choices it has
+        (the engine runs each choice as a task of its own and reports the prompt
+        for every one)."""
+        prompt = round(self._prompt_sum / self._n)
+        cached = None if self._cached_sum is None else round(self._cached_sum / self._n)
+        return Usage(prompt, self._completion_sum, cached)
+
+    @property
+    def reported_usage(self) -> bool:
+        return self._reported
+
+    def _read(self, chunk: dict[str, Any], out: list[Delta]) -> None:
+        for choice in chunk.get("choices") or ():
+            out.append(self._delta(choice))
+        usage = chunk.get("usage")
+        if usage:
+            self._reported = True
+            self._prompt_sum += int(usage.get("prompt_tokens") or 0)
+            self._completion_sum += int(usage.get("completion_tokens") or 0)
+            cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+            if cached is not None:
+                self._cached_sum = (self._cached_sum or 0) + int(cached)
+
+    def _delta(self, choice: dict[str, Any]) -> Delta:
+        index = int(choice.get("index", 0))
+        finish = choice.get("finish_reason")
+        logprobs = choice.get("logprobs")
+        delta = choice.get("delta")
+        calls: list[ToolCallDelta] | None = None
+        reasoning = ""
+        if delta is not None:  # the engine's chat shape
+            text = delta.get("content") or ""
+            reasoning = delta.get("reasoning_content") or ""
+            if delta.get("tool_calls"):
+                calls = [_tool_delta(c) for c in delta["tool_calls"]]
+            entries = logprobs.get("content") if isinstance(logprobs, dict) else None
+        else:  # a text completion
+            text = choice.get("text") or ""
+            entries = (logprobs.get("content") if isinstance(logprobs, dict) else logprobs) or None
+        if self.call.functions is not None:
+            reader = self._readers.setdefault(index, EnvelopeReader())
+            text, envelope_calls = reader.feed(text) if text else ("", [])
+            if envelope_calls:
+                calls = envelope_calls
+            if finish == "stop" and reader.is_call:
+                finish = "tool_calls"
+        elif calls and finish == "stop":
+            finish = "tool_calls"
+        return Delta(index, text, reasoning, calls, entries, finish)
+
+
+def _tool_delta(call: dict[str, Any]) -> ToolCallDelta:
+    function = call.get("function") or {}
+    return ToolCallDelta(int(call.get("index", 0)), id=call.get("id"), name=function.get("name"),
+                         arguments=function.get("arguments") or "")
+
+
+@contextlib.asynccontextmanager
+async def running(generation: Generation) -> AsyncIterator[Generation]:
+    """A generation closed however the block ends."""
+    try:
+        yield generation
+    finally:
+        await generation.close()

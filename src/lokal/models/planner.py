@@ -1,0 +1,113 @@
+"""The load planner: entry + task + server defaults -> which engine instance, with which options.
+
+Pure: it reads only the entry (its config and the file description the catalog
+made at scan) and the defaults, so it is tested without a model. A model that
+serves several tasks gets one engine instance per kind of work, so their
+caches never mix: `generate` (chat and completion), `embed`, `rerank` (a native
+cross-encoder), `transcribe`. A cosine rerank runs on the `embed` instance.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from lokal.backends.base import LoadOptions
+from lokal.errors import ModelCapabilityError, ModelUnavailableError
+from lokal.models.config import ModelEntry
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONTEXT = 4096
+
+_FILE_ENGINES = {"gguf": "llama-cpp", "hf": "sentence-transformers", "whisper-ct2": "whisper"}
+_WRONG_ENGINE = {
+    "gguf": "a GGUF file (use backend llama-cpp)",
+    "hf": "a Hugging Face model folder (use backend sentence-transformers, or convert it with "
+          "`lokal models convert`)",
+    "whisper-ct2": "a Whisper model (use backend whisper)",
+}
+
+
+@dataclass
+class EngineDefaults:
+    """Server-wide values a model config may override."""
+
+    threads: int
+    parallel: int
+    context_size: int | None = None
+    batch_embeddings: bool = True
+    queue_size: int = 128
+    prompt_cache_mb: int = 0
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    engine: str
+    instance: str  # generate, embed, rerank, transcribe
+    options: LoadOptions
+
+
+def instance_for(entry: ModelEntry, task: str) -> str:
+    """Which engine instance of the model serves task (after `check_task`)."""
+    if task in ("chat", "complete"):
+        return "generate"
+    if task == "rerank":
+        return "rerank" if entry.rerank_by == "cross-encoder" else "embed"
+    return task
+
+
+def check_task(entry: ModelEntry, task: str) -> None:
+    """Refuse a task the model cannot do, saying what it can."""
+    if task in entry.tasks:
+        return
+    if task in ("embed", "rerank") and "chat" in entry.tasks:
+        hint = (" It is a text-generation model: set `embeddings: true` in its config to serve "
+                "embeddings and rerank too.")
+    elif task in ("chat", "complete"):
+        hint = " It serves: " + ", ".join(sorted(entry.tasks)) + "."
+    else:
+        hint = ""
+    raise ModelCapabilityError(entry.name, task, hint)
+
+
+def plan_load(entry: ModelEntry, task: str, defaults: EngineDefaults) -> LoadPlan:
+    """The engine instance and its load options for task on entry."""
+    config, model_file = entry.config, entry.file
+    assert config is not None and entry.model_path is not None and model_file is not None
+    file_engine = _FILE_ENGINES[model_file.kind]
+    engine = config.engine or file_engine
+    if engine != file_engine:
+        raise ModelUnavailableError(entry.name, f"backend {config.backend!r} cannot serve "
+                                                f"{entry.model_path.name}: it is {_WRONG_ENGINE[model_file.kind]}")
+    check_task(entry, task)
+    instance = instance_for(entry, task)
+    trained = model_file.gguf.context_length if model_file.gguf else None
+    context = config.context_size or defaults.context_size
+    if context is None:
+        context = min(trained or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
+    if trained and context > trained:
+        log.warning("model %s: context_size %d exceeds the %d tokens it was trained on",
+                    entry.name, context, trained)
+    options = LoadOptions(
+        model_path=entry.model_path,
+        context_size=context,
+        threads=config.threads or defaults.threads,
+        parallel=defaults.parallel,
+        f16=config.f16,
+        mmap=config.mmap,
+        gpu_layers=config.gpu_layers,
+        embeddings=instance in ("embed", "rerank"),
+        rerank=instance == "rerank",
+        prompt_cache_mb=defaults.prompt_cache_mb,
+        gguf=model_file.gguf,
+    )
+    return LoadPlan(engine, instance, options)
+
+
+def main_task(entry: ModelEntry) -> str:
+    """What a model is mainly for (what a preload loads)."""
+    for task in ("chat", "embed", "rerank", "transcribe"):
+        if task in entry.tasks:
+            return task
+    return "chat"

@@ -15,7 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from lokal.models import download, templates
+from lokal import templates
+from lokal.models import download
 from lokal.models.files import ModelFileError, read_gguf
 
 log = logging.getLogger("lokal.models")

@@ -15,8 +15,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from lokal.models import download, templates
+from lokal import templates
 from lokal.formats.modelfile import ModelFile, ModelFileError, inspect, is_cross_encoder
+from lokal.models import download
 
 log = logging.getLogger("lokal.models")
 

@@ -14,8 +14,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from lokal import templates
 from lokal.errors import BadRequest
-from lokal.models import templates
 from lokal.models.config import ModelEntry
 from lokal.models.functions import FunctionPlan, plan_functions, prompt_messages
 from lokal.tasks import ChatTask, CompletionTask, GenerationOptions, Message

@@ -1,4 +1,4 @@
-"""Tests for the sandboxed Go text/template renderer (lokal.models.templates)."""
+"""Tests for the sandboxed Go text/template renderer (lokal.templates)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 
-from lokal.models.templates import (
+from lokal.templates import (
     MAX_NESTING,
     MAX_RANGE_ITEMS,
     Template,

@@ -162,3 +162,24 @@ class FakeServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def sse_events(text: str) -> list[Any]:
+    """The data of a Server-Sent Events body: JSON objects, and "[DONE]" as a string."""
+    import json
+
+    out: list[Any] = []
+    for line in text.splitlines():
+        if line.startswith("data: "):
+            data = line[len("data: "):]
+            out.append(data if data == "[DONE]" else json.loads(data))
+    return out
+
+
+def chat(content: str = "hi", **fields: Any) -> dict[str, Any]:
+    """A chat request body for the fake model."""
+    return {"model": MODEL, "messages": [{"role": "user", "content": content}], **fields}
+
+
+def completion(prompt: Any = "Once upon a time", **fields: Any) -> dict[str, Any]:
+    return {"model": MODEL, "prompt": prompt, **fields}

@@ -97,7 +97,14 @@ class Stall:
     limit: float = 60.0
 
 
-Step = Union[Reply, Chunk, Sleep, Fail, Forever, Stall]
+@dataclass(frozen=True)
+class Crash:
+    """An engine bug: any exception, raised as it is (not an EngineError)."""
+
+    exc: BaseException
+
+
+Step = Union[Reply, Chunk, Sleep, Fail, Forever, Stall, Crash]
 
 
 def reply(*tokens: str, finish: str | None = "stop", index: int | None = None,
@@ -114,6 +121,10 @@ def words(text: str, **kwargs: Any) -> Reply:
 
 def fail(status: int, message: str = "engine error", kind: str | None = None, **details: Any) -> Fail:
     return Fail(status, message, kind, details)
+
+
+def crash(exc: BaseException | None = None) -> Crash:
+    return Crash(exc or RuntimeError("fake engine crashed"))
 
 
 def sleep(seconds: float) -> Sleep:
@@ -386,6 +397,8 @@ class _Run:
                 gate = step.gate or self.backend.unstick
                 if not gate.wait(step.limit):
                     raise EngineError(500, f"fake engine: Stall not released within {step.limit:g} s")
+            elif isinstance(step, Crash):
+                raise step.exc
             else:  # pragma: no cover - a test's typo
                 raise TypeError(f"not a fake engine step: {step!r}")
 

@@ -10,7 +10,12 @@ return); an engine error is an `EngineError`. At most `slots` requests generate 
 once; the others wait for a slot, as the engine's tasks wait for its slots.
 
 What a request gets is a script: a list of steps, or a callable that answers each
-`FakeRequest` (mode and body) with one, so a test can answer by prompt::
+`FakeRequest` (mode and body) with one, so a test can answer by prompt. Steps:
+`reply(*tokens)` / `words(text)` (tokens, finish chunk and usage, for every choice
+or one), `Chunk(raw)`, `sleep(s)` (silent; cancel unnoticed), `fail(status, ...)`
+(an EngineError), `crash(exc)` (any exception), `forever()` (tokens until the sink
+says stop: a generation only a disconnect or timeout ends) and `stall(gate)` (a
+stuck engine: silent, deaf to cancel, until the gate or `unstick` is set)::
 
     FakeBackend(options, script=lambda req: [reply("Hi", "!")] if "hello" in req.text
                 else [fail(400, "no")])

@@ -7,7 +7,8 @@ with an empty delta, then a `choices: []` usage chunk per choice; completion: on
 `text` chunk per token, the last one carrying `finish_reason` and the usage);
 the sink's True stops generation at once (no further chunk, no usage, a normal
 return); an engine error is an `EngineError`. At most `slots` requests generate at
-once; the others wait for a slot, as the engine's tasks wait for its slots.
+once; the others wait for a slot, as the engine's tasks wait for its slots (a
+request takes one slot whatever its n; the engine takes one per choice).
 
 What a request gets is a script: a list of steps, or a callable that answers each
 `FakeRequest` (mode and body) with one, so a test can answer by prompt. Steps:

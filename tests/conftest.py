@@ -187,3 +187,19 @@ def client(server: LokalServer):  # noqa: ANN201 - openai is a test extra
 
 
 MODEL = "gpt-3.5-turbo"
+
+
+# Tiers: the fast tier's time, printed at the end of every run that has some of it.
+
+_FAST_TIER: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if "fast" in report.keywords:
+        _FAST_TIER[report.nodeid] = _FAST_TIER.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _FAST_TIER:
+        terminalreporter.write_line(
+            f"fast tier: {len(_FAST_TIER)} tests in {sum(_FAST_TIER.values()):.2f} s")

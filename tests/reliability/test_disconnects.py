@@ -27,6 +27,8 @@ import pytest
 from tests.conftest import LokalServer, place_model
 from tests.reliability import CHAT_CONFIG, CHAT_MODEL, cpu_seconds, in_flight, rss_mb, threads
 
+pytestmark = pytest.mark.slow  # 200 dropped requests and 24 finished ones: minutes
+
 DROPS = 200
 WARM_UP = 20
 TIME_LIMIT = 600.0       # the whole drop loop, warm-up included (about 150 s on an idle 2-core box)

@@ -31,6 +31,8 @@ import pytest
 from tests.conftest import CHAT_FILE, LokalServer, minilm_folder, place_model, smollm_gguf
 from tests.reliability import CHAT_CONFIG, CHAT_MODEL, envelope_problem
 
+pytestmark = pytest.mark.slow  # a survey of engine failures in subprocesses: minutes
+
 ADDRESS_SPACE = 8 << 30   # per survey subprocess: an allocation storm fails instead of swapping the box
 LOAD_LIMIT = 120          # seconds for one load case
 BODY_LIMIT = 20           # seconds for one request-body case (a hang past it is recorded)

@@ -43,6 +43,8 @@ from tests.conftest import LokalServer  # noqa: E402
 from tests.reliability import (CHAT_MODEL, EMBED_MODEL, demo_models, envelope_problem,  # noqa: E402
                                percentile, stream_errors)
 
+pytestmark = pytest.mark.slow  # schema fuzzing for up to 6 minutes
+
 TARGET_REQUESTS = 2000
 TIME_BUDGET = 360.0        # seconds of fuzzing, all operations together
 ENGINE_SHARE = 30.0        # of which at most this waiting per generating route and mode (4 in all)

@@ -22,6 +22,8 @@ from tests.conftest import LokalServer
 from tests.reliability import (CHAT_MODEL, EMBED_MODEL, demo_models, envelope_problem, percentile,
                                rss_mb, stream_errors, threads)
 
+pytestmark = pytest.mark.slow  # 64 clients for 30 s, then a queue under load
+
 CLIENTS = 64
 DURATION = 30.0
 MAX_REQUESTS = 300

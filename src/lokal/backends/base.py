@@ -72,11 +72,10 @@ class Transcription:
 class Backend(ABC):
     """A loaded model. Methods block the calling thread and may run concurrently.
 
-    An engine implements what its `capabilities` say; the rest refuse.
+    An engine implements what the instance was loaded for (the planner decides, from
+    what the catalog read of the model); the rest refuse.
     """
 
-    #: what the model can do: "chat", "completion", "embeddings", "rerank"
-    capabilities: frozenset[str] = frozenset()
     #: sequences the model can generate at once (None: no such limit)
     slots: int | None = None
 

@@ -78,12 +78,6 @@ class LlamaCppBackend(Backend):
         self.info = info
         self.slots = options.parallel
         self.ranks = options.rerank
-        if self.ranks:
-            self.capabilities = frozenset({"rerank"})
-        elif options.embeddings:
-            self.capabilities = frozenset({"embeddings"})
-        else:
-            self.capabilities = frozenset({"chat", "completion"})
         xllamacpp = _import_engine()
         params = xllamacpp.CommonParams()
         params.model.path = str(options.model_path)

@@ -32,7 +32,6 @@ class SentenceTransformersBackend(Backend):
             raise ModelLoadError(f"{options.model_path.name}: {EXTRA_HINT} ({exc})") from exc
         torch.set_num_threads(options.threads)
         self.cross_encoder = options.rerank
-        self.capabilities = frozenset({"rerank"} if self.cross_encoder else {"embeddings"})
         try:
             if self.cross_encoder:
                 self._model = CrossEncoder(str(options.model_path), device="cpu", local_files_only=True)

@@ -130,7 +130,6 @@ def _temperatures(temperature: float) -> tuple[float, ...]:
 class WhisperBackend(Backend):
     """A CTranslate2 Whisper model folder, transcribing one file at a time."""
 
-    capabilities = frozenset({"transcribe"})
 
     def __init__(self, options: LoadOptions) -> None:
         try:

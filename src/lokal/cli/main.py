@@ -59,7 +59,6 @@ def cmd_serve(settings: Settings) -> int:
 
     from lokal.api.app import create_app
     from lokal.backends import engine_log
-    from lokal.models.registry import EngineDefaults, ModelRegistry
 
     try:
         settings.api_keys  # noqa: B018 - read the key file now, not on the first request
@@ -78,18 +77,7 @@ def cmd_serve(settings: Settings) -> int:
     log.info("models path: %s", settings.models_path.resolve())
     if not settings.models_path.is_dir():
         log.warning("models path %s does not exist: no models to serve", settings.models_path)
-    registry = ModelRegistry(
-        settings.models_path,
-        EngineDefaults(threads=threads, parallel=settings.parallel_requests,
-                       context_size=settings.context_size,
-                       batch_embeddings=settings.embeddings_batching,
-                       queue_size=settings.queue_size,
-                       prompt_cache_mb=settings.prompt_cache_ram),
-        config_file=settings.config_file,
-        max_active=settings.max_active_backends,
-        idle_timeout=settings.watchdog_idle_timeout,
-        busy_timeout=settings.watchdog_busy_timeout,
-    )
+    registry = make_registry(settings, threads)
     for entry in registry.entries:
         if entry.ok:
             log.info("model %s: %s", entry.name, entry.model_path.name if entry.model_path else "-")
@@ -109,6 +97,25 @@ def cmd_serve(settings: Settings) -> int:
                             timeout_graceful_shutdown=settings.shutdown_grace + 1)
     _GracefulServer(config, app.state.stopping, settings.shutdown_grace).run()
     return 0
+
+
+def make_registry(settings: Settings, threads: int, backend_factory: Any = None) -> Any:
+    """The registry `lokal serve` runs for settings (tests pass a fake engine factory)."""
+    from lokal.models.registry import EngineDefaults, ModelRegistry, default_backend_factory
+
+    return ModelRegistry(
+        settings.models_path,
+        EngineDefaults(threads=threads, parallel=settings.parallel_requests,
+                       context_size=settings.context_size,
+                       batch_embeddings=settings.embeddings_batching,
+                       queue_size=settings.queue_size,
+                       prompt_cache_mb=settings.prompt_cache_ram),
+        config_file=settings.config_file,
+        max_active=settings.max_active_backends,
+        idle_timeout=settings.watchdog_idle_timeout,
+        busy_timeout=settings.watchdog_busy_timeout,
+        backend_factory=backend_factory or default_backend_factory,
+    )
 
 
 class _GracefulServer:

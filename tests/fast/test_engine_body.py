@@ -124,9 +124,6 @@ def test_templated_chat_streams_as_chat_chunks(fake_server) -> None:
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["prompt_tokens"] == 12
 
 
-@pytest.mark.xfail(strict=True, reason="a chat run as a completion (LocalAI templates) sends its role "
-                                       "and first token as two choices of the same index in one chunk; "
-                                       "clients that read choices[0] (LangChain) lose the first token")
 def test_templated_chat_stream_has_one_choice_per_index_per_chunk(fake_server) -> None:
     server = fake_server([reply("Par", "is.")], config=GPT4ALL_CONFIG, files=TEMPLATES)
     with server.client() as client:

@@ -14,8 +14,9 @@ from lokal.errors import EngineError
 
 
 def _backend(script, parallel: int = 1, purpose: str = "generate") -> FakeBackend:
-    options = LoadOptions(model_path=Path("/models/fake.gguf"), context_size=512, threads=1,
-                          parallel=parallel, extra={"purpose": purpose})
+    path = Path("/models/whisper" if purpose == "transcribe" else "/models/fake.gguf")
+    options = LoadOptions(model_path=path, context_size=512, threads=1, parallel=parallel,
+                          embeddings=purpose in ("embed", "rerank"), rerank=purpose == "rerank")
     return FakeBackend(options, script)
 
 
@@ -123,7 +124,7 @@ def test_other_purposes() -> None:
     result = embedder.embed(["a b", "c"], truncate=True)
     assert len(result.vectors) == 2 and result.prompt_tokens == 3
     assert all(abs(sum(v * v for v in vec) - 1) < 1e-9 for vec in result.vectors)
-    assert embedder.capabilities == {"embeddings"} and embedder.dimensions == 8
+    assert embedder.purpose == "embed" and embedder.dimensions == 8
     with pytest.raises(EngineError):
         _backend("").embed(["a"], truncate=True)
-    assert _backend("", purpose="rerank").rerank("red car", ["a red car", "blue"]).vectors == [[1.0], [0.0]]
+    assert _backend("", purpose="rerank").rerank("red car", ["a red car", "blue"]).scores == [1.0, 0.0]

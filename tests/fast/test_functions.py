@@ -16,9 +16,9 @@ TOOLS = [{"type": "function", "function": WEATHER}, {"type": "function", "functi
 CALL = '{"function": "get_weather", "arguments": {"city": "Paris"}}'
 
 
-def _json_tokens(text: str) -> list[Any]:
+def _json_tokens(text: str, finish: str = "stop") -> list[Any]:
     """The JSON split into small tokens, as a model would stream it."""
-    return [words(text)]
+    return [words(text, finish=finish)]
 
 
 def test_tools_call_comes_back_as_tool_calls(fake_server) -> None:
@@ -66,34 +66,63 @@ def test_answer_envelope_comes_back_as_content(fake_server) -> None:
             assert choice["finish_reason"] == "stop"
 
 
-def test_reply_that_is_not_the_envelope_is_handed_back(fake_server) -> None:
-    server = fake_server(_json_tokens('{"function": "get_weather", "argu'))  # cut short
+def test_call_cut_by_max_tokens_is_still_a_call(fake_server) -> None:
+    """Issue #11: a call cut short keeps its arguments as far as they got, with finish
+    length; the envelope itself never reaches the client."""
+    server = fake_server(_json_tokens('{"function": "get_weather", "arguments": {"city": "Pa', "length"))
     with server.client() as client:
         choice = client.post("/v1/chat/completions", json=chat("hi", tools=TOOLS)).json()["choices"][0]
-    assert choice["message"]["content"] == '{"function": "get_weather", "argu'
+    assert choice["finish_reason"] == "length"
+    assert choice["message"]["content"] is None
+    [call] = choice["message"]["tool_calls"]
+    assert call["function"] == {"name": "get_weather", "arguments": '{"city": "Pa'}
+
+
+def test_answer_cut_by_max_tokens_is_the_text_so_far(fake_server) -> None:
+    server = fake_server(_json_tokens('{"answer": "Hello the', "length"))
+    with server.client() as client:
+        choice = client.post("/v1/chat/completions", json=chat("hi", tools=TOOLS)).json()["choices"][0]
+    assert choice["message"] == {"role": "assistant", "content": "Hello the"}
     assert choice["finish_reason"] == "length"
 
 
-def test_streamed_tool_call_is_replayed_as_chunks(fake_server) -> None:
+def test_reply_that_is_not_the_envelope_is_handed_back(fake_server) -> None:
+    server = fake_server(_json_tokens("Plain words, no JSON."))
+    with server.client() as client:
+        choice = client.post("/v1/chat/completions", json=chat("hi", tools=TOOLS)).json()["choices"][0]
+    assert choice["message"]["content"] == "Plain words, no JSON."
+    assert choice["finish_reason"] == "stop"  # ended by EOS, not by the limit
+
+
+def _stream(client, **body):
+    with client.stream("POST", "/v1/chat/completions", json=chat(stream=True, **body)) as r:
+        assert r.status_code == 200
+        return sse_events(r.read().decode())
+
+
+def test_streamed_tool_call_streams_and_reassembles_to_the_whole_answer(fake_server) -> None:
     server = fake_server(_json_tokens(CALL))
     with server.client() as client:
-        with client.stream("POST", "/v1/chat/completions",
-                           json=chat("hi", tools=TOOLS, stream=True,
-                                     stream_options={"include_usage": True})) as r:
-            assert r.status_code == 200
-            events = sse_events(r.read().decode())
+        events = _stream(client, content="hi", tools=TOOLS, stream_options={"include_usage": True})
+        whole = client.post("/v1/chat/completions", json=chat("hi", tools=TOOLS)).json()
     assert events[-1] == "[DONE]"
     chunks = events[:-1]
-    # The JSON envelope never reaches the client: one call delta, a finish, the usage.
-    assert len(chunks) == 3, chunks
     assert len({c["id"] for c in chunks}) == 1
-    delta = chunks[0]["choices"][0]["delta"]
-    assert delta["role"] == "assistant" and delta["content"] is None
-    [call] = delta["tool_calls"]
-    assert call["index"] == 0 and call["function"]["name"] == "get_weather"
-    assert json.loads(call["function"]["arguments"]) == {"city": "Paris"}
-    assert chunks[1]["choices"][0]["finish_reason"] == "tool_calls"
-    assert chunks[2]["choices"] == [] and chunks[2]["usage"]["completion_tokens"] > 0
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    calls = [c["choices"][0]["delta"]["tool_calls"][0] for c in chunks
+             if c["choices"] and c["choices"][0]["delta"].get("tool_calls")]
+    # The call's id and name first, then its arguments as they are generated.
+    assert len(calls) > 1
+    assert calls[0]["function"]["name"] == "get_weather" and calls[0]["id"].startswith("call_")
+    assert all("name" not in c["function"] for c in calls[1:])
+    arguments = "".join(c["function"]["arguments"] for c in calls)
+    assert json.loads(arguments) == {"city": "Paris"}
+    assert not any(c["choices"] and c["choices"][0]["delta"].get("content") for c in chunks)
+    finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
+    assert finishes[-1] == "tool_calls"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] > 0
+    [whole_call] = whole["choices"][0]["message"]["tool_calls"]
+    assert whole_call["function"] == {"name": "get_weather", "arguments": arguments}
 
 
 def test_streamed_legacy_function_call_and_answer(fake_server) -> None:
@@ -102,16 +131,17 @@ def test_streamed_legacy_function_call_and_answer(fake_server) -> None:
 
     server = fake_server(script)
     with server.client() as client:
-        with client.stream("POST", "/v1/chat/completions",
-                           json=chat("weather?", functions=[WEATHER], stream=True)) as r:
-            called = sse_events(r.read().decode())
-        with client.stream("POST", "/v1/chat/completions",
-                           json=chat("hello", functions=[WEATHER], stream=True)) as r:
-            answered = sse_events(r.read().decode())
-    assert called[0]["choices"][0]["delta"]["function_call"]["name"] == "get_weather"
-    assert called[1]["choices"][0]["finish_reason"] == "function_call"
-    assert answered[0]["choices"][0]["delta"] == {"role": "assistant", "content": "Hi!"}
-    assert answered[1]["choices"][0]["finish_reason"] == "stop"
+        called = _stream(client, content="weather?", functions=[WEATHER])
+        answered = _stream(client, content="hello", functions=[WEATHER])
+    deltas = [c["choices"][0]["delta"] for c in called[:-1] if c["choices"]]
+    calls = [d["function_call"] for d in deltas if "function_call" in d]
+    assert calls[0]["name"] == "get_weather"
+    assert json.loads("".join(c["arguments"] for c in calls)) == {"city": "Paris"}
+    assert called[-2]["choices"][0]["finish_reason"] == "function_call"
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in answered[:-1] if c["choices"])
+    assert text == "Hi!"
+    assert answered[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert answered[-2]["choices"][0]["finish_reason"] == "stop"
     assert called[-1] == answered[-1] == "[DONE]"
 
 

@@ -103,17 +103,20 @@ async def guarded(chunks: AsyncIterator[Batch], cancel: threading.Event, *,
             if stopping is not None and stopping.is_set():
                 cancel.set()
                 raise ShuttingDown()
-            waits = [w for w in (busy, deadline - loop.time() if deadline else None) if w is not None]
+            left = deadline - loop.time() if deadline is not None else None
+            # Whichever limit comes first decides what a silence means.
+            by_deadline = left is not None and (busy is None or left <= busy)
+            wait = max(0.0, left) if by_deadline else busy  # type: ignore[type-var]
             try:
-                if waits:
-                    batch = await asyncio.wait_for(anext(chunks), max(0.0, min(waits)))
+                if wait is not None:
+                    batch = await asyncio.wait_for(anext(chunks), wait)
                 else:
                     batch = await anext(chunks)
             except StopAsyncIteration:
                 return
             except TimeoutError:
                 cancel.set()
-                if deadline is not None and loop.time() >= deadline:
+                if by_deadline:
                     raise RequestTimeout(timeout or 0) from None
                 on_stuck()
                 raise EngineStuck(busy or 0) from None

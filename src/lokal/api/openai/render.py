@@ -36,15 +36,6 @@ class Shaper:
             chunk["usage"] = usage
         return chunk
 
-    def shape(self, deltas: list[Delta]) -> list[dict[str, Any]]:
-        """The chunks for a batch of deltas: one per delta that says something."""
-        out = []
-        for delta in deltas:
-            choice = self._completion_choice(delta) if self.kind == "completion" else self._chat_choice(delta)
-            if choice is not None:
-                out.append(self.chunk([choice]))
-        return out
-
     def _completion_choice(self, delta: Delta) -> dict[str, Any] | None:
         if not delta.text and delta.finish_reason is None and not delta.logprobs:
             return None
@@ -52,16 +43,28 @@ class Shaper:
                 "logprobs": {"content": delta.logprobs} if delta.logprobs else None,
                 "finish_reason": delta.finish_reason}
 
+    def shape(self, deltas: list[Delta]) -> list[dict[str, Any]]:
+        """The chunks for a batch of deltas: one per delta that says something, and
+        first, for each chat choice, OpenAI's role chunk."""
+        out = []
+        for delta in deltas:
+            if self.kind == "completion":
+                choice = self._completion_choice(delta)
+            else:
+                if delta.index not in self._started:
+                    self._started.add(delta.index)
+                    out.append(self.chunk([{"index": delta.index,
+                                            "delta": {"role": "assistant", "content": ""},
+                                            "logprobs": None, "finish_reason": None}]))
+                choice = self._chat_choice(delta)
+            if choice is not None:
+                out.append(self.chunk([choice]))
+        return out
+
     def _chat_choice(self, delta: Delta) -> dict[str, Any] | None:
         message: dict[str, Any] = {}
-        first = delta.index not in self._started
-        if first:
-            self._started.add(delta.index)
-            message["role"] = "assistant"
-        if delta.text or (first and not delta.tool_calls):
+        if delta.text:
             message["content"] = delta.text
-        elif first:
-            message["content"] = None
         if delta.reasoning:
             message["reasoning_content"] = delta.reasoning
         if delta.tool_calls:

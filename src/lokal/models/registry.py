@@ -142,6 +142,8 @@ class ModelRegistry:
         self.idle_timeout = idle_timeout
         self.busy_timeout = busy_timeout
         self._factory = backend_factory
+        # How a config's download_files are fetched; the app sets its installer's (shared, confined).
+        self.fetch_file: Callable[[download.Download], bool] = download.fetch
         self._entries: dict[str, ModelEntry] = {}
         self._loaded: dict[tuple[str, str], _Loaded] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
@@ -258,7 +260,7 @@ class ModelRegistry:
             # One lock per file: models sharing a file fetch it once too.
             async with self._locks.setdefault(("download", str(item.path)), asyncio.Lock()):
                 try:
-                    await asyncio.to_thread(download.fetch, item)  # a no-op once it is there
+                    await asyncio.to_thread(self.fetch_file, item)  # a no-op once it is there
                 except download.DownloadError as exc:
                     log.error("model %s: %s", entry.name, exc)
                     raise ModelUnavailableError(entry.name, str(exc)) from exc

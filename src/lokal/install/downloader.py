@@ -344,7 +344,7 @@ class Downloader:
             transfer.report(received, expected_total)
             last = time.monotonic()
             with partial.open(mode) as out:
-                for chunk in response.iter_raw(CHUNK):
+                for chunk in response.iter_raw():
                     if transfer.abandoned:
                         out.flush()
                         raise Cancelled(name)

@@ -189,9 +189,6 @@ class OutboundPolicy:
         if parts.username or parts.password:
             raise URLRefused(url, "URLs with user:password are not allowed")
         allowed = self.host_allowed(host, port)
-        if scheme == "http" and not allowed:
-            raise URLRefused(url, f"plain http is allowed only to hosts in ALLOWED_DOWNLOAD_HOSTS "
-                                  f"({host} is not); use https")
         try:
             addresses = [host] if _is_ip(host) else self.resolver(host, port)
         except URLRefused as exc:
@@ -204,6 +201,9 @@ class OutboundPolicy:
                 if rule is not None:
                     raise URLRefused(url, f"{host} resolves to {address}, {rule}; add the host to "
                                           "ALLOWED_DOWNLOAD_HOSTS to allow it")
+        if scheme == "http" and not allowed:
+            raise URLRefused(url, f"plain http is allowed only to hosts in ALLOWED_DOWNLOAD_HOSTS "
+                                  f"({host} is not); use https")
         return Target(url=url, host=host, port=port, scheme=scheme, address=addresses[0])
 
     def client(self) -> httpx.Client:

@@ -325,8 +325,8 @@ class Downloader:
             else:
                 raise DownloadError(f"downloading {name} from {_shown(url)} failed: HTTP {status}")
             if size is not None and total is not None and total != size:
-                raise DownloadError(f"{name} from {_shown(url)} is {total} bytes, not the {size} "
-                                    "its source declares; not kept")
+                raise URLRefused(url, f"the file is {total} bytes, not the {size} its source "
+                                      "declares (the entry's size is its size cap); not kept")
             expected_total = total if total is not None else size
             cap = self.policy.max_bytes
             if cap is not None and expected_total is not None and expected_total > cap:

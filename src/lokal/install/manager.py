@@ -443,29 +443,22 @@ class InstallManager:
             uri = ref.text if ref.kind == "hf_file" else str(ref.url)
             filename = unquote(urlsplit(self.policy.map(uri)).path).rsplit("/", 1)[-1]
             stem = filename[:-5] if filename.lower().endswith(".gguf") else filename
-            return {"config_file": {"parameters": {"model": filename}},
-                    "files": [{"filename": filename, "uri": uri}]}, stem
+            item: dict[str, Any] = {"filename": filename, "uri": uri}
+            if ref.kind == "hf_file":  # the hub's hash and size, when it lists them
+                try:
+                    info = self._hf_listing(str(ref.repo)).get(str(ref.file))
+                except LokalError:
+                    info = None
+                if info is not None:
+                    item.update(_hf_meta(info))
+            return {"config_file": {"parameters": {"model": filename}}, "files": [item]}, stem
         raise BadRequest(f"cannot install {ref.text!r}", param="id")
 
     def _hf_repo_document(self, ref: references.Reference) -> tuple[dict[str, Any], str]:
         """`hf://owner/repo[:QUANT]`: the GGUF carrying QUANT (default Q4_K_M, else the first
         GGUF), all parts of a split GGUF, and a matching mmproj when the repo has one."""
         repo = str(ref.repo)
-        url = f"{self.policy.hf_endpoint}/api/models/{repo}/tree/main?recursive=true"
-        what = f"the file list of Hugging Face repo {repo}"
-        try:
-            listing = json.loads(self.policy.fetch_bytes(url, what=what))
-        except ValueError:
-            raise BadRequest(f"{what} is not JSON", param="id") from None
-        except LokalError as exc:
-            if "HTTP 404" in exc.message or "HTTP 401" in exc.message:
-                raise NotFound(f"no Hugging Face repo {repo!r} (or it is private: set HF_TOKEN)",
-                               param="id") from None
-            raise
-        if not isinstance(listing, list):
-            raise BadRequest(f"{what} is not a list", param="id")
-        files = {str(i["path"]): i for i in listing
-                 if isinstance(i, dict) and i.get("type", "file") == "file" and isinstance(i.get("path"), str)}
+        files = self._hf_listing(repo)
         ggufs = sorted(p for p in files if p.lower().endswith(".gguf")
                        and not p.rsplit("/", 1)[-1].lower().startswith("mmproj"))
         if not ggufs:
@@ -490,17 +483,8 @@ class InstallManager:
             or (projectors[0] if projectors else None)
 
         def item(path: str) -> dict[str, Any]:
-            info = files[path]
-            lfs = info.get("lfs") if isinstance(info.get("lfs"), dict) else {}
-            sha = lfs.get("sha256") or lfs.get("oid")
-            size = lfs.get("size") or info.get("size")
-            out: dict[str, Any] = {"filename": path.rsplit("/", 1)[-1],
-                                   "uri": f"huggingface://{repo}/{path}"}
-            if isinstance(sha, str) and _SHA.match(sha):
-                out["sha256"] = sha
-            if isinstance(size, int) and not isinstance(size, bool):
-                out["size"] = size
-            return out
+            return {"filename": path.rsplit("/", 1)[-1], "uri": f"huggingface://{repo}/{path}",
+                    **_hf_meta(files[path])}
 
         config: dict[str, Any] = {"backend": "llama-cpp",
                                   "parameters": {"model": chosen.rsplit("/", 1)[-1]}}
@@ -511,6 +495,24 @@ class InstallManager:
         default = repo.rsplit("/", 1)[-1].lower()
         default = re.sub(r"[-_.]gguf$", "", default)
         return {"config_file": config, "files": wanted}, default
+
+    def _hf_listing(self, repo: str) -> dict[str, dict[str, Any]]:
+        """The files of a Hugging Face repo (path -> the hub's entry), from its tree API."""
+        url = f"{self.policy.hf_endpoint}/api/models/{repo}/tree/main?recursive=true"
+        what = f"the file list of Hugging Face repo {repo}"
+        try:
+            listing = json.loads(self.policy.fetch_bytes(url, what=what))
+        except ValueError:
+            raise BadRequest(f"{what} is not JSON", param="id") from None
+        except LokalError as exc:
+            if "HTTP 404" in exc.message or "HTTP 401" in exc.message:
+                raise NotFound(f"no Hugging Face repo {repo!r} (or it is private: set HF_TOKEN)",
+                               param="id") from None
+            raise
+        if not isinstance(listing, list):
+            raise BadRequest(f"{what} is not a list", param="id")
+        return {str(i["path"]): i for i in listing
+                if isinstance(i, dict) and i.get("type", "file") == "file" and isinstance(i.get("path"), str)}
 
     def _entry_document(self, entry: Entry) -> dict[str, Any]:
         raw = entry.raw
@@ -868,6 +870,19 @@ class InstallManager:
         job.status, job.message, job.finished_at = "done", "completed", time.time()
         log.info("removed model %s: %s", name, ", ".join(job.removed) or "nothing")
         return job
+
+
+def _hf_meta(info: dict[str, Any]) -> dict[str, Any]:
+    """sha256 and size of a file in a hub listing (LFS files carry their sha256)."""
+    lfs = info.get("lfs") if isinstance(info.get("lfs"), dict) else {}
+    sha = lfs.get("sha256") or lfs.get("oid")
+    size = lfs.get("size") or info.get("size")
+    out: dict[str, Any] = {}
+    if isinstance(sha, str) and _SHA.match(sha):
+        out["sha256"] = sha
+    if isinstance(size, int) and not isinstance(size, bool):
+        out["size"] = size
+    return out
 
 
 def policy_from_settings(settings: Any) -> OutboundPolicy:

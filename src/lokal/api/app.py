@@ -55,6 +55,7 @@ def create_app(settings: Settings, registry: ModelRegistry) -> FastAPI:
     log_admin_posture(settings)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.include_router(localai_models.router)  # before /models/{id} of the bare OpenAI routes
     app.include_router(openai.router, prefix="/v1", tags=["OpenAI"])
     app.include_router(openai.router, include_in_schema=False)
     app.include_router(embeddings.router, prefix="/v1", tags=["OpenAI"])
@@ -63,7 +64,6 @@ def create_app(settings: Settings, registry: ModelRegistry) -> FastAPI:
     app.include_router(audio.router, include_in_schema=False)
     app.include_router(rerank.router, prefix="/v1", tags=["Rerank"])
     app.include_router(rerank.router, include_in_schema=False)
-    app.include_router(localai_models.router)
 
     # Added innermost first: requests meet Normalize, CORS, Auth, Metrics, BodyLimit in that order.
     app.add_middleware(BodyLimitMiddleware, limit_bytes=settings.upload_limit_bytes)

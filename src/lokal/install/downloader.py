@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -340,6 +341,7 @@ class Downloader:
                     f"{DISK_RESERVE >> 20} MB reserve), {free} bytes free in {partial.parent}")
             meta.update(url=url, etag=response.headers.get("etag"), total=expected_total, complete=False)
             _write_meta(partial, meta)
+            digest = _hash_prefix(partial) if mode == "ab" else hashlib.sha256()
             received = have
             transfer.report(received, expected_total)
             last = time.monotonic()
@@ -349,6 +351,7 @@ class Downloader:
                         out.flush()
                         raise Cancelled(name)
                     out.write(chunk)
+                    digest.update(chunk)
                     received += len(chunk)
                     if cap is not None and received > cap:
                         out.close()
@@ -368,11 +371,11 @@ class Downloader:
                 raise _Retry(f"the connection ended after {received} of {expected_total} bytes")
             if expected_total is None:
                 meta["total"] = received
-        return self._finish(transfer, name, url, partial, meta, sha256)
+        return self._finish(transfer, name, url, partial, meta, sha256, digest.hexdigest())
 
     def _finish(self, transfer: _Transfer, name: str, url: str, partial: Path, meta: dict,
-                sha256: str | None) -> bool:
-        actual = file_sha256(partial)
+                sha256: str | None, actual: str | None = None) -> bool:
+        actual = actual or file_sha256(partial)  # hashed while received, or (416: whole) now
         if sha256 is not None and actual != sha256:
             _discard(partial)
             raise ChecksumMismatch(name, url, sha256, actual)
@@ -399,6 +402,15 @@ class _Exhausted(DownloadError):
 
 class _Retry(Exception):
     """A failure worth another attempt (resuming where the partial file ends)."""
+
+
+def _hash_prefix(partial: Path) -> Any:
+    """A sha256 already fed with the bytes a resumed partial file holds."""
+    digest = hashlib.sha256()
+    with partial.open("rb") as stream:
+        while block := stream.read(CHUNK):
+            digest.update(block)
+    return digest
 
 
 def _meta_path(partial: Path) -> Path:

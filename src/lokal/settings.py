@@ -72,6 +72,18 @@ def parse_duration(value: Any) -> float | None:
     return seconds or None
 
 
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?$")
+
+
+def parse_size(value: Any) -> int | None:
+    """Bytes from a number or a size such as ``512M`` or ``20G`` (binary units); 0: none."""
+    match = _SIZE.match(str(value).strip().lower())
+    if not match:
+        raise ValueError(f"not a size: {value!r} (use bytes or e.g. 512M, 20G)")
+    scale = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[match.group(2)]
+    return int(float(match.group(1)) * scale) or None
+
+
 def split_list(value: str | None) -> list[str]:
     """Items of a comma-separated setting, blanks dropped."""
     if not value:
@@ -182,6 +194,41 @@ class Settings(BaseSettings):
         15, ge=1, validation_alias=_env("UPLOAD_LIMIT"),
         description="Largest request body in MB; larger ones get 413.",
     )
+    # Model management (installs, deletes) -------------------------------
+    galleries: str | None = Field(
+        None, validation_alias=_env("GALLERIES"),
+        description='Model galleries as LocalAI takes them: a JSON list of {"name", "url"} '
+        "(file://, https:// or github:owner/repo/index.yaml@branch), searched after the "
+        "built-in gallery.",
+    )
+    allowed_download_hosts: str | None = Field(
+        None, validation_alias=_env("ALLOWED_DOWNLOAD_HOSTS"),
+        description="Comma-separated HOST or HOST:PORT that downloads may reach although they "
+        "resolve to loopback or private addresses, and over plain http.",
+    )
+    max_download_size: str = Field(
+        "256G", validation_alias=_env("MAX_DOWNLOAD_SIZE"),
+        description="Largest file an install may download (bytes, or e.g. 512M, 20G; 0: no cap).",
+    )
+    download_stall_timeout: float = Field(
+        60, gt=0, le=3600, validation_alias=_env("DOWNLOAD_STALL_TIMEOUT"),
+        description="Seconds a download may receive nothing before it is retried.",
+    )
+    admin_api_key: str | None = Field(
+        None, validation_alias=_env("ADMIN_API_KEY"),
+        description="A key required for model management routes only (install, delete, jobs); "
+        "it also works as an API key.",
+    )
+    allow_remote_admin: bool = Field(
+        False, validation_alias=_env("ALLOW_REMOTE_ADMIN"),
+        description="Let clients not on loopback manage models without a key (unsafe on a "
+        "shared network; logged at start).",
+    )
+    trusted_proxies: str | None = Field(
+        None, validation_alias=_env("TRUSTED_PROXIES"),
+        description="Comma-separated proxy addresses or CIDRs whose X-Forwarded-For names the "
+        "client for the management routes' loopback check.",
+    )
     log_level: str = Field(
         "info", validation_alias=_env("LOG_LEVEL"),
         description="debug, info, warning or error. debug logs rendered prompts.",
@@ -195,6 +242,12 @@ class Settings(BaseSettings):
     @classmethod
     def _duration(cls, value: Any) -> float | None:
         return parse_duration(value)
+
+    @field_validator("max_download_size")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        parse_size(value)
+        return str(value).strip()
 
     @field_validator("log_level")
     @classmethod
@@ -255,6 +308,22 @@ class Settings(BaseSettings):
     @property
     def upload_limit_bytes(self) -> int:
         return self.upload_limit * 1024 * 1024
+
+    @property
+    def download_hosts(self) -> list[str]:
+        return [h.lower() for h in split_list(self.allowed_download_hosts)]
+
+    @property
+    def max_download_bytes(self) -> int | None:
+        return parse_size(self.max_download_size)
+
+    @property
+    def admin_keys(self) -> list[str]:
+        return [self.admin_api_key.strip()] if self.admin_api_key and self.admin_api_key.strip() else []
+
+    @property
+    def proxies(self) -> list[str]:
+        return split_list(self.trusted_proxies)
 
     @property
     def is_loopback(self) -> bool:

@@ -13,10 +13,25 @@ import httpx
 import pytest
 
 from lokal.models.config import scan_models
-from lokal.models.download import Download, DownloadError, fetch
+from lokal.install.downloader import Downloader
+from lokal.install.netguard import OutboundPolicy
+from lokal.models.download import Download, DownloadError
+from lokal.models.download import fetch as _fetch
 from tests.conftest import LokalServer, package_path
 
 SMOL = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The test server is on loopback, which downloads may reach only when it is allowed (#21).
+LOOPBACK = OutboundPolicy(allowed_hosts=frozenset({"127.0.0.1"}), stall_timeout=5)
+
+
+def fetch(download: Download, timeout: float = 5) -> bool:
+    return _fetch(download, downloader=Downloader(LOOPBACK, retries=1, backoff=0.01))
+
+
+def test_loopback_is_refused_unless_allowed(files_server: str, tmp_path: Path) -> None:
+    with pytest.raises(DownloadError, match="loopback address; add the host to ALLOWED_DOWNLOAD_HOSTS"):
+        _fetch(Download(f"{files_server}/{SMOL}", tmp_path / "m.gguf"))
+    assert list(tmp_path.iterdir()) == []
 
 
 class _Files(http.server.BaseHTTPRequestHandler):
@@ -73,14 +88,15 @@ def test_fetch_writes_the_whole_file_under_its_name(files_server: str, tmp_path:
 @pytest.mark.parametrize("url_path, sha, reason", [
     (SMOL, "0" * 64, "does not match its sha256"),
     ("missing.gguf", None, "HTTP 404"),
-    (f"cut/{SMOL}", None, "failed: .*(connection|closed)"),
+    (f"cut/{SMOL}", None, "failed.*(connection|closed)"),
 ])
 def test_a_failed_download_leaves_no_file(files_server: str, tmp_path: Path, url_path: str, sha: str | None,
                                           reason: str) -> None:
     target = tmp_path / "model.gguf"
     with pytest.raises(DownloadError, match=reason):
         fetch(Download(f"{files_server}/{url_path}", target, sha))
-    assert list(tmp_path.iterdir()) == []  # neither the real name nor a .part file
+    # Neither the real name nor a visible part file (a cut one stays hidden, to be resumed).
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == []
 
 
 def test_an_unreachable_host_is_a_clear_error(tmp_path: Path) -> None:
@@ -91,14 +107,14 @@ def test_an_unreachable_host_is_a_clear_error(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("config, message", [
     ("name: a\nparameters:\n  model: m.gguf\ndownload_files:\n  - filename: m.gguf\n    uri: file:///etc/passwd\n",
-     "http(s) or huggingface"),
+     "scheme 'file' is not allowed"),
     ("name: a\nparameters:\n  model: m.gguf\ndownload_files:\n  - filename: ../m.gguf\n    uri: http://h/m.gguf\n",
      "'..'"),
     ("name: a\nparameters:\n  model: m.gguf\ndownload_files:\n  - filename: /tmp/m.gguf\n    uri: http://h/m.gguf\n",
      "absolute"),
     ("name: a\nparameters:\n  model: m.gguf\ndownload_files:\n  - filename: m.gguf\n    uri: http://h/m.gguf\n"
      "    sha256: xyz\n", "64 hexadecimal"),
-    ("name: a\nparameters:\n  model: ftp://h/m.gguf\n", "http(s) or huggingface"),
+    ("name: a\nparameters:\n  model: ftp://h/m.gguf\n", "scheme 'ftp' is not allowed"),
 ])
 def test_bad_download_entries_are_config_errors(tmp_path: Path, config: str, message: str) -> None:
     (tmp_path / "a.yaml").write_text(config)
@@ -135,7 +151,7 @@ def test_the_server_downloads_on_first_use_once_and_serves(files_server: str, tm
         f"name: templated\nparameters:\n  model: {files_server}/{SMOL}\ntemplate:\n  chat: qa\n"
         f"download_files:\n  - filename: qa.tmpl\n    uri: {files_server}/qa.tmpl\n")
     _Files.hits.clear()
-    with LokalServer(models, "--log-level", "debug") as server:
+    with LokalServer(models, "--log-level", "debug", env={"ALLOWED_DOWNLOAD_HOSTS": "127.0.0.1"}) as server:
         assert {m["id"] for m in httpx.get(f"{server.base}/v1/models").json()["data"]} == {
             "by-url", "listed", "corrupt", "templated"}
         body = {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4}

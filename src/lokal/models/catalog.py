@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from lokal.errors import ModelUnavailableError, UnknownModelError
@@ -29,6 +30,8 @@ class Catalog:
         self.config_file = config_file
         self._entries: dict[str, ModelEntry] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        # How a config's download_files are fetched; the app sets its installer's (shared, confined).
+        self.fetch_file: Callable[[download.Download], bool] = download.fetch
         self.scan()
 
     def scan(self) -> list[ModelEntry]:
@@ -67,7 +70,7 @@ class Catalog:
             # One lock per file: models sharing a file fetch it once too.
             async with self._locks.setdefault(("download", str(item.path)), asyncio.Lock()):
                 try:
-                    await asyncio.to_thread(download.fetch, item)  # a no-op once it is there
+                    await asyncio.to_thread(self.fetch_file, item)  # a no-op once it is there
                 except download.DownloadError as exc:
                     log.error("model %s: %s", entry.name, exc)
                     raise ModelUnavailableError(entry.name, str(exc)) from exc

@@ -2,35 +2,31 @@
 
 LocalAI configs carry `download_files` (`filename`, `uri`, `sha256`) and may give
 `parameters.model` as a URL. lokal fetches a missing file when its model is first
-requested: to a hidden temporary name beside the target, hashing as it goes, and
-renames it into place only once it is whole and its sha256 (when given) matches,
-so an interrupted or corrupt download never sits under the real name. Files
-already present are used as they are.
+requested, with the install path's downloader (`lokal.install.downloader`): to a
+hidden partial file beside the target, resumed after a cut, checked against its
+sha256 and renamed into place only once whole, under the same outbound-URL rules
+as installs (`lokal.install.netguard`: no loopback/private/metadata addresses
+unless allowed, every redirect checked). Files already present are used as they are.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
-import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-import httpx
+from lokal.install import downloader as _downloader
+from lokal.install.netguard import OutboundPolicy, URLRefused, map_url
 
 log = logging.getLogger("lokal.models.download")
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_HF = re.compile(r"^(huggingface|hf)://([^/]+)/([^/]+)/(.+)$")
-CHUNK = 1 << 20
 
-
-class DownloadError(RuntimeError):
-    """A download that failed; the message says why, for the user."""
+DownloadError = _downloader.DownloadError
 
 
 @dataclass(frozen=True)
@@ -42,21 +38,22 @@ class Download:
     sha256: str | None = None
 
 
+def hf_endpoint() -> str:
+    """The Hugging Face endpoint, as huggingface_hub reads it (HF_ENDPOINT)."""
+    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+
+
 def resolve_url(uri: str) -> str:
-    """An http(s) URL for a LocalAI model URI (`huggingface://owner/repo/file` too)."""
-    uri = uri.strip()
-    hf = _HF.match(uri)
-    if hf:
-        owner, repo, file = hf.group(2), hf.group(3), hf.group(4)
-        return f"https://huggingface.co/{owner}/{repo}/resolve/main/{file}"
-    parts = urlsplit(uri)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"{uri!r} is not an http(s) or huggingface:// URL")
-    return uri
+    """An http(s) URL for a LocalAI model URI (`huggingface://owner/repo/file`, `hf://`,
+    `github:owner/repo/path@branch` too); ValueError for any other scheme."""
+    try:
+        return map_url(uri, hf_endpoint())
+    except URLRefused as exc:
+        raise ValueError(f"{uri!r}: {exc.rule}") from None
 
 
 def is_url(value: str) -> bool:
-    return bool(re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", value.strip()))
+    return bool(re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", value.strip())) or value.startswith("github:")
 
 
 def url_file_name(uri: str) -> str:
@@ -76,48 +73,30 @@ def check_sha256(value: str | None) -> str | None:
     return value
 
 
-def fetch(download: Download, *, timeout: float = 60.0) -> bool:
-    """Fetch download unless its file is there already; True when it was fetched."""
+def fetch(download: Download, *, timeout: float = 60.0, policy: OutboundPolicy | None = None,
+          downloader: _downloader.Downloader | None = None) -> bool:
+    """Fetch download unless its file is there already; True when it was fetched.
+
+    Without a downloader, one is made for this call from policy (default: the strict
+    policy, no private hosts allowed). Refusals and failures are DownloadError."""
     target = download.path
     if target.exists():
         return False
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.parent / f".{target.name}.{secrets.token_hex(4)}.part"
-    digest = hashlib.sha256()
-    received = 0
-    started = last_report = time.monotonic()
+    if downloader is None:
+        downloader = _downloader.Downloader(policy or OutboundPolicy(stall_timeout=timeout,
+                                                                     hf_endpoint=hf_endpoint()))
+    started = time.monotonic()
     log.info("downloading %s from %s", target.name, download.url)
     try:
-        with httpx.stream("GET", download.url, follow_redirects=True, timeout=timeout) as response:
-            if response.status_code != 200:
-                raise DownloadError(f"downloading {target.name} from {download.url} failed: "
-                                    f"HTTP {response.status_code}")
-            total = int(response.headers.get("content-length") or 0) or None
-            with partial.open("wb") as out:
-                for chunk in response.iter_bytes(CHUNK):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    received += len(chunk)
-                    now = time.monotonic()
-                    if now - last_report >= 10:
-                        last_report = now
-                        share = f" ({100 * received / total:.0f}%)" if total else ""
-                        log.info("downloading %s: %d MB%s", target.name, received >> 20, share)
-                out.flush()
-                os.fsync(out.fileno())
-            if total is not None and received != total:
-                raise DownloadError(f"downloading {target.name} from {download.url} failed: the "
-                                    f"connection ended after {received} of {total} bytes")
-        actual = digest.hexdigest()
-        if download.sha256 is not None and actual != download.sha256:
-            raise DownloadError(f"{target.name} from {download.url} does not match its sha256: "
-                                f"expected {download.sha256}, got {actual}; the file was not kept")
-        os.replace(partial, target)
-    except httpx.HTTPError as exc:
-        raise DownloadError(f"downloading {target.name} from {download.url} failed: {exc}") from exc
+        downloader.fetch(download.url, target, sha256=download.sha256)
+    except URLRefused as exc:
+        raise DownloadError(f"downloading {target.name}: {exc.message}") from exc
+    except _downloader.DownloadError:
+        raise
+    except _downloader.Cancelled as exc:
+        raise DownloadError(f"downloading {target.name} was cancelled") from exc
     except OSError as exc:
         raise DownloadError(f"writing {target.name} failed: {exc.strerror or exc}") from exc
-    finally:
-        partial.unlink(missing_ok=True)
-    log.info("downloaded %s (%d MB in %.1fs)", target.name, received >> 20, time.monotonic() - started)
+    log.info("downloaded %s (%d MB in %.1fs)", target.name, target.stat().st_size >> 20,
+             time.monotonic() - started)
     return True

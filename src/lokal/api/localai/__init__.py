@@ -1,0 +1,1 @@
+"""LocalAI's model-management API: galleries, install jobs, deletion."""

@@ -53,6 +53,7 @@ async def respond(request: Request, lease: Lease, call: EngineCall, *, kind: str
                      busy=registry.busy_timeout, on_stuck=lambda: registry.retire(lease),
                      stopping=request.app.state.stopping)
     watcher = asyncio.create_task(_watch_disconnect(request, cancel))
+    observation = request.app.state.metrics.observe(lease.entry.name, kind)  # metrics
 
     def finish() -> None:
         cancel.set()
@@ -62,11 +63,16 @@ async def respond(request: Request, lease: Lease, call: EngineCall, *, kind: str
         aggregator = Aggregator(shaper)
         try:
             async for batch in chunks:
+                observation.batch(batch)  # metrics
                 for chunk in batch:
                     for shaped in shaper.shape(chunk):
                         aggregator.add(shaped)
+        except BaseException:
+            observation.finish(shaper.usage, "error")  # metrics
+            raise
         finally:
             await chunks.aclose()
+            observation.finish(shaper.usage, "cancelled" if cancel.is_set() else "ok")  # metrics
             finish()
         result = aggregator.result()
         if call.functions is not None:
@@ -86,10 +92,14 @@ async def respond(request: Request, lease: Lease, call: EngineCall, *, kind: str
         first = None
     except BaseException:
         await chunks.aclose()
+        observation.finish(None, "error")  # metrics
         finish()
         raise
+    observation.batch(first or [])  # metrics
+    status = "cancelled"  # metrics: until the stream ends
 
     async def events() -> AsyncIterator[bytes]:
+        nonlocal status
         try:
             batch = first or []
             while True:
@@ -101,12 +111,16 @@ async def respond(request: Request, lease: Lease, call: EngineCall, *, kind: str
                     batch = await anext(chunks)
                 except StopAsyncIteration:
                     break
+                observation.batch(batch)  # metrics
+            status = "ok"  # metrics
             yield (sse(shaper.usage_chunk()) if include_usage else b"") + sse("[DONE]")
         except Exception as exc:  # noqa: BLE001 - reported to the client in-stream
+            status = "error"  # metrics
             yield sse(error_body(exc, request.url.path))
             yield sse("[DONE]")
         finally:
             await chunks.aclose()
+            observation.finish(shaper.usage, status)  # metrics
             finish()
 
     return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)

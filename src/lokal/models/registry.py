@@ -9,13 +9,16 @@ in use is never unloaded under a request.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from lokal import logs
 from lokal.backends.base import Backend, Embeddings, LoadOptions, ModelLoadError
+from lokal.metrics import Metrics, ModelState, RegistryState
 from lokal.errors import (ModelBusyError, ModelCapabilityError, ModelUnavailableError,
                           UnknownModelError)
 from lokal.models import download
@@ -90,11 +93,24 @@ def default_backend_factory(engine: str, options: LoadOptions) -> Backend:
     raise ModelLoadError(f"the {engine!r} backend is not available in this version of lokal")
 
 
+def _size(path: Path | None) -> int | None:
+    """Bytes of a model file or folder."""
+    if path is None:
+        return None
+    try:
+        if path.is_dir():
+            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
 class _Loaded:
     def __init__(self, backend: Backend, batcher: EmbeddingBatcher | None = None) -> None:
         self.backend = backend
         self.batcher = batcher
         self.in_use = 0
+        self.engine = ""
         self.last_used = time.monotonic()
         self.idle = asyncio.Event()
         self.idle.set()
@@ -114,8 +130,10 @@ class Lease:
         """Embed with the leased model, batched with other requests when enabled."""
         truncate = self.entry.config.truncate if self.entry.config is not None else True
         batcher = self._loaded.batcher
+        self._registry.metrics.embeddings(self.entry.name, len(inputs))  # metrics
         if batcher is not None and inputs and isinstance(inputs[0], str):
             return await batcher.embed(inputs)  # type: ignore[arg-type]
+        self._registry.metrics.embedding_batch_ran(self.entry.name, len(inputs))  # metrics
         return await asyncio.to_thread(self.backend.embed, inputs, truncate)
 
     def release(self) -> None:
@@ -147,6 +165,7 @@ class ModelRegistry:
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._capacity = asyncio.Lock()
         self._watchdog: asyncio.Task[None] | None = None
+        self.metrics = Metrics()  # the app's replaces it (lokal.api.app)
         self.scan()
 
     # Discovery -------------------------------------------------------------
@@ -172,6 +191,19 @@ class ModelRegistry:
 
     def is_loaded(self, name: str, purpose: str = "generate") -> bool:
         return (name, purpose) in self._loaded
+
+    def snapshot(self) -> RegistryState:
+        """Plain data about the loaded models, for the metrics' gauges."""
+        state = RegistryState(known=len(self._entries))
+        for (name, purpose), loaded in list(self._loaded.items()):
+            entry = self._entries.get(name)
+            path = entry.model_path if entry is not None else None
+            options = getattr(loaded.backend, "options", None)
+            state.loaded.append(ModelState(
+                model=name, purpose=purpose, engine=loaded.engine,
+                in_use=loaded.in_use, slots=loaded.backend.slots,
+                memory_bytes=_size(getattr(options, "model_path", None) or path)))
+        return state
 
     # Loading -----------------------------------------------------------------
 
@@ -228,6 +260,7 @@ class ModelRegistry:
     async def acquire(self, name: str, purpose: str = "generate") -> Lease:
         """The named model, loaded for purpose, held for one request."""
         entry = self.entry(name)
+        logs.annotate(model=name)  # for the access log and request metrics
         if entry.error is not None:
             raise ModelUnavailableError(name, entry.error)
         if entry.pending_downloads or entry.templates_pending:
@@ -258,8 +291,10 @@ class ModelRegistry:
             # One lock per file: models sharing a file fetch it once too.
             async with self._locks.setdefault(("download", str(item.path)), asyncio.Lock()):
                 try:
-                    await asyncio.to_thread(download.fetch, item)  # a no-op once it is there
+                    if await asyncio.to_thread(download.fetch, item):  # a no-op once it is there
+                        self.metrics.downloaded(entry.name, item.path.stat().st_size)  # metrics
                 except download.DownloadError as exc:
+                    self.metrics.downloaded(entry.name, None)  # metrics
                     log.error("model %s: %s", entry.name, exc)
                     raise ModelUnavailableError(entry.name, str(exc)) from exc
         async with self._locks.setdefault((entry.name, "templates"), asyncio.Lock()):
@@ -278,14 +313,18 @@ class ModelRegistry:
         try:
             backend = await asyncio.to_thread(self._factory, engine, options)
         except ModelLoadError as exc:
+            self.metrics.model_load_failed(entry.name, purpose)  # metrics
             log.error("model %s failed to load: %s", entry.name, exc)
             raise ModelUnavailableError(entry.name, str(exc)) from exc
         batcher = None
         if purpose == "embed" and self.defaults.batch_embeddings:
             truncate = entry.config.truncate if entry.config is not None else True
-            batcher = EmbeddingBatcher(backend, truncate)
+            batcher = EmbeddingBatcher(backend, truncate, on_batch=functools.partial(
+                self.metrics.embedding_batch_ran, entry.name))  # metrics
         loaded = _Loaded(backend, batcher)
+        loaded.engine = engine  # metrics
         self._loaded[(entry.name, purpose)] = loaded
+        self.metrics.model_loaded(entry.name, purpose, time.monotonic() - started)  # metrics
         log.info("model %s ready in %.1fs", entry.name, time.monotonic() - started)
         return loaded
 
@@ -300,6 +339,7 @@ class ModelRegistry:
                 if self._loaded.get(key) is victim and victim.in_use == 0:
                     log.info("unloading model %s (%s) to make room (MAX_ACTIVE_BACKENDS=%d)",
                              key[0], key[1], self.max_active)
+                    self.metrics.model_evicted(*key)  # metrics
                     await self._unload(key)
 
     def retire(self, lease: Lease) -> None:
@@ -309,6 +349,8 @@ class ModelRegistry:
         if key is None:
             return
         victim = self._loaded.pop(key)
+        self.metrics.worker_restarted(*key)  # metrics
+        self.metrics.model_unloaded(*key)  # metrics
         log.error("model %s (%s) stopped responding: retired, will reload on the next request",
                   key[0], key[1])
 
@@ -321,6 +363,7 @@ class ModelRegistry:
     async def _unload(self, key: tuple[str, str]) -> None:
         loaded = self._loaded.pop(key, None)
         if loaded is not None:
+            self.metrics.model_unloaded(*key)  # metrics
             await asyncio.to_thread(loaded.backend.close)
 
     async def unload(self, name: str) -> bool:

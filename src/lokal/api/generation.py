@@ -72,7 +72,7 @@ async def respond(request: Request, lease: Lease, call: EngineCall, *, kind: str
             raise
         finally:
             await chunks.aclose()
-            observation.finish(shaper.usage, "cancelled" if cancel.is_set() else "ok")  # metrics
+            observation.finish(shaper.usage, "cancelled" if watcher.done() else "ok")  # metrics
             finish()
         result = aggregator.result()
         if call.functions is not None:

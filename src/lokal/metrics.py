@@ -254,7 +254,10 @@ class Metrics:
     def model_loaded(self, model: str, purpose: str, seconds: float) -> None:
         self.loads.labels(model, purpose).inc()
         self.load_seconds.labels(model, purpose).observe(seconds)
-        if purpose == "generate":  # series start at 0, so rate() sees the first requests
+        # Series start at 0, so that rate() and increase() see the first events.
+        for family in (self.unloads, self.evictions, self.restarts, self.load_failures):
+            family.labels(model, purpose)
+        if purpose == "generate":
             for family in (self.prompt_tokens, self.cached_tokens, self.generated_tokens):
                 family.labels(model)
         elif purpose == "embed":

@@ -237,6 +237,10 @@ class Settings(BaseSettings):
         False, validation_alias=_env("DEBUG"),
         description="Same as --log-level debug.",
     )
+    log_format: str = Field(
+        "text", validation_alias=_env("LOG_FORMAT"),
+        description="text, or json for one JSON object per line (Loki, Elastic).",
+    )
 
     @field_validator("watchdog_idle_timeout", "watchdog_busy_timeout", "request_timeout", mode="before")
     @classmethod
@@ -258,6 +262,14 @@ class Settings(BaseSettings):
         if level not in ("debug", "info", "warning", "error"):
             raise ValueError("log level must be debug, info, warning or error")
         return level
+
+    @field_validator("log_format")
+    @classmethod
+    def _log_format(cls, value: str) -> str:
+        fmt = value.strip().lower()
+        if fmt not in ("text", "json"):
+            raise ValueError("log format must be text or json")
+        return fmt
 
     @field_validator("address")
     @classmethod

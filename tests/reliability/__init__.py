@@ -114,7 +114,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[rank - 1]
 
 
-_GAUGE = re.compile(r"^lokal_requests_in_flight (\d+)$", re.M)
+_GAUGE = re.compile(r"^lokal_requests_in_flight (\d+)(?:\.0)?$", re.M)
 
 
 def in_flight(metrics_text: str) -> int:

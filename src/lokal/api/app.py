@@ -16,11 +16,12 @@ from lokal.api.admin import log_admin_posture
 from lokal.api.errors import install_handlers
 from lokal.api.localai import models as localai_models
 from lokal.api.middleware import AuthMiddleware, BodyLimitMiddleware, NormalizeMiddleware
+from lokal.api.observability import ObservabilityMiddleware
 from lokal.api.openai import audio, embeddings, rerank
 from lokal.api.openai import routes as openai
 from lokal.api.routes import health, metrics
-from lokal.api.routes.metrics import Metrics, MetricsMiddleware
 from lokal.install.manager import InstallManager
+from lokal.metrics import Metrics
 from lokal.models.registry import ModelRegistry
 from lokal.settings import Settings
 
@@ -55,6 +56,8 @@ def create_app(settings: Settings, registry: ModelRegistry) -> FastAPI:
     app.state.installer = InstallManager.from_settings(settings, on_change=registry.scan)
     registry.catalog.fetch_file = app.state.installer.fetch_for_registry
     log_admin_posture(settings)
+    app.state.metrics.track(registry.snapshot)
+    registry.metrics = app.state.metrics  # its load, unload and embedding counters
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(localai_models.router)  # before /models/{id} of the bare OpenAI routes
@@ -67,16 +70,21 @@ def create_app(settings: Settings, registry: ModelRegistry) -> FastAPI:
     app.include_router(rerank.router, prefix="/v1", tags=["Rerank"])
     app.include_router(rerank.router, include_in_schema=False)
 
-    # Added innermost first: requests meet Normalize, CORS, Auth, Metrics, BodyLimit in that order.
+    # Added innermost first: requests meet Normalize, Observability, CORS, Auth, BodyLimit
+    # in that order (answers of Auth and BodyLimit get request ids and are counted).
     app.add_middleware(BodyLimitMiddleware, limit_bytes=settings.upload_limit_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     open_paths = OPEN_PATHS + (("/metrics",) if settings.metrics_open else ())
     keys = settings.api_keys + settings.admin_keys if settings.api_keys else []  # admin key works too
     app.add_middleware(AuthMiddleware, keys=keys, open_paths=open_paths)
     if settings.cors:
         origins = settings.cors_origins
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"],
-                           allow_headers=["*"], allow_credentials=origins != ["*"])
+                           allow_headers=["*"], allow_credentials=origins != ["*"],
+                           expose_headers=["X-Request-ID"])
+    routes = [getattr(r, "path", "") for router in (app.router, health.router, metrics.router,
+              openai.router, embeddings.router, audio.router, rerank.router) for r in router.routes]
+    app.add_middleware(ObservabilityMiddleware, metrics=app.state.metrics,
+                       routes=[path for path in routes if path])
     app.add_middleware(NormalizeMiddleware)
     return app
 

@@ -21,6 +21,7 @@ from typing import Any
 from fastapi import Request
 
 from lokal.errors import BadRequest
+from lokal.metrics import RequestObservation
 from lokal.models.config import ModelEntry
 from lokal.models.generation import Generation
 from lokal.models.prompting import plan_chat, plan_completion
@@ -45,6 +46,10 @@ async def _watch_disconnect(request: Request, generation: Generation) -> None:
             return
 
 
+def _tokens(batch: list[Delta]) -> int:
+    return sum(1 for d in batch if d.text or d.reasoning or d.tool_calls)
+
+
 @dataclass
 class Run:
     """A started generation and the deltas that arrived first."""
@@ -52,8 +57,9 @@ class Run:
     generation: Generation
     entry: ModelEntry
     first: list[Delta]
+    observation: RequestObservation
     _stack: contextlib.AsyncExitStack
-    _taken: bool = field(default=False)
+    status: str = field(default="cancelled")  # until the generation ends: ok or error
 
     @property
     def usage(self) -> Usage:
@@ -65,28 +71,42 @@ class Run:
             if self.first:
                 yield self.first
             async for batch in self.generation:
+                self.observation.chunk(_tokens(batch))
                 yield batch
+            self.status = "ok"
+        except BaseException:
+            self.status = "error"
+            raise
         finally:
             await self.close()
 
     async def collect(self) -> list[Delta]:
         """The whole answer's deltas, for a response that is not streamed."""
         deltas = list(self.first)
-        try:
-            async for batch in self.generation:
+        async for batch in self.batches():
+            if batch is not self.first:
                 deltas.extend(batch)
-        finally:
-            await self.close()
         return deltas
 
     async def close(self) -> None:
         await self._stack.aclose()
+        generation = self.generation
+        if generation.prompt_seconds is not None:
+            self.observation.prompt_seconds(generation.prompt_seconds)
+        usage = None
+        if generation.reported_usage:
+            u = generation.usage
+            usage = {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+                     "prompt_tokens_details": {"cached_tokens": u.cached_tokens or 0}}
+        self.observation.finish(usage, self.status)
 
 
-async def start(request: Request, task: ChatTask | CompletionTask) -> Run:
-    """Lease, plan and start task for request; see the module's docstring."""
+async def start(request: Request, task: ChatTask | CompletionTask, family: str = "openai") -> Run:
+    """Lease, plan and start task for request; see the module's docstring. `family`
+    names the API family in the metrics."""
     app = request.app
     stack = contextlib.AsyncExitStack()
+    observation = app.state.metrics.observe(task.model, family)
     try:
         lease = await stack.enter_async_context(app.state.registry.lease(task.model, task.task))
         slots = lease.backend.slots
@@ -109,7 +129,9 @@ async def start(request: Request, task: ChatTask | CompletionTask) -> Run:
         async for batch in generation:
             first = batch
             break
+        observation.chunk(_tokens(first))
     except BaseException:
         await stack.aclose()
+        observation.finish(None, "error")
         raise
-    return Run(generation, lease.entry, first, stack)
+    return Run(generation, lease.entry, first, observation, stack)

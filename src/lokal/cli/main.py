@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from lokal import __version__
+from lokal import __version__, logs
 from lokal.settings import Settings, env_names, physical_cores
 
 log = logging.getLogger("lokal")
@@ -44,16 +44,6 @@ def load_settings(args: argparse.Namespace) -> Settings:
     return Settings(**flags)
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-        force=True,
-    )
-
-
 def cmd_serve(settings: Settings) -> int:
     import uvicorn
 
@@ -66,7 +56,7 @@ def cmd_serve(settings: Settings) -> int:
         print(f"lokal: {exc}", file=sys.stderr)
         return 2
     engine_log.install()  # before logging binds to stderr
-    _setup_logging(settings.effective_log_level)
+    logs.setup(settings.effective_log_level, settings.log_format)
     cores = physical_cores()
     threads = settings.effective_threads
     log.info("lokal version %s", __version__)
@@ -92,8 +82,9 @@ def cmd_serve(settings: Settings) -> int:
                     "use the models. Set API_KEY, or bind to 127.0.0.1.", settings.address)
     log.info("listening on http://%s:%d", settings.host, settings.port)
     app = create_app(settings, registry)
+    # lokal writes its own access line per request (lokal.api.observability).
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
-                            access_log=settings.effective_log_level == "debug",
+                            access_log=False,
                             timeout_graceful_shutdown=settings.shutdown_grace + 1)
     _GracefulServer(config, app.state.stopping, settings.shutdown_grace).run()
     return 0

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lokal.errors import ModelUnavailableError, UnknownModelError
+from lokal.metrics import Metrics
 from lokal.models import download
 from lokal.models.config import ConfigError, ModelEntry, describe, load_templates, scan_models
 
@@ -32,6 +33,7 @@ class Catalog:
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         # How a config's download_files are fetched; the app sets its installer's (shared, confined).
         self.fetch_file: Callable[[download.Download], bool] = download.fetch
+        self.metrics = Metrics()  # the registry's replaces it
         self.scan()
 
     def scan(self) -> list[ModelEntry]:
@@ -70,8 +72,10 @@ class Catalog:
             # One lock per file: models sharing a file fetch it once too.
             async with self._locks.setdefault(("download", str(item.path)), asyncio.Lock()):
                 try:
-                    await asyncio.to_thread(self.fetch_file, item)  # a no-op once it is there
+                    if await asyncio.to_thread(self.fetch_file, item):  # a no-op once it is there
+                        self.metrics.downloaded(entry.name, item.path.stat().st_size)
                 except download.DownloadError as exc:
+                    self.metrics.downloaded(entry.name, None)
                     log.error("model %s: %s", entry.name, exc)
                     raise ModelUnavailableError(entry.name, str(exc)) from exc
         async with self._locks.setdefault((entry.name, "ready"), asyncio.Lock()):

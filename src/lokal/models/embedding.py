@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,8 +78,10 @@ class _Job:
 class EmbeddingBatcher:
     """Runs concurrent embedding requests for one model as shared batches."""
 
-    def __init__(self, backend: Backend, truncate: bool, max_batch: int = MAX_BATCH) -> None:
+    def __init__(self, backend: Backend, truncate: bool, max_batch: int = MAX_BATCH,
+                 on_batch: Callable[[int], None] | None = None) -> None:
         self.backend = backend
+        self.on_batch = on_batch or (lambda size: None)  # metrics: inputs per engine call
         self.truncate = truncate
         self.max_batch = max_batch
         self._pending: list[_Job] = []
@@ -110,6 +113,7 @@ class EmbeddingBatcher:
                 await self._run_one(batch[0])
                 continue
             texts = [text for job in batch for text in job.inputs]
+            self.on_batch(len(texts))
             try:
                 result = await asyncio.to_thread(self.backend.embed, texts, self.truncate)
             except EngineError:
@@ -124,6 +128,7 @@ class EmbeddingBatcher:
             _split(batch, result)
 
     async def _run_one(self, job: _Job) -> None:
+        self.on_batch(len(job.inputs))
         try:
             result = await asyncio.to_thread(self.backend.embed, job.inputs, self.truncate)
         except Exception as exc:  # noqa: BLE001

@@ -143,6 +143,7 @@ class Generation:
         self._completion_sum = 0
         self._cached_sum: int | None = None
         self._reported = False
+        self.prompt_seconds: float | None = None  # the engine's own prompt time, when it says
         self._n = max(1, call.n)
         run = lease.backend.chat if call.mode == "chat" else lease.backend.complete
         body = call.body
@@ -187,6 +188,10 @@ class Generation:
     def _read(self, chunk: dict[str, Any], out: list[Delta]) -> None:
         for choice in chunk.get("choices") or ():
             out.append(self._delta(choice))
+        timings = chunk.get("timings")
+        if timings and timings.get("prompt_ms") is not None:
+            seconds = float(timings["prompt_ms"]) / 1000
+            self.prompt_seconds = seconds if self.prompt_seconds is None else min(self.prompt_seconds, seconds)
         usage = chunk.get("usage")
         if usage:
             self._reported = True

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 from lokal.backends.base import Backend, Embeddings, LoadOptions, ModelLoadError
 from lokal.errors import ModelBusyError, ModelUnavailableError
+from lokal.metrics import Metrics
 from lokal.models.config import ModelEntry
 from lokal.models.embedding import EmbeddingBatcher
 from lokal.models.planner import EngineDefaults, LoadPlan
@@ -47,13 +50,26 @@ def default_backend_factory(engine: str, options: LoadOptions) -> Backend:
     raise ModelLoadError(f"the {engine!r} backend is not available in this version of lokal")
 
 
+def _size(path: Path) -> int | None:
+    """Bytes of a model file or folder."""
+    try:
+        if path.is_dir():
+            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
 class Instance:
     """One loaded engine instance and who is using it."""
 
-    def __init__(self, key: Key, backend: Backend, batcher: EmbeddingBatcher | None = None) -> None:
+    def __init__(self, key: Key, backend: Backend, batcher: EmbeddingBatcher | None = None, *,
+                 engine: str = "", size: int | None = None) -> None:
         self.key = key
         self.backend = backend
         self.batcher = batcher
+        self.engine = engine
+        self.size = size  # its weights' bytes, for the metrics
         self.in_use = 0
         self.last_used = time.monotonic()
         self.idle = asyncio.Event()
@@ -109,9 +125,12 @@ class Lease:
         """Embed with the leased model, batched with other requests when enabled."""
         truncate = self.entry.config.truncate if self.entry.config is not None else True
         batcher = self._instance.batcher
+        metrics = self._pool.metrics
+        metrics.embeddings(self.entry.name, len(inputs))
         if batcher is not None and inputs and isinstance(inputs[0], str):
             return await batcher.embed(inputs)  # type: ignore[arg-type]
-        return await asyncio.to_thread(self.backend.embed, inputs, truncate)
+        metrics.embedding_batch_ran(self.entry.name, len(inputs))
+        return await self.run(self.backend.embed, inputs, truncate)
 
     async def run(self, function: Callable[..., Any], *args: Any) -> Any:
         """A blocking engine call on a thread, the instance held until it returns."""
@@ -137,6 +156,7 @@ class Pool:
         self._locks: dict[Key, asyncio.Lock] = {}
         self._capacity = asyncio.Lock()
         self._watchdog: asyncio.Task[None] | None = None
+        self.metrics = Metrics()  # the registry's replaces it
 
     @property
     def loaded_count(self) -> int:
@@ -175,15 +195,19 @@ class Pool:
         try:
             backend = await asyncio.to_thread(self._factory, plan.engine, plan.options)
         except ModelLoadError as exc:
+            self.metrics.model_load_failed(entry.name, plan.instance)
             log.error("model %s failed to load: %s", entry.name, exc)
             raise ModelUnavailableError(entry.name, str(exc)) from exc
         batcher = None
         if plan.instance == "embed" and self.defaults.batch_embeddings:
             truncate = entry.config.truncate if entry.config is not None else True
-            batcher = EmbeddingBatcher(backend, truncate)
+            batcher = EmbeddingBatcher(backend, truncate, on_batch=functools.partial(
+                self.metrics.embedding_batch_ran, entry.name))
         key = (entry.name, plan.instance)
-        instance = Instance(key, backend, batcher)
+        instance = Instance(key, backend, batcher, engine=plan.engine,
+                            size=await asyncio.to_thread(_size, plan.options.model_path))
         self._loaded[key] = instance
+        self.metrics.model_loaded(entry.name, plan.instance, time.monotonic() - started)
         log.info("model %s ready in %.1fs", entry.name, time.monotonic() - started)
         return instance
 
@@ -198,6 +222,7 @@ class Pool:
                 if self._loaded.get(key) is victim and victim.in_use == 0:
                     log.info("unloading model %s (%s) to make room (MAX_ACTIVE_BACKENDS=%d)",
                              key[0], key[1], self.max_active)
+                    self.metrics.model_evicted(*key)
                     await self._unload(key)
 
     def retire(self, instance: Instance) -> None:
@@ -206,6 +231,8 @@ class Pool:
         if self._loaded.get(instance.key) is not instance:
             return
         del self._loaded[instance.key]
+        self.metrics.worker_restarted(*instance.key)
+        self.metrics.model_unloaded(*instance.key)
         log.error("model %s (%s) stopped responding: retired, will reload on the next request",
                   *instance.key)
 
@@ -218,6 +245,7 @@ class Pool:
     async def _unload(self, key: Key) -> None:
         instance = self._loaded.pop(key, None)
         if instance is not None:
+            self.metrics.model_unloaded(*key)
             await asyncio.to_thread(instance.backend.close)
 
     async def unload(self, name: str) -> bool:

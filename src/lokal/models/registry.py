@@ -13,6 +13,9 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from lokal import logs
+from lokal.metrics import Metrics, ModelState, RegistryState
+
 from lokal.errors import ModelCapabilityError, ModelUnavailableError, UnknownModelError
 from lokal.models.catalog import Catalog
 from lokal.models.config import ModelEntry
@@ -36,6 +39,25 @@ class ModelRegistry:
         self.catalog = Catalog(models_path, config_file)
         self.pool = Pool(defaults, max_active=max_active, idle_timeout=idle_timeout,
                          busy_timeout=busy_timeout, backend_factory=backend_factory)
+        self.metrics = Metrics()  # the app's replaces it (lokal.api.app)
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.pool.metrics
+
+    @metrics.setter
+    def metrics(self, metrics: Metrics) -> None:
+        self.pool.metrics = self.catalog.metrics = metrics
+
+    def snapshot(self) -> RegistryState:
+        """Plain data about the loaded models, for the metrics' gauges."""
+        state = RegistryState(known=len(self.catalog.entries))
+        for (name, instance_kind), instance in self.pool.loaded().items():
+            state.loaded.append(ModelState(
+                model=name, purpose=instance_kind, engine=instance.engine,
+                in_use=instance.in_use, slots=instance.backend.slots,
+                memory_bytes=instance.size))
+        return state
 
     # The catalog -----------------------------------------------------------
 
@@ -55,6 +77,7 @@ class ModelRegistry:
     @contextlib.asynccontextmanager
     async def lease(self, name: str, task: str) -> AsyncIterator[Lease]:
         """The named model, loaded for task, held for the block."""
+        logs.annotate(model=name)  # for the access log and request metrics
         entry = self.catalog.entry(name)
         await self.catalog.ready(entry)
         plan = plan_load(entry, task, self.defaults)

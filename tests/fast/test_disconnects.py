@@ -14,7 +14,7 @@ from tests.fakeengine import chat, completion
 
 def _in_flight(server) -> int:
     text = httpx.get(f"{server.base}/metrics", timeout=5).text
-    return int(re.search(r"^lokal_requests_in_flight (\d+)$", text, re.M).group(1))
+    return int(re.search(r"^lokal_requests_in_flight (\d+)(?:\.0)?$", text, re.M).group(1))
 
 
 def _then_free(server) -> None:

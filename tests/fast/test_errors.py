@@ -135,9 +135,6 @@ def test_unexpected_engine_exception_is_500_without_internals(fake_server) -> No
         assert client.post("/v1/chat/completions", json=chat("ok")).status_code == 200
 
 
-@pytest.mark.xfail(strict=True, reason="after an unhandled error Starlette's ServerErrorMiddleware re-raises "
-                                       "and uvicorn drops the connection without 'Connection: close': the "
-                                       "client's next request on that keep-alive connection fails")
 def test_keep_alive_connection_survives_an_unexpected_error(fake_server) -> None:
     server = fake_server(_crash_or_reply)
     with server.client() as client:

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from lokal.cli.install import ProgressDisplay
-from lokal.install.downloader import Downloader
+from lokal.transfer.downloader import Downloader
 from lokal.install.manager import ProgressEvent
 from tests.install.conftest import Fixture, blob, policy_for
 

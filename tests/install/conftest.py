@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lokal.install.netguard import OutboundPolicy
+from lokal.transfer.netguard import OutboundPolicy
 
 
 @dataclass

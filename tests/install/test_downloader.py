@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from lokal.errors import InsufficientStorage
-from lokal.install.downloader import Cancelled, ChecksumMismatch, DownloadError, Downloader, partial_path
-from lokal.install.netguard import OutboundPolicy, URLRefused
+from lokal.transfer.downloader import Cancelled, ChecksumMismatch, DownloadError, Downloader, partial_path
+from lokal.transfer.netguard import OutboundPolicy, URLRefused
 from tests.install.conftest import Fixture, blob, policy_for, sha
 
 SIZE = 3 << 20

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from lokal.models.config import scan_models
-from lokal.install.downloader import Downloader
-from lokal.install.netguard import OutboundPolicy
+from lokal.transfer.downloader import Downloader
+from lokal.transfer.netguard import OutboundPolicy
 from lokal.models.download import Download, DownloadError
 from lokal.models.download import fetch as _fetch
 from tests.conftest import LokalServer, package_path

@@ -16,7 +16,7 @@ import time
 from typing import Any, TextIO
 
 from lokal.errors import LokalError
-from lokal.install.downloader import human
+from lokal.transfer.downloader import human
 from lokal.install.manager import InstallManager, ProgressEvent
 from lokal.settings import Settings
 

@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlsplit
 import yaml
 
 from lokal.errors import BadRequest, NotFound
-from lokal.install.netguard import OutboundPolicy
+from lokal.transfer.netguard import OutboundPolicy
 
 BUILTIN_NAME = "lokal"
 BUILTIN_PATH = Path(__file__).with_name("builtin.yaml")

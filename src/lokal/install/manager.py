@@ -46,12 +46,12 @@ from pydantic import ValidationError
 from lokal.errors import (BadRequest, Conflict, InsufficientStorage, LokalError, NotFound,
                           ServerError)
 from lokal.install import references
-from lokal.install.downloader import (DISK_RESERVE, Cancelled, Downloader, file_sha256, human,
+from lokal.transfer.downloader import (DISK_RESERVE, Cancelled, Downloader, file_sha256, human,
                                       partial_path)
 from lokal.install.gallery import (Entry, Galleries, GallerySource, load_yaml, parse_galleries,
                                    read_source)
-from lokal.install.netguard import OutboundPolicy, URLRefused
-from lokal.install.paths import (STATE_DIR, UnsafePath, check_model_name, check_relative,
+from lokal.transfer.netguard import OutboundPolicy, URLRefused
+from lokal.transfer.paths import (STATE_DIR, UnsafePath, check_model_name, check_relative,
                                  confined_target)
 from lokal.models.config import BACKEND_ALIASES, ModelConfig, scan_models
 
@@ -737,7 +737,7 @@ class InstallManager:
                                param="id")
 
     def _check_disk(self, plan: Plan) -> None:
-        from lokal.install import downloader as dl
+        from lokal.transfer import downloader as dl
 
         need = 0
         for spec in plan.files:

@@ -2,10 +2,10 @@
 
 LocalAI configs carry `download_files` (`filename`, `uri`, `sha256`) and may give
 `parameters.model` as a URL. lokal fetches a missing file when its model is first
-requested, with the install path's downloader (`lokal.install.downloader`): to a
+requested, with the install path's downloader (`lokal.transfer.downloader`): to a
 hidden partial file beside the target, resumed after a cut, checked against its
 sha256 and renamed into place only once whole, under the same outbound-URL rules
-as installs (`lokal.install.netguard`: no loopback/private/metadata addresses
+as installs (`lokal.transfer.netguard`: no loopback/private/metadata addresses
 unless allowed, every redirect checked). Files already present are used as they are.
 """
 
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from lokal.install import downloader as _downloader
-from lokal.install.netguard import OutboundPolicy, URLRefused, map_url
+from lokal.transfer import downloader as _downloader
+from lokal.transfer.netguard import OutboundPolicy, URLRefused, map_url
 
 log = logging.getLogger("lokal.models.download")
 

@@ -35,8 +35,8 @@ from typing import Any
 import httpx
 
 from lokal.errors import InsufficientStorage, ServerError
-from lokal.install.netguard import OutboundPolicy, URLRefused, _shown
-from lokal.install.paths import hidden_sibling
+from lokal.transfer.netguard import OutboundPolicy, URLRefused, _shown
+from lokal.transfer.paths import hidden_sibling
 
 log = logging.getLogger("lokal.install")
 

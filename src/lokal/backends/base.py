@@ -41,6 +41,9 @@ class LoadOptions:
     rerank: bool = False  # a cross-encoder scoring (query, document) pairs
     prompt_cache_mb: int = 0  # host memory for saved prompt states (0: none beyond the slots)
     gguf: GGUFInfo | None = None  # the header the catalog read, so engines need not read it again
+    #: speculative decoding: {"type": mode, ...parameters} (None: off) and the draft model's file
+    speculative: dict[str, Any] | None = None
+    draft_path: Path | None = None
 
 
 @dataclass

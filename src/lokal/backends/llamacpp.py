@@ -120,6 +120,8 @@ class LlamaCppBackend(Backend):
             elif pooling is None:
                 pooling = int(xllamacpp.llama_pooling_type.LLAMA_POOLING_TYPE_MEAN)
             params.pooling_type = xllamacpp.llama_pooling_type(pooling)
+        if options.speculative is not None and not options.embeddings:
+            _speculate(xllamacpp, params, options)
         if options.gpu_layers is not None:
             params.n_gpu_layers = options.gpu_layers
         if options.mmap is False:
@@ -214,6 +216,34 @@ class LlamaCppBackend(Backend):
     def close(self) -> None:
         server = self.__dict__.pop("_server", None)
         del server  # the engine's destructor stops its loop and frees the model
+
+
+_SPECULATIVE = {"draft": "DRAFT_SIMPLE", "ngram_simple": "NGRAM_SIMPLE", "ngram_map_k": "NGRAM_MAP_K",
+                "ngram_map_k4v": "NGRAM_MAP_K4V", "ngram_mod": "NGRAM_MOD", "ngram_cache": "NGRAM_CACHE"}
+
+
+def _speculate(xllamacpp: Any, params: Any, options: LoadOptions) -> None:
+    """Speculative decoding as the config asks: a draft model, or one of the n-gram modes."""
+    values = dict(options.speculative or {})
+    kind = values.pop("type")
+    spec = params.speculative
+    spec.types = [getattr(xllamacpp.common_speculative_type, "COMMON_SPECULATIVE_TYPE_" + _SPECULATIVE[kind])]
+    if kind == "draft":
+        target = spec.draft
+        target.mparams.path = str(options.draft_path)
+        target.cpuparams.n_threads = options.threads
+        target.cpuparams_batch.n_threads = options.threads
+        if options.gpu_layers is not None:
+            target.n_gpu_layers = options.gpu_layers
+    elif kind == "ngram_cache":
+        target = spec.ngram_cache
+    else:
+        target = getattr(spec, kind)
+    for name, value in values.items():
+        if hasattr(target, name):
+            setattr(target, name, value)
+        elif hasattr(spec.draft, name):
+            setattr(spec.draft, name, value)
 
 
 def _sigmoid(x: float) -> float:

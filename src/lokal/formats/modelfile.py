@@ -41,6 +41,17 @@ class GGUFInfo:
     version: int
     tensor_count: int
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: lengths of the arrays too long to keep (their value in metadata is None)
+    array_lengths: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def vocabulary(self) -> tuple[Any, ...]:
+        """What two models must share for one to draft tokens for the other: the
+        tokenizer's kind and pre-tokenizer, the number of tokens and the special ids."""
+        m = self.metadata
+        return (m.get("tokenizer.ggml.model"), m.get("tokenizer.ggml.pre"),
+                self.array_lengths.get("tokenizer.ggml.tokens", len(m.get("tokenizer.ggml.tokens") or ())),
+                m.get("tokenizer.ggml.bos_token_id"), m.get("tokenizer.ggml.eos_token_id"))
 
     @property
     def architecture(self) -> str:
@@ -125,9 +136,16 @@ def _read_value(stream: BinaryIO, kind: int) -> Any:
             raise ModelFileError("the GGUF header holds an implausibly long array (corrupt file?)")
         if count > _MAX_KEPT_ARRAY:
             _skip_array(stream, item_kind, count)
-            return None
+            return _Skipped(count)
         return [_read_value(stream, item_kind) for _ in range(count)]
     raise ModelFileError(f"the GGUF header has an unknown value type {kind} (corrupt file?)")
+
+
+class _Skipped:
+    """An array too long to keep, and how long it was."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
 
 
 def _skip_array(stream: BinaryIO, kind: int, count: int) -> None:
@@ -155,9 +173,14 @@ def read_gguf(path: Path) -> GGUFInfo:
             if kv_count > 1 << 20:
                 raise ModelFileError(f"{path.name}: corrupt GGUF header")
             metadata: dict[str, Any] = {}
+            lengths: dict[str, int] = {}
             for _ in range(kv_count):
                 key = _read_string(stream)
-                metadata[key] = _read_value(stream, _unpack(stream, "<I"))
+                value = _read_value(stream, _unpack(stream, "<I"))
+                if isinstance(value, _Skipped):
+                    lengths[key] = value.count
+                    value = None
+                metadata[key] = value
             if stream.tell() > size:
                 raise ModelFileError("the file ends inside its GGUF header (truncated download?)")
     except OSError as exc:
@@ -166,7 +189,7 @@ def read_gguf(path: Path) -> GGUFInfo:
         if not str(exc).startswith(path.name):
             raise ModelFileError(f"{path.name}: {exc}") from None
         raise
-    return GGUFInfo(version=version, tensor_count=tensor_count, metadata=metadata)
+    return GGUFInfo(version=version, tensor_count=tensor_count, metadata=metadata, array_lengths=lengths)
 
 
 def check_magic(path: Path, head: bytes, size: int) -> None:

@@ -107,6 +107,24 @@ class TemplateConfig(BaseModel):
     join_chat_messages_by_character: str | None = None
 
 
+class SpeculativeConfig(BaseModel):
+    """`speculative:` in a config: the mode and its parameters (unset: the engine's)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["draft", "ngram_simple", "ngram_map_k", "ngram_map_k4v", "ngram_mod", "ngram_cache"]
+    n_max: int | None = Field(None, ge=1, le=64)  # most tokens drafted per step (draft, ngram_mod)
+    n_min: int | None = Field(None, ge=0, le=64)
+    p_min: float | None = Field(None, ge=0, le=1)  # draft: least probability to keep drafting
+    size_n: int | None = Field(None, ge=1, le=64)  # ngram_simple / map_k / map_k4v: n-gram lookup size
+    size_m: int | None = Field(None, ge=1, le=256)  # ... and draft length
+    min_hits: int | None = Field(None, ge=1, le=64)
+    n_match: int | None = Field(None, ge=1, le=64)  # ngram_mod
+
+    def engine_values(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
 class ModelConfig(BaseModel):
     """One model as a LocalAI YAML file describes it. Unknown fields are kept."""
 
@@ -133,6 +151,24 @@ class ModelConfig(BaseModel):
     # Embeddings: token-id inputs are OpenAI cl100k_base ids (what OpenAI clients and
     # LangChain send) unless this says they are the model's own.
     token_ids: Literal["openai", "model"] = "openai"
+    # Speculative decoding (off unless set): LocalAI's draft_model / n_draft, or any of the
+    # engine's modes in `speculative` (the n-gram ones need no draft model).
+    draft_model: str | None = None
+    n_draft: int | None = Field(None, ge=1, le=64)
+    speculative: SpeculativeConfig | None = None
+
+    @property
+    def speculation(self) -> dict[str, Any] | None:
+        """The speculative decoding the config asks for, as engine values, or None."""
+        if self.speculative is not None:
+            values = self.speculative.engine_values()
+        elif self.draft_model:
+            values = {"type": "draft"}
+        else:
+            return None
+        if values["type"] == "draft" and self.n_draft is not None:
+            values.setdefault("n_max", self.n_draft)
+        return values
 
     @field_validator("name")
     @classmethod
@@ -203,6 +239,8 @@ class ModelEntry:
     file: ModelFile | None = None
     tasks: frozenset[str] = frozenset()  # chat, complete, embed, rerank, transcribe
     rerank_by: str | None = None  # "cross-encoder", or "cosine" of embeddings
+    draft_path: Path | None = None  # a draft model for speculative decoding, in the folder
+    draft_file: ModelFile | None = None
 
     @property
     def pending_downloads(self) -> list[download.Download]:
@@ -304,6 +342,16 @@ def _entry_from_config(models_path: Path, config: ModelConfig, source: Path) -> 
             if all(d.path != path for d in entry.downloads):
                 entry.downloads.append(download.Download(url, path))
         entry.model_path = confine(models_path, model)
+        speculation = config.speculation
+        if speculation is not None and speculation["type"] == "draft":
+            if not config.draft_model:
+                raise ConfigError("speculative.type draft needs draft_model: a GGUF in the models folder")
+            entry.draft_path = confine(models_path, config.draft_model, what="draft model")
+            if not entry.draft_path.is_file():
+                raise ConfigError(f"draft_model {config.draft_model!r} does not exist in the models folder")
+        elif config.draft_model:
+            raise ConfigError(f"draft_model is set but speculative.type is {speculation['type']!r} "
+                              "(use type draft, or drop draft_model)")  # type: ignore[index]
         waiting = {d.path for d in entry.downloads if not d.path.exists()}
         if waiting & {_template_file(models_path, value) for value in (
                 config.template.chat, config.template.chat_message, config.template.completion)}:
@@ -427,6 +475,11 @@ def describe(entry: ModelEntry) -> None:
         return
     embeddings = entry.config.embeddings if entry.config is not None else False
     entry.tasks, entry.rerank_by = abilities(entry.file, embeddings)
+    if entry.draft_path is not None:
+        try:
+            entry.draft_file = inspect(entry.draft_path)
+        except (ModelFileError, OSError) as exc:
+            entry.error = f"draft model: {exc}"
 
 
 def _dedupe(entries: list[ModelEntry]) -> list[ModelEntry]:

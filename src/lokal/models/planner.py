@@ -82,6 +82,9 @@ def plan_load(entry: ModelEntry, task: str, defaults: EngineDefaults) -> LoadPla
                                                 f"{entry.model_path.name}: it is {_WRONG_ENGINE[model_file.kind]}")
     check_task(entry, task)
     instance = instance_for(entry, task)
+    speculative = config.speculation if instance == "generate" else None
+    if speculative is not None and entry.draft_file is not None:
+        check_draft(entry)
     trained = model_file.gguf.context_length if model_file.gguf else None
     context = config.context_size or defaults.context_size
     if context is None:
@@ -101,8 +104,26 @@ def plan_load(entry: ModelEntry, task: str, defaults: EngineDefaults) -> LoadPla
         rerank=instance == "rerank",
         prompt_cache_mb=defaults.prompt_cache_mb,
         gguf=model_file.gguf,
+        speculative=speculative,
+        draft_path=entry.draft_path if speculative is not None else None,
     )
     return LoadPlan(engine, instance, options)
+
+
+def check_draft(entry: ModelEntry) -> None:
+    """A draft model must share the model's vocabulary: its tokens are the model's tokens."""
+    main = entry.file.gguf if entry.file is not None else None
+    draft = entry.draft_file.gguf if entry.draft_file is not None else None
+    if main is None or draft is None:
+        raise ModelUnavailableError(entry.name, "draft_model must be a GGUF, like the model it drafts for")
+    if main.vocabulary != draft.vocabulary:
+        names = ("tokenizer", "pre-tokenizer", "tokens", "BOS id", "EOS id")
+        differ = "; ".join(f"{n}: {a!r} vs {b!r}" for n, a, b in zip(names, main.vocabulary, draft.vocabulary)
+                           if a != b)
+        raise ModelUnavailableError(entry.name, (
+            f"draft_model {entry.draft_path.name if entry.draft_path else '?'} does not share the "
+            f"vocabulary of {entry.model_path.name if entry.model_path else 'the model'} ({differ}); "
+            "a draft model must come from the same family (same tokenizer)"))
 
 
 def main_task(entry: ModelEntry) -> str:

@@ -21,7 +21,7 @@ LAYERS = [
     ("install", ["lokal.install"]),
     ("models", ["lokal.models"]),
     ("backends", ["lokal.backends"]),
-    ("bottom", ["lokal.tasks", "lokal.errors", "lokal.formats", "lokal.templates", "lokal.transfer",
+    ("bottom", ["lokal.tasks", "lokal.errors", "lokal.formats", "lokal.templates", "lokal.transfer", "lokal.threadnames",
                 "lokal.metrics", "lokal.logs", "lokal.settings", "lokal"]),
 ]
 

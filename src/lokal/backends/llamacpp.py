@@ -17,6 +17,7 @@ import secrets
 import threading
 from typing import Any
 
+from lokal import threadnames
 from lokal.backends import engine_log
 from lokal.backends.base import (Backend, ChunkSink, Embeddings, EngineError, LoadOptions,
                                  ModelLoadError, Scores)
@@ -133,7 +134,8 @@ class LlamaCppBackend(Backend):
         with _load_lock:
             mark = capture.mark()
             try:
-                self._server = xllamacpp.Server(params)
+                with threadnames.named(threadnames.ENGINE):  # the engine's threads keep the name
+                    self._server = xllamacpp.Server(params)
             except (RuntimeError, ValueError) as exc:
                 # Give the reader thread a moment to drain what the engine wrote.
                 threading.Event().wait(0.05)

@@ -48,6 +48,7 @@ def cmd_serve(settings: Settings) -> int:
     import uvicorn
 
     from lokal.api.app import create_app
+    from lokal import threadnames
     from lokal.backends import engine_log
 
     try:
@@ -56,6 +57,7 @@ def cmd_serve(settings: Settings) -> int:
         print(f"lokal: {exc}", file=sys.stderr)
         return 2
     engine_log.install()  # before logging binds to stderr
+    threadnames.set_name("lokal")  # threads started from here inherit it (the engine's are renamed)
     logs.setup(settings.effective_log_level, settings.log_format)
     cores = physical_cores()
     threads = settings.effective_threads

@@ -19,6 +19,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from lokal import threadnames
 from lokal.backends.base import ChunkSink
 from lokal.errors import EngineStuck, RequestTimeout, ShuttingDown
 from lokal.models.functions import EnvelopeReader
@@ -60,6 +61,7 @@ async def engine_chunks(run: Callable[[ChunkSink], None], cancel: threading.Even
         return cancel.is_set()
 
     def work() -> None:
+        threadnames.set_name("lokal-generate")
         try:
             run(sink)
         except BaseException as exc:  # noqa: BLE001 - handed to the event loop

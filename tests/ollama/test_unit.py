@@ -76,3 +76,18 @@ def test_tool_calls_come_whole_with_object_arguments() -> None:
     cut = Shaper("generate", "m", Timer())
     with pytest.raises(ServerError, match="not JSON"):
         cut.whole([Delta(tool_calls=[ToolCallDelta(0, "c", "f", '{"a": ')], finish_reason="length")], Usage())
+
+
+def test_ollama_address_in_use_fails_start(tmp_path) -> None:  # noqa: ANN001
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "lokal", "serve", "--models-path", str(tmp_path),
+                               "--address", "127.0.0.1:0", "--ollama-address", f"127.0.0.1:{port}"],
+                              capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "OLLAMA_ADDRESS" in done.stderr

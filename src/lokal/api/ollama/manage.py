@@ -36,7 +36,7 @@ from lokal.api.ollama.render import ndjson
 from lokal.api.ollama.routes import NDJSON, read_body
 from lokal.errors import Conflict, LokalError
 from lokal.install.manager import InstallManager, Job
-from lokal.install.paths import check_model_name
+from lokal.transfer.paths import check_model_name
 
 router = APIRouter(dependencies=[Depends(require_admin)])
 

@@ -114,6 +114,11 @@ class Settings(BaseSettings):
         "0.0.0.0:8080", validation_alias=_env("ADDRESS"),
         description="HOST:PORT to listen on (':8080' means all interfaces).",
     )
+    ollama_address: str | None = Field(
+        None, validation_alias=_env("OLLAMA_ADDRESS"),
+        description="A second HOST:PORT serving the same API, for apps that only talk to Ollama's "
+        "port (e.g. 127.0.0.1:11434). Off by default.",
+    )
     threads: int | None = Field(
         None, ge=1, validation_alias=_env("THREADS"),
         description="Threads per model engine. Default: the number of physical cores.",
@@ -279,6 +284,16 @@ class Settings(BaseSettings):
             raise ValueError("address must be HOST:PORT, e.g. 0.0.0.0:8080 or :8080")
         return value.strip()
 
+    @field_validator("ollama_address")
+    @classmethod
+    def _ollama_address(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        host, sep, port = value.strip().rpartition(":")
+        if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError("ollama address must be HOST:PORT, e.g. 127.0.0.1:11434")
+        return value.strip()
+
     # Derived values -------------------------------------------------------
 
     @property
@@ -289,6 +304,14 @@ class Settings(BaseSettings):
     @property
     def port(self) -> int:
         return int(self.address.rpartition(":")[2])
+
+    @property
+    def ollama_host_port(self) -> tuple[str, int] | None:
+        """Where the second (Ollama-port) listener binds, when one is set."""
+        if self.ollama_address is None:
+            return None
+        host, _, port = self.ollama_address.rpartition(":")
+        return host.strip("[]") or "0.0.0.0", int(port)
 
     @property
     def effective_threads(self) -> int:

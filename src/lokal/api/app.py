@@ -17,6 +17,9 @@ from lokal.api.errors import install_handlers
 from lokal.api.localai import models as localai_models
 from lokal.api.middleware import AuthMiddleware, BodyLimitMiddleware, NormalizeMiddleware
 from lokal.api.observability import ObservabilityMiddleware
+from lokal.api import ollama
+from lokal.api.ollama import manage as ollama_manage
+from lokal.api.ollama import routes as ollama_routes
 from lokal.api.openai import audio, embeddings, rerank
 from lokal.api.openai import routes as openai
 from lokal.api.routes import health, metrics
@@ -69,6 +72,10 @@ def create_app(settings: Settings, registry: ModelRegistry) -> FastAPI:
     app.include_router(audio.router, include_in_schema=False)
     app.include_router(rerank.router, prefix="/v1", tags=["Rerank"])
     app.include_router(rerank.router, include_in_schema=False)
+    ollama.register()
+    app.include_router(ollama_routes.router, prefix="/api", tags=["Ollama"])
+    app.include_router(ollama_manage.router, prefix="/api", tags=["Ollama"])
+    app.include_router(ollama_routes.root, include_in_schema=False)
 
     # Added innermost first: requests meet Normalize, Observability, CORS, Auth, BodyLimit
     # in that order (answers of Auth and BodyLimit get request ids and are counted).

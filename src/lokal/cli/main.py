@@ -88,7 +88,24 @@ def cmd_serve(settings: Settings) -> int:
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
                             access_log=False,
                             timeout_graceful_shutdown=settings.shutdown_grace + 1)
-    _GracefulServer(config, app.state.stopping, settings.shutdown_grace).run()
+    server = _GracefulServer(config, app.state.stopping, settings.shutdown_grace)
+    second = settings.ollama_host_port
+    if second is None:
+        server.run()
+        return 0
+    # One app, one loop, two listening sockets: the usual address and Ollama's port.
+    sockets = []
+    try:
+        sockets.append(config.bind_socket())
+        ollama = uvicorn.Config(app, host=second[0], port=second[1], log_config=None)
+        sockets.append(ollama.bind_socket())
+    except SystemExit:  # uvicorn's bind_socket logs the reason and exits
+        for sock in sockets:
+            sock.close()
+        log.error("cannot listen on %s (OLLAMA_ADDRESS) or %s", settings.ollama_address, settings.address)
+        return 1
+    log.info("Ollama apps: listening on http://%s:%d too", second[0], second[1])
+    server.run(sockets=sockets)
     return 0
 
 

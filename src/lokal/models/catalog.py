@@ -55,10 +55,13 @@ class Catalog:
         return [e for e in self._entries.values() if not e.ok]
 
     def entry(self, name: str) -> ModelEntry:
-        try:
-            return self._entries[name]
-        except KeyError:
-            raise UnknownModelError(name) from None
+        entry = self._entries.get(name)
+        if entry is None and name.endswith(":latest"):
+            # Ollama's names: `NAME:latest` is NAME (apps list /api/tags, then call /v1 with it).
+            entry = self._entries.get(name[: -len(":latest")])
+        if entry is None:
+            raise UnknownModelError(name)
+        return entry
 
     async def ready(self, entry: ModelEntry) -> None:
         """Make sure the entry can load: its files downloaded, its templates read and

@@ -121,10 +121,15 @@ class Lease:
         """The engine stopped responding: take its instance out of service."""
         self._pool.retire(self._instance)
 
-    async def embed(self, inputs: list[str] | list[list[int]]) -> Embeddings:
-        """Embed with the leased model, batched with other requests when enabled."""
-        truncate = self.entry.config.truncate if self.entry.config is not None else True
+    async def embed(self, inputs: list[str] | list[list[int]], truncate: bool | None = None) -> Embeddings:
+        """Embed with the leased model, batched with other requests when enabled;
+        truncate (None: as the model's config says) overrides the config per request."""
+        configured = self.entry.config.truncate if self.entry.config is not None else True
         batcher = self._instance.batcher
+        if truncate is None or truncate == configured:
+            truncate = configured
+        else:
+            batcher = None  # the batcher truncates as the config says
         metrics = self._pool.metrics
         metrics.embeddings(self.entry.name, len(inputs))
         if batcher is not None and inputs and isinstance(inputs[0], str):

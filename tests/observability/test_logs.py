@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,8 +45,15 @@ def records(server: LokalServer) -> list[dict[str, Any]]:
 
 
 def access(server: LokalServer, request_id: str) -> dict[str, Any]:
-    server.wait_log(f'"request_id": "{request_id}"')
-    found = [r for r in records(server) if r.get("request_id") == request_id and r["logger"] == "lokal.access"]
+    """The request's access line: written once the answer has been sent, so it may
+    come a moment after the client has read the answer."""
+    deadline = time.monotonic() + 30
+    while True:
+        found = [r for r in records(server)
+                 if r.get("request_id") == request_id and r["logger"] == "lokal.access"]
+        if found or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert len(found) == 1, found
     return found[0]
 

@@ -74,7 +74,7 @@ class Run:
                 self.observation.chunk(_tokens(batch))
                 yield batch
             self.status = "ok"
-        except BaseException:
+        except Exception:  # a client gone (cancelled, closed) stays "cancelled"
             self.status = "error"
             raise
         finally:

@@ -77,8 +77,8 @@ class ModelRegistry:
     @contextlib.asynccontextmanager
     async def lease(self, name: str, task: str) -> AsyncIterator[Lease]:
         """The named model, loaded for task, held for the block."""
-        logs.annotate(model=name)  # for the access log and request metrics
         entry = self.catalog.entry(name)
+        logs.annotate(model=entry.name)  # for the access log and request metrics (known names only)
         await self.catalog.ready(entry)
         plan = plan_load(entry, task, self.defaults)
         async with self.pool.lease(entry, plan) as lease:

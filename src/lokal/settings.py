@@ -7,6 +7,7 @@ with LocalAI's ``LOCALAI_`` prefix (``LOCALAI_MODELS_PATH``).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -182,6 +183,17 @@ class Settings(BaseSettings):
         15, ge=1, validation_alias=_env("UPLOAD_LIMIT"),
         description="Largest request body in MB; larger ones get 413.",
     )
+    model_aliases: dict[str, str] = Field(
+        default_factory=dict, validation_alias=_env("MODEL_ALIASES"),
+        description="JSON map of model names clients hard-code to models this server serves, "
+        'e.g. \'{"claude-*": "qwen", "gpt-5*": "qwen"}\' (shell-style patterns; "*" alone is a '
+        "catch-all default model). Names that match nothing stay unknown (404).",
+    )
+    keep_billing_header: bool = Field(
+        False, validation_alias=_env("KEEP_BILLING_HEADER"),
+        description="Keep the per-request billing line Claude Code puts at the top of its system "
+        "prompt (it changes every request, so keeping it defeats the prompt cache).",
+    )
     log_level: str = Field(
         "info", validation_alias=_env("LOG_LEVEL"),
         description="debug, info, warning or error. debug logs rendered prompts.",
@@ -195,6 +207,23 @@ class Settings(BaseSettings):
     @classmethod
     def _duration(cls, value: Any) -> float | None:
         return parse_duration(value)
+
+    @field_validator("model_aliases", mode="before")
+    @classmethod
+    def _aliases(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if not text:
+                return {}
+            try:
+                value = json.loads(text)
+            except ValueError as exc:
+                raise ValueError(f"MODEL_ALIASES must be a JSON object of names, e.g. "
+                                 f'{{"claude-*": "my-model"}}: {exc}') from None
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) and k and v
+                                                  for k, v in value.items()):
+            raise ValueError('MODEL_ALIASES must map names to names, e.g. {"claude-*": "my-model"}')
+        return value
 
     @field_validator("log_level")
     @classmethod

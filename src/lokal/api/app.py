@@ -13,7 +13,9 @@ from starlette.middleware.cors import CORSMiddleware
 
 from lokal import __version__
 from lokal.api.errors import install_handlers
-from lokal.api.middleware import AuthMiddleware, BodyLimitMiddleware, NormalizeMiddleware
+from lokal.api import anthropic, responses
+from lokal.api.middleware import (AuthMiddleware, BodyLimitMiddleware, DecompressMiddleware,
+                                  NormalizeMiddleware)
 from lokal.api.openai import audio, embeddings, rerank
 from lokal.api.openai import routes as openai
 from lokal.api.routes import health, metrics
@@ -43,6 +45,7 @@ def create_app(settings: Settings, registry: ModelRegistry) -> FastAPI:
                   description="OpenAI- and LocalAI-compatible API for local models.",
                   docs_url="/docs", redoc_url=None)
     app.state.registry = registry
+    registry.catalog.aliases = dict(settings.model_aliases)
     app.state.settings = settings
     app.state.started = int(time.time())
     app.state.ready = asyncio.Event()
@@ -59,8 +62,14 @@ def create_app(settings: Settings, registry: ModelRegistry) -> FastAPI:
     app.include_router(audio.router, include_in_schema=False)
     app.include_router(rerank.router, prefix="/v1", tags=["Rerank"])
     app.include_router(rerank.router, include_in_schema=False)
+    app.include_router(responses.router, prefix="/v1", tags=["OpenAI Responses"])
+    app.include_router(responses.router, include_in_schema=False)
+    app.include_router(anthropic.router, prefix="/v1", tags=["Anthropic Messages"])
+    app.include_router(anthropic.router, include_in_schema=False)
 
-    # Added innermost first: requests meet Normalize, CORS, Auth, Metrics, BodyLimit in that order.
+    # Added innermost first: requests meet Normalize, CORS, Auth, Metrics, BodyLimit, Decompress
+    # in that order.
+    app.add_middleware(DecompressMiddleware, limit_bytes=settings.upload_limit_bytes)
     app.add_middleware(BodyLimitMiddleware, limit_bytes=settings.upload_limit_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     open_paths = OPEN_PATHS + (("/metrics",) if settings.metrics_open else ())

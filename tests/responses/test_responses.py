@@ -223,3 +223,45 @@ def test_same_event_order_as_the_engine(server: LokalServer, http: httpx.Client)
     # The engine ends a cut response with response.completed; OpenAI (and lokal) say incomplete.
     assert squash(ours)[:-1] == squash(reference)[:-1]
     assert ours[-1] == "response.incomplete" and reference[-1] == "response.completed"
+
+
+def test_openai_agents_sdk_runs_an_agent_with_a_tool(server: LokalServer) -> None:
+    """openai-agents on the Responses API. It needs openai>=3 from 0.21 on; with the
+    suite's openai 2.x, openai-agents 0.20.x (openai>=2.45,<3) is the one that fits."""
+    agents = pytest.importorskip("agents")
+    import asyncio
+
+    calls: list[str] = []
+
+    @agents.function_tool
+    def get_weather(city: str) -> str:
+        """Weather in a city."""
+        calls.append(city)
+        return "Sunny, 21 C"
+
+    agents.set_tracing_disabled(True)  # no traces sent anywhere
+    model = agents.OpenAIResponsesModel(model=MODEL, openai_client=openai.AsyncOpenAI(
+        base_url=f"{server.base}/v1", api_key="unused", max_retries=0))
+    agent = agents.Agent(name="weather", instructions="Answer with the weather tool.", tools=[get_weather],
+                         model=model, tool_use_behavior="stop_on_first_tool",
+                         model_settings=agents.ModelSettings(tool_choice="required", max_tokens=80))
+    result = asyncio.run(agents.Runner.run(agent, "What is the weather in Paris?", max_turns=3))
+    assert len(calls) == 1 and result.final_output == "Sunny, 21 C"
+
+
+def test_langchain_chat_openai_on_responses(server: LokalServer) -> None:
+    langchain_openai = pytest.importorskip("langchain_openai")
+    llm = langchain_openai.ChatOpenAI(model=MODEL, base_url=f"{server.base}/v1", api_key="unused",
+                                      use_responses_api=True, max_tokens=300, max_retries=0)
+    answer = llm.invoke("Say hello.")
+    assert answer.text and answer.usage_metadata["input_tokens"] > 0
+    chunks = list(llm.stream("Say hello."))
+    assert "".join(c.text for c in chunks)
+
+    def get_weather(city: str) -> str:
+        """Weather in a city."""
+        return "Sunny"
+
+    call = llm.bind_tools([get_weather], tool_choice="get_weather").invoke("Weather in Paris?")
+    assert call.tool_calls and call.tool_calls[0]["name"] == "get_weather"
+    assert isinstance(call.tool_calls[0]["args"], dict) and call.tool_calls[0]["id"]

@@ -231,3 +231,20 @@ def _events(answer: httpx.Response) -> list[tuple[str, dict]]:
         elif line.startswith("data: "):
             events.append((name, json.loads(line[6:])))
     return events
+
+
+def test_error_after_the_first_token_is_an_error_event(http: httpx.Client) -> None:
+    # the prompt cached first, so the first token comes well within the timeout
+    http.post("/v1/messages", json={"model": MODEL, "max_tokens": 1,
+                                    "messages": [{"role": "user", "content": "Tell a story."}]})
+    body = {"model": MODEL, "max_tokens": 100000, "stream": True, "ignore_eos": True, "timeout": 3,
+            "messages": [{"role": "user", "content": "Tell a story."}]}
+    with http.stream("POST", "/v1/messages", json=body) as answer:
+        assert answer.status_code == 200
+        events = _events(answer)
+    assert "content_block_delta" in [n for n, _ in events]
+    name, data = events[-1]
+    assert name == "error" and data["type"] == "error" and data["error"]["type"] == "timeout_error"
+    ok = http.post("/v1/messages", json={"model": MODEL, "max_tokens": 1,
+                                         "messages": [{"role": "user", "content": "hi"}]})
+    assert ok.status_code == 200

@@ -265,3 +265,22 @@ def test_langchain_chat_openai_on_responses(server: LokalServer) -> None:
     call = llm.bind_tools([get_weather], tool_choice="get_weather").invoke("Weather in Paris?")
     assert call.tool_calls and call.tool_calls[0]["name"] == "get_weather"
     assert isinstance(call.tool_calls[0]["args"], dict) and call.tool_calls[0]["id"]
+
+
+def test_error_after_the_first_token_is_reported_in_stream(http: httpx.Client) -> None:
+    # the prompt cached first, so the first token comes well within the timeout
+    http.post("/v1/responses", json={"model": MODEL, "input": "Tell a story.", "max_output_tokens": 1})
+    body = {"model": MODEL, "input": "Tell a story.", "max_output_tokens": 100000, "stream": True,
+            "ignore_eos": True, "timeout": 3}
+    with http.stream("POST", "/v1/responses", json=body) as answer:
+        assert answer.status_code == 200
+        events = sse_events(answer)
+    names = [n for n, _ in events]
+    assert "response.output_text.delta" in names
+    assert names[-2:] == ["error", "response.failed"]
+    assert events[-2][1]["code"] == "timeout_error" and events[-2][1]["message"]
+    failed = events[-1][1]["response"]
+    assert failed["status"] == "failed" and failed["error"]["code"] == "timeout_error"
+    assert [d["sequence_number"] for _, d in events] == list(range(len(events)))
+    # the server keeps serving
+    assert http.post("/v1/responses", json={"model": MODEL, "input": "hi", "max_output_tokens": 1}).status_code == 200

@@ -105,6 +105,7 @@ class MessagesRequest(_Request):
     service_tier: str | None = None
     # lokal: end this request after so many seconds (overrides REQUEST_TIMEOUT)
     timeout: float | None = Field(None, gt=0, le=86_400)
+    ignore_eos: bool | None = None  # as on chat completions (benchmarks, tests)
 
     @field_validator("stop_sequences")
     @classmethod
@@ -152,7 +153,7 @@ class MessagesRequest(_Request):
             else:
                 choice = {"any": "required"}.get(kind, kind)
         sampling = tasks.Sampling(max_tokens=self.max_tokens, temperature=self.temperature,
-                                  top_p=self.top_p, top_k=self.top_k)
+                                  top_p=self.top_p, top_k=self.top_k, ignore_eos=self.ignore_eos)
         options = tasks.GenerationOptions(sampling=sampling, stream=self.stream, timeout=self.timeout)
         return tasks.ChatTask(self.model, messages, options, tools=tools, tool_choice=choice)
 

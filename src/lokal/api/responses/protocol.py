@@ -154,6 +154,7 @@ class ResponsesRequest(_Request):
     min_p: float | None = Field(None, ge=0, le=1)
     stop: str | list[str] | None = None
     timeout: float | None = Field(None, gt=0, le=86_400)
+    ignore_eos: bool | None = None
 
     def to_task(self) -> tasks.ChatTask:
         if self.previous_response_id is not None:
@@ -193,7 +194,7 @@ class ResponsesRequest(_Request):
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         sampling = tasks.Sampling(max_tokens=self.max_output_tokens, temperature=self.temperature,
                                   top_p=self.top_p, top_k=self.top_k, min_p=self.min_p, seed=self.seed,
-                                  stop=stop)
+                                  stop=stop, ignore_eos=self.ignore_eos)
         response_format = None
         fmt = self.text.format if self.text is not None else None
         if fmt is not None and fmt.type == "json_schema":

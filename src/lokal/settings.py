@@ -7,6 +7,7 @@ with LocalAI's ``LOCALAI_`` prefix (``LOCALAI_MODELS_PATH``).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -234,6 +235,17 @@ class Settings(BaseSettings):
         description="Comma-separated proxy addresses or CIDRs whose X-Forwarded-For names the "
         "client for the management routes' loopback check.",
     )
+    model_aliases: dict[str, str] = Field(
+        default_factory=dict, validation_alias=_env("MODEL_ALIASES"),
+        description="JSON map of model names clients hard-code to models this server serves, "
+        'e.g. \'{"claude-*": "qwen", "gpt-5*": "qwen"}\' (shell-style patterns; "*" alone is a '
+        "catch-all default model). Names that match nothing stay unknown (404).",
+    )
+    keep_billing_header: bool = Field(
+        False, validation_alias=_env("KEEP_BILLING_HEADER"),
+        description="Keep the per-request billing line Claude Code puts at the top of its system "
+        "prompt (it changes every request, so keeping it defeats the prompt cache).",
+    )
     log_level: str = Field(
         "info", validation_alias=_env("LOG_LEVEL"),
         description="debug, info, warning or error. debug logs rendered prompts.",
@@ -257,6 +269,23 @@ class Settings(BaseSettings):
     def _size(cls, value: str) -> str:
         parse_size(value)
         return str(value).strip()
+
+    @field_validator("model_aliases", mode="before")
+    @classmethod
+    def _aliases(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if not text:
+                return {}
+            try:
+                value = json.loads(text)
+            except ValueError as exc:
+                raise ValueError(f"MODEL_ALIASES must be a JSON object of names, e.g. "
+                                 f'{{"claude-*": "my-model"}}: {exc}') from None
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) and k and v
+                                                  for k, v in value.items()):
+            raise ValueError('MODEL_ALIASES must map names to names, e.g. {"claude-*": "my-model"}')
+        return value
 
     @field_validator("log_level")
     @classmethod

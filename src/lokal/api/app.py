@@ -15,11 +15,13 @@ from lokal import __version__
 from lokal.api.admin import log_admin_posture
 from lokal.api.errors import install_handlers
 from lokal.api.localai import models as localai_models
-from lokal.api.middleware import AuthMiddleware, BodyLimitMiddleware, NormalizeMiddleware
+from lokal.api.middleware import (AuthMiddleware, BodyLimitMiddleware, DecompressMiddleware,
+                                  NormalizeMiddleware)
 from lokal.api.observability import ObservabilityMiddleware
 from lokal.api import ollama
 from lokal.api.ollama import manage as ollama_manage
 from lokal.api.ollama import routes as ollama_routes
+from lokal.api import anthropic, responses
 from lokal.api.openai import audio, embeddings, rerank
 from lokal.api.openai import routes as openai
 from lokal.api.routes import health, metrics
@@ -50,6 +52,7 @@ def create_app(settings: Settings, registry: ModelRegistry) -> FastAPI:
                   description="OpenAI- and LocalAI-compatible API for local models.",
                   docs_url="/docs", redoc_url=None)
     app.state.registry = registry
+    registry.catalog.aliases = dict(settings.model_aliases)
     app.state.settings = settings
     app.state.started = int(time.time())
     app.state.ready = asyncio.Event()
@@ -76,9 +79,14 @@ def create_app(settings: Settings, registry: ModelRegistry) -> FastAPI:
     app.include_router(ollama_routes.router, prefix="/api", tags=["Ollama"])
     app.include_router(ollama_manage.router, prefix="/api", tags=["Ollama"])
     app.include_router(ollama_routes.root, include_in_schema=False)
+    app.include_router(responses.router, prefix="/v1", tags=["OpenAI Responses"])
+    app.include_router(responses.router, include_in_schema=False)
+    app.include_router(anthropic.router, prefix="/v1", tags=["Anthropic Messages"])
+    app.include_router(anthropic.router, include_in_schema=False)
 
-    # Added innermost first: requests meet Normalize, Observability, CORS, Auth, BodyLimit
-    # in that order (answers of Auth and BodyLimit get request ids and are counted).
+    # Added innermost first: requests meet Normalize, Observability, CORS, Auth, BodyLimit,
+    # Decompress in that order (answers of Auth and BodyLimit get request ids and are counted).
+    app.add_middleware(DecompressMiddleware, limit_bytes=settings.upload_limit_bytes)
     app.add_middleware(BodyLimitMiddleware, limit_bytes=settings.upload_limit_bytes)
     open_paths = OPEN_PATHS + (("/metrics",) if settings.metrics_open else ())
     keys = settings.api_keys + settings.admin_keys if settings.api_keys else []  # admin key works too

@@ -7,7 +7,9 @@ runs, so a rejected request costs nothing and never reaches a model.
 from __future__ import annotations
 
 import hmac
+import io
 import re
+import zlib
 from collections.abc import Iterable
 
 from fastapi import HTTPException
@@ -119,3 +121,92 @@ class BodyLimitMiddleware:
     def _message(self) -> str:
         return (f"The request body is larger than the server's limit of "
                 f"{self.limit // (1024 * 1024)} MB (UPLOAD_LIMIT).")
+
+
+class DecompressMiddleware:
+    """Request bodies sent with `Content-Encoding: gzip` or `zstd` (Codex CLI compresses
+    its Responses requests) are decompressed before any route reads them, the upload
+    limit applied to the decompressed size; an encoding lokal cannot read is a 415,
+    a corrupt body a 400."""
+
+    def __init__(self, app: ASGIApp, limit_bytes: int) -> None:
+        self.app = app
+        self.limit = limit_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        encoding = dict(scope["headers"]).get(b"content-encoding", b"").decode("latin-1").strip().lower()
+        codings = [c.strip() for c in encoding.split(",") if c.strip() and c.strip() != "identity"]
+        if not codings:
+            await self.app(scope, receive, send)
+            return
+        unknown = [c for c in codings if c not in ("gzip", "x-gzip", "zstd", "deflate")]
+        if unknown:
+            await send_error(send, scope, 415, f"Content-Encoding {', '.join(unknown)} is not supported; "
+                             "send the body as is, or compressed with gzip or zstd.")
+            return
+        chunks: list[bytes] = []
+        try:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
+        except HTTPException as exc:  # the compressed body alone is over the limit
+            await send_error(send, scope, exc.status_code, str(exc.detail))
+            return
+        body = b"".join(chunks)
+        try:
+            for coding in reversed(codings):
+                body = _decompress(coding, body, self.limit)
+        except _TooLarge:
+            await send_error(send, scope, 413, f"The request body is larger than the server's limit of "
+                             f"{self.limit // (1024 * 1024)} MB (UPLOAD_LIMIT) once decompressed.")
+            return
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is the client's body
+            await send_error(send, scope, 400, f"The request body is not valid {encoding} data: {exc}")
+            return
+        headers = [(k, v) for k, v in scope["headers"] if k not in (b"content-encoding", b"content-length")]
+        headers.append((b"content-length", str(len(body)).encode()))
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(dict(scope, headers=headers), replay, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _decompress(coding: str, data: bytes, limit: int) -> bytes:
+    """data decoded, refused past limit bytes without ever holding more than that."""
+    if coding == "zstd":
+        import zstandard
+
+        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True)
+        out = io.BytesIO()
+        while True:
+            piece = reader.read(min(1 << 20, limit + 1))
+            if not piece:
+                break
+            out.write(piece)
+            if out.tell() > limit:
+                raise _TooLarge()
+        return out.getvalue()
+    decoder = zlib.decompressobj(zlib.MAX_WBITS | (16 if coding in ("gzip", "x-gzip") else 0))
+    out_bytes = decoder.decompress(data, limit + 1)
+    if len(out_bytes) > limit or decoder.unconsumed_tail:
+        raise _TooLarge()
+    if not decoder.eof:
+        raise ValueError("the compressed data is truncated")
+    return out_bytes

@@ -104,6 +104,11 @@ class Backend(ABC):
         """Speech in an audio file (any format the engine decodes) to text."""
         raise EngineError(400, "this model cannot transcribe audio")
 
+    def count_tokens(self, body: dict[str, Any]) -> int | None:
+        """Tokens of the prompt a chat body (`messages`) or completion body (`prompt`)
+        would run, by the model's own template and tokenizer; None: cannot tell."""
+        return None
+
     @property
     def dimensions(self) -> int | None:
         """Length of the vectors embed returns, when known."""

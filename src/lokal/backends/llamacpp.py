@@ -110,7 +110,8 @@ class LlamaCppBackend(Backend):
         params.cpuparams_batch.n_threads = options.threads
         params.n_threads_http = 1
         # The engine also listens on a loopback port; a random key closes that side door.
-        params.api_keys = [secrets.token_urlsafe(32)]
+        self._loopback_key = secrets.token_urlsafe(32)
+        params.api_keys = [self._loopback_key]
         if options.embeddings:
             # A whole input must fit one micro-batch; vectors come back unit length.
             params.embedding = True
@@ -171,6 +172,39 @@ class LlamaCppBackend(Backend):
 
     def complete(self, body: dict[str, Any], sink: ChunkSink) -> None:
         self._stream(self._server.handle_completions, body, sink)
+
+    def count_tokens(self, body: dict[str, Any]) -> int | None:
+        # The engine's own template and tokenizer, through its loopback listener (the
+        # Server object has no tokenize handler): exact, and no prompt is evaluated.
+        prompt = body.get("prompt")
+        if prompt is None:
+            prompt = self._loopback("/apply-template", {"messages": body["messages"]})["prompt"]
+        if not isinstance(prompt, str):
+            return None
+        return len(self._loopback("/tokenize", {"content": prompt, "add_special": True})["tokens"])
+
+    def _loopback(self, path: str, payload: dict[str, Any]) -> Any:
+        import json
+        import urllib.error
+        import urllib.request
+
+        address = self._server.listening_address
+        base = address if address.startswith("http") else f"http://{address}"
+        request = urllib.request.Request(base + path, data=json.dumps(payload).encode(), method="POST",
+                                         headers={"Authorization": f"Bearer {self._loopback_key}",
+                                                  "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as answer:
+                return json.loads(answer.read())
+        except urllib.error.HTTPError as exc:
+            try:
+                error = json.loads(exc.read()).get("error") or {}
+            except ValueError:
+                error = {}
+            raise EngineError(exc.code if exc.code < 500 else 500,
+                              str(error.get("message") or f"the engine answered {exc.code}")) from exc
+        except OSError as exc:
+            raise EngineError(500, f"the engine's tokenizer could not be reached: {exc}") from exc
 
     @property
     def dimensions(self) -> int | None:

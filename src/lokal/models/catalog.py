@@ -11,16 +11,29 @@ them get those reasons.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from lokal.errors import ModelUnavailableError, UnknownModelError
+from lokal.errors import ModelUnavailableError, NotFound, UnknownModelError
 from lokal.metrics import Metrics
 from lokal.models import download
 from lokal.models.config import ConfigError, ModelEntry, describe, load_templates, scan_models
 
 log = logging.getLogger(__name__)
+
+
+def resolve_alias(name: str, aliases: dict[str, str]) -> str | None:
+    """The served model an alias setting maps name to, or None: an exact key first,
+    then shell-style patterns (`claude-*`), the most specific (longest) first, so
+    `*` is a catch-all only for names nothing else matches."""
+    if name in aliases:
+        return aliases[name]
+    for pattern in sorted(aliases, key=len, reverse=True):
+        if fnmatch.fnmatchcase(name, pattern):
+            return aliases[pattern]
+    return None
 
 
 class Catalog:
@@ -34,6 +47,8 @@ class Catalog:
         # How a config's download_files are fetched; the app sets its installer's (shared, confined).
         self.fetch_file: Callable[[download.Download], bool] = download.fetch
         self.metrics = Metrics()  # the registry's replaces it
+        #: names clients hard-code -> served models (MODEL_ALIASES); see `resolve_alias`
+        self.aliases: dict[str, str] = {}
         self.scan()
 
     def scan(self) -> list[ModelEntry]:
@@ -55,13 +70,23 @@ class Catalog:
         return [e for e in self._entries.values() if not e.ok]
 
     def entry(self, name: str) -> ModelEntry:
-        entry = self._entries.get(name)
-        if entry is None and name.endswith(":latest"):
-            # Ollama's names: `NAME:latest` is NAME (apps list /api/tags, then call /v1 with it).
-            entry = self._entries.get(name[: -len(":latest")])
-        if entry is None:
+        """The entry a request's model name means: its own, else its alias's; unknown: 404.
+        Ollama's `NAME:latest` is NAME (apps list /api/tags, then call /v1 with it)."""
+        found = self._entries.get(name)
+        if found is None and name.endswith(":latest"):
+            found = self._entries.get(name[: -len(":latest")])
+        if found is None:
+            target = resolve_alias(name, self.aliases)
+            if target is not None:
+                found = self._entries.get(target)
+                if found is None:
+                    raise NotFound(f"The model '{name}' is mapped by MODEL_ALIASES to '{target}', which "
+                                   "this server does not have. GET /v1/models lists its models.",
+                                   param="model")
+                log.debug("model %r is served by %r (MODEL_ALIASES)", name, target)
+        if found is None:
             raise UnknownModelError(name)
-        return entry
+        return found
 
     async def ready(self, entry: ModelEntry) -> None:
         """Make sure the entry can load: its files downloaded, its templates read and

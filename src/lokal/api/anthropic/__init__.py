@@ -1,0 +1,3 @@
+from lokal.api.anthropic.routes import router
+
+__all__ = ["router"]

@@ -1,0 +1,195 @@
+"""Anthropic's Messages API request, and its translation into a chat task.
+
+Blocks become lokal's messages: text joined, `tool_use` blocks the assistant's
+tool calls (input as JSON text), `tool_result` blocks tool messages. Thinking
+blocks from earlier turns are not part of the prompt. Images and documents are
+refused until lokal serves vision. Claude Code's per-request billing line at
+the top of the system prompt is dropped unless the server keeps it, so that the
+rest of the prompt is the same from turn to turn and served from the cache.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from lokal import tasks
+from lokal.api.openai.protocol import MAX_STOP_LENGTH, MAX_STOPS, _Request
+from lokal.errors import BadRequest
+
+#: Claude Code's billing line: "x-anthropic-billing-header: cc_version=2.1.177.01c;
+#: cc_entrypoint=cli; cch=36ee5;" (cch changes on every request).
+BILLING_LINE = re.compile(r"^x-anthropic-billing-header:[^\n]*(\n|$)", re.IGNORECASE)
+
+
+class TextBlock(_Request):
+    type: Literal["text"]
+    text: str
+
+
+class ToolUseBlock(_Request):
+    type: Literal["tool_use"]
+    id: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+    input: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToolResultBlock(_Request):
+    type: Literal["tool_result"]
+    tool_use_id: str = Field(min_length=1)
+    content: str | list[TextBlock | OtherBlock] | None = None
+    is_error: bool | None = None
+
+    def text(self) -> str:
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
+        for block in self.content:
+            if not isinstance(block, TextBlock):
+                raise BadRequest(f"tool_result content blocks of type {block.type!r} are not supported "
+                                 "by this server's models; send text.", param="messages")
+        return "\n".join(b.text for b in self.content)  # type: ignore[union-attr]
+
+
+class ThinkingBlock(_Request):
+    type: Literal["thinking", "redacted_thinking"]
+
+
+class OtherBlock(_Request):
+    type: str
+
+
+Block = TextBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock | OtherBlock
+ToolResultBlock.model_rebuild()
+
+
+class InputMessage(_Request):
+    role: Literal["user", "assistant"]
+    content: str | list[Block]
+
+
+class SystemBlock(_Request):
+    type: Literal["text"]
+    text: str
+
+
+class Tool(_Request):
+    name: str = Field(min_length=1, max_length=256)
+    description: str | None = None
+    input_schema: dict[str, Any] | None = None
+    type: str | None = None
+
+
+class ToolChoice(_Request):
+    type: Literal["auto", "any", "tool", "none"]
+    name: str | None = None
+    disable_parallel_tool_use: bool | None = None
+
+
+class MessagesRequest(_Request):
+    model: str = Field(min_length=1, max_length=256)
+    max_tokens: int = Field(ge=1)
+    messages: list[InputMessage]
+    system: str | list[SystemBlock] | None = None
+    stop_sequences: list[str] | None = None
+    temperature: float | None = Field(None, ge=0, le=1)
+    top_p: float | None = Field(None, ge=0, le=1)
+    top_k: int | None = Field(None, ge=0)
+    stream: bool = False
+    tools: list[Tool] | None = Field(None, max_length=128)
+    tool_choice: ToolChoice | None = None
+    metadata: dict[str, Any] | None = None
+    thinking: dict[str, Any] | None = None
+    service_tier: str | None = None
+    # lokal: end this request after so many seconds (overrides REQUEST_TIMEOUT)
+    timeout: float | None = Field(None, gt=0, le=86_400)
+    ignore_eos: bool | None = None  # as on chat completions (benchmarks, tests)
+
+    @field_validator("stop_sequences")
+    @classmethod
+    def _stops(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        if len(value) > MAX_STOPS:
+            raise ValueError(f"at most {MAX_STOPS} stop sequences are allowed")
+        if any(not s or len(s) > MAX_STOP_LENGTH for s in value):
+            raise ValueError(f"stop sequences must be 1 to {MAX_STOP_LENGTH} characters")
+        return value
+
+    def system_text(self, keep_billing_line: bool) -> str:
+        if self.system is None:
+            return ""
+        texts = [self.system] if isinstance(self.system, str) else [b.text for b in self.system]
+        if not keep_billing_line:
+            texts = [BILLING_LINE.sub("", t, count=1) for t in texts]
+        return "\n\n".join(t for t in texts if t)
+
+    def to_task(self, *, keep_billing_line: bool = False, count_only: bool = False) -> tasks.ChatTask:
+        messages: list[tasks.Message] = []
+        system = self.system_text(keep_billing_line)
+        if system:
+            messages.append(tasks.Message("system", system))
+        names: dict[str, str] = {}
+        for message in self.messages:
+            _add_message(messages, message, names)
+        if not count_only and not any(m.role != "system" for m in messages):
+            raise BadRequest("messages: at least one message is required.", param="messages")
+        tools = []
+        for tool in self.tools or []:
+            if tool.type not in (None, "custom"):
+                raise BadRequest(f"tools of type {tool.type!r} (Anthropic's server tools) are not "
+                                 "supported by this server; send tools with name and input_schema.",
+                                 param="tools")
+            tools.append(tasks.Tool(tool.name, tool.description or "", tool.input_schema))
+        choice = "auto"
+        if self.tool_choice is not None:
+            kind = self.tool_choice.type
+            if kind == "tool":
+                if not self.tool_choice.name:
+                    raise BadRequest("tool_choice of type tool needs a name.", param="tool_choice")
+                choice = self.tool_choice.name
+            else:
+                choice = {"any": "required"}.get(kind, kind)
+        sampling = tasks.Sampling(max_tokens=self.max_tokens, temperature=self.temperature,
+                                  top_p=self.top_p, top_k=self.top_k, ignore_eos=self.ignore_eos)
+        options = tasks.GenerationOptions(sampling=sampling, stream=self.stream, timeout=self.timeout)
+        return tasks.ChatTask(self.model, messages, options, tools=tools, tool_choice=choice)
+
+
+def _add_message(messages: list[tasks.Message], message: InputMessage, names: dict[str, str]) -> None:
+    if isinstance(message.content, str):
+        messages.append(tasks.Message(message.role, message.content))
+        return
+    texts: list[str] = []
+    calls: list[tasks.ToolCall] = []
+    results: list[tasks.Message] = []
+    for block in message.content:
+        if isinstance(block, TextBlock):
+            texts.append(block.text)
+        elif isinstance(block, ToolUseBlock):
+            if message.role != "assistant":
+                raise BadRequest("tool_use blocks belong in assistant messages.", param="messages")
+            names[block.id] = block.name
+            calls.append(tasks.ToolCall(block.id, block.name, json.dumps(block.input, ensure_ascii=False)))
+        elif isinstance(block, ToolResultBlock):
+            if message.role != "user":
+                raise BadRequest("tool_result blocks belong in user messages.", param="messages")
+            text = block.text()
+            if block.is_error:
+                text = f"Error: {text}"
+            results.append(tasks.Message("tool", text, tool_call_id=block.tool_use_id,
+                                         name=names.get(block.tool_use_id)))
+        elif isinstance(block, ThinkingBlock):
+            continue
+        elif block.type in ("text", "tool_use", "tool_result"):
+            raise BadRequest(f"a {block.type} block is missing fields or has invalid ones.", param="messages")
+        else:
+            what = "images" if block.type == "image" else f"{block.type} blocks"
+            raise BadRequest(f"{what} are not supported by this server's models yet; send text.",
+                             param="messages")
+    messages.extend(results)  # a turn's tool results come first, then what the user adds
+    text = "".join(texts) if message.role == "assistant" else "\n\n".join(texts)
+    if text or calls or not results:
+        messages.append(tasks.Message(message.role, text, tool_calls=calls))

@@ -1,0 +1,3 @@
+from lokal.api.responses.routes import router
+
+__all__ = ["router"]

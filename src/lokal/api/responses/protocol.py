@@ -1,0 +1,251 @@
+"""OpenAI's Responses API request, and its translation into a chat task.
+
+lokal keeps no responses: `previous_response_id`, `conversation` and item
+references are refused with a 400 that says so (the client sends the whole
+conversation as input items instead, as Codex CLI does with `store: false`).
+Unknown fields are accepted and ignored; known ones are checked.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from lokal import tasks
+from lokal.api.openai.protocol import _Request
+from lokal.errors import BadRequest
+
+
+class InputText(_Request):
+    type: Literal["input_text", "output_text", "text", "summary_text", "reasoning_text"]
+    text: str
+
+
+class Refusal(_Request):
+    type: Literal["refusal"]
+    refusal: str = ""
+
+
+class OtherPart(_Request):
+    """Images, files, audio: refused until lokal serves vision."""
+
+    type: str
+
+
+class MessageItem(_Request):
+    type: Literal["message"] = "message"
+    role: Literal["user", "assistant", "system", "developer"]
+    content: str | list[InputText | Refusal | OtherPart]
+    id: str | None = None
+    status: str | None = None
+
+    @model_validator(mode="after")
+    def _text_only(self) -> MessageItem:
+        if isinstance(self.content, list):
+            for part in self.content:
+                if not isinstance(part, (InputText, Refusal)):
+                    raise ValueError(f"content parts of type {part.type!r} are not supported by this "
+                                     "server's models; send input_text parts")
+        return self
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text if isinstance(p, InputText) else p.refusal for p in self.content)
+
+
+class FunctionCallItem(_Request):
+    type: Literal["function_call"]
+    call_id: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+    arguments: str = ""
+    id: str | None = None
+    status: str | None = None
+
+
+class FunctionCallOutputItem(_Request):
+    type: Literal["function_call_output"]
+    call_id: str = Field(min_length=1)
+    output: str | list[InputText | OtherPart]
+    id: str | None = None
+    status: str | None = None
+
+    def text(self) -> str:
+        if isinstance(self.output, str):
+            return self.output
+        for part in self.output:
+            if not isinstance(part, InputText):
+                raise BadRequest(f"function_call_output parts of type {part.type!r} are not supported; "
+                                 "send text", param="input")
+        return "".join(p.text for p in self.output)  # type: ignore[union-attr]
+
+
+class ReasoningItem(_Request):
+    """A reasoning item from an earlier turn: not part of the prompt (as with OpenAI's
+    stateless use), accepted so clients can send their history back unchanged."""
+
+    type: Literal["reasoning"]
+
+
+class OtherItem(_Request):
+    type: str
+
+
+InputItem = MessageItem | FunctionCallItem | FunctionCallOutputItem | ReasoningItem | OtherItem
+
+
+class FunctionTool(_Request):
+    type: Literal["function"]
+    name: str = Field(min_length=1, max_length=256)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class OtherTool(_Request):
+    type: str
+
+
+class TextFormat(_Request):
+    type: Literal["text", "json_object", "json_schema"]
+    name: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    description: str | None = None
+    strict: bool | None = None
+
+    @model_validator(mode="after")
+    def _needs_schema(self) -> TextFormat:
+        if self.type == "json_schema" and self.schema_ is None:
+            raise ValueError("text.format of type json_schema needs a schema")
+        return self
+
+
+class TextOptions(_Request):
+    format: TextFormat | None = None
+    verbosity: str | None = None
+
+
+class ResponsesRequest(_Request):
+    model: str = Field(min_length=1, max_length=256)
+    input: str | list[InputItem] = Field(default="")
+    instructions: str | None = None
+    tools: list[FunctionTool | OtherTool] | None = Field(None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    max_output_tokens: int | None = Field(None, ge=1)
+    text: TextOptions | None = None
+    stream: bool = False
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
+    previous_response_id: str | None = None
+    conversation: str | dict[str, Any] | None = None
+    background: bool | None = None
+    reasoning: dict[str, Any] | None = None
+    truncation: str | None = None
+    user: str | None = None
+    include: list[str] | None = None
+    prompt_cache_key: str | None = None
+    # lokal and llama.cpp extras, as on chat completions
+    seed: int | None = None
+    top_k: int | None = Field(None, ge=0)
+    min_p: float | None = Field(None, ge=0, le=1)
+    stop: str | list[str] | None = None
+    timeout: float | None = Field(None, gt=0, le=86_400)
+    ignore_eos: bool | None = None
+
+    def to_task(self) -> tasks.ChatTask:
+        if self.previous_response_id is not None:
+            raise BadRequest("previous_response_id is not supported: this server keeps no responses "
+                             "(it is stateless). Send the whole conversation as input items, "
+                             "with store: false.", param="previous_response_id")
+        if self.conversation is not None:
+            raise BadRequest("conversation is not supported: this server keeps no conversations "
+                             "(it is stateless). Send the whole conversation as input items.",
+                             param="conversation")
+        if self.background:
+            raise BadRequest("background responses are not supported: this server keeps no "
+                             "responses; use stream: true for long generations.", param="background")
+        messages: list[tasks.Message] = []
+        if self.instructions:
+            messages.append(tasks.Message("system", self.instructions))
+        if isinstance(self.input, str):
+            if self.input:
+                messages.append(tasks.Message("user", self.input))
+        else:
+            names: dict[str, str] = {}
+            for item in self.input:
+                _add_item(messages, item, names)
+        if not any(m.role != "system" for m in messages):
+            raise BadRequest("input is empty: send a string or at least one input item.", param="input")
+        tools: list[tasks.Tool] = []
+        for tool in self.tools or []:
+            if not isinstance(tool, FunctionTool) and tool.type == "function":
+                raise BadRequest("a function tool needs a name (and may have description and "
+                                 "parameters).", param="tools")
+            if not isinstance(tool, FunctionTool):
+                raise BadRequest(f"tools of type {tool.type!r} are not supported by this server; "
+                                 "send function tools ({\"type\": \"function\", \"name\", \"parameters\"}).",
+                                 param="tools")
+            tools.append(tasks.Tool(tool.name, tool.description or "", tool.parameters))
+        choice, tools = _tool_choice(self.tool_choice, tools)
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        sampling = tasks.Sampling(max_tokens=self.max_output_tokens, temperature=self.temperature,
+                                  top_p=self.top_p, top_k=self.top_k, min_p=self.min_p, seed=self.seed,
+                                  stop=stop, ignore_eos=self.ignore_eos)
+        response_format = None
+        fmt = self.text.format if self.text is not None else None
+        if fmt is not None and fmt.type == "json_schema":
+            response_format = tasks.ResponseFormat("json_schema", fmt.schema_, fmt.name)
+        elif fmt is not None and fmt.type == "json_object":
+            response_format = tasks.ResponseFormat("json_object")
+        options = tasks.GenerationOptions(sampling=sampling, response_format=response_format,
+                                          stream=self.stream, timeout=self.timeout)
+        return tasks.ChatTask(self.model, messages, options, tools=tools, tool_choice=choice)
+
+
+def _add_item(messages: list[tasks.Message], item: Any, names: dict[str, str]) -> None:
+    if isinstance(item, MessageItem):
+        role = "system" if item.role == "developer" else item.role
+        messages.append(tasks.Message(role, item.text()))  # type: ignore[arg-type]
+    elif isinstance(item, FunctionCallItem):
+        names[item.call_id] = item.name
+        call = tasks.ToolCall(item.call_id, item.name, item.arguments)
+        last = messages[-1] if messages else None
+        if last is not None and last.role == "assistant" and last.tool_calls:
+            last.tool_calls.append(call)  # parallel calls: one assistant turn
+        else:
+            messages.append(tasks.Message("assistant", "", tool_calls=[call]))
+    elif isinstance(item, FunctionCallOutputItem):
+        messages.append(tasks.Message("tool", item.text(), tool_call_id=item.call_id,
+                                      name=names.get(item.call_id)))
+    elif isinstance(item, ReasoningItem):
+        return
+    elif item.type in ("message", "function_call", "function_call_output"):
+        raise BadRequest(f"an input item of type {item.type!r} is missing fields or has invalid ones "
+                         "(message: role and content; function_call: call_id, name, arguments; "
+                         "function_call_output: call_id and output).", param="input")
+    else:
+        hint = (" (this server is stateless: send the items themselves)" if item.type == "item_reference"
+                else "")
+        raise BadRequest(f"input items of type {item.type!r} are not supported{hint}.", param="input")
+
+
+def _tool_choice(choice: Any, tools: list[tasks.Tool]) -> tuple[str, list[tasks.Tool]]:
+    if choice is None:
+        return "auto", tools
+    if isinstance(choice, str):
+        return choice, tools
+    kind = choice.get("type")
+    if kind == "function" and isinstance(choice.get("name"), str):
+        return choice["name"], tools
+    if kind == "allowed_tools":
+        allowed = {t.get("name") for t in choice.get("tools") or [] if isinstance(t, dict)}
+        mode = choice.get("mode", "auto")
+        if mode not in ("auto", "required"):
+            raise BadRequest("tool_choice.mode must be auto or required", param="tool_choice")
+        return mode, [t for t in tools if t.name in allowed]
+    raise BadRequest("tool_choice must be none, auto, required, {\"type\": \"function\", \"name\": ...} "
+                     "or {\"type\": \"allowed_tools\", ...}", param="tool_choice")

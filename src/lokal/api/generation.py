@@ -74,6 +74,8 @@ class Run:
                 self.observation.chunk(_tokens(batch))
                 yield batch
             self.status = "ok"
+        except (asyncio.CancelledError, GeneratorExit):
+            raise  # the client went away (or the server stops) while a token was awaited: cancelled
         except BaseException:
             self.status = "error"
             raise

@@ -263,9 +263,25 @@ def test_an_error_is_shown_as_the_server_words_it(ui: UI) -> None:
 # Phone width ----------------------------------------------------------------------------
 
 
+SAMPLE_CHAT = {"id": "sample", "title": "Sort a list in Python", "updated": 0, "model": CHAT,
+               "system": "", "temperature": 0.7, "max_tokens": 512, "messages": [
+                   {"role": "user", "content": "How do I sort a list in Python?"},
+                   {"role": "assistant", "stats": "41 tokens · 30.2 tokens/s · first token after 0.12 s",
+                    "content": "Use **sorted()** for a new list, or `list.sort()` in place:\n\n"
+                               "```python\nnames = sorted(names, key=str.lower)\n```\n\n"
+                               "- `reverse=True` sorts descending\n- *key* picks what to compare"}]}
+
+
 def test_the_pages_fit_a_phone(phone: UI) -> None:
+    phone.open("chat").evaluate(  # type: ignore[attr-defined]
+        "chat => { localStorage.setItem('lokal.chats', JSON.stringify([chat]));"
+        " localStorage.setItem('lokal.currentChat', chat.id); }", SAMPLE_CHAT)
     for name in ("chat", "models", "playground"):
         page = phone.open(name)
+        if name == "chat":
+            page.reload()
+            page.wait_for_selector("body[data-ready=true]")
+            assert page.locator(".msg.assistant pre code").text_content() == "names = sorted(names, key=str.lower)"
         page.wait_for_load_state("networkidle")
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= 390, f"{name} is {width}px wide at a 390px viewport"

@@ -173,6 +173,7 @@ function showChat() {
   $("chat-system").value = chat.system ?? "";
   $("chat-temperature").value = chat.temperature ?? 0.7;
   $("chat-max-tokens").value = chat.max_tokens ?? 512;
+  $("chat-model-line").textContent = $("chat-model").value ? `Model: ${$("chat-model").value}` : "";
   renderChatList();
   $("chat-log").replaceChildren(...chat.messages.map(messageNode));
   say("chat-status", "");

@@ -31,6 +31,8 @@ CHAT = "smol"
 EMBED = "minilm"
 STT = "whisper-1"
 INSTALLED = "tiny-chat"
+SLOW = "slow-chat"
+BAD = "bad-chat"
 FOX_WAV = Path(__file__).resolve().parent.parent / "fixtures" / "quick-brown-fox.wav"
 
 
@@ -65,11 +67,18 @@ def gallery() -> Iterator[Fixture]:
     fx = Fixture()
     data = smollm_gguf().read_bytes()
     url = fx.add(f"/files/{INSTALLED}.gguf", data, rate=25_000_000)
-    fx.add("/index.yaml", yaml.safe_dump([{
-        "name": INSTALLED, "description": "SmolLM2 135M from a loopback gallery",
-        "tags": ["tiny", "chat"],
-        "config_file": {"context_size": 512, "parameters": {"model": f"{INSTALLED}.gguf"}},
-        "files": [{"filename": f"{INSTALLED}.gguf", "uri": url, "sha256": sha(data)}]}]).encode())
+    slow = fx.add(f"/files/{SLOW}.gguf", data, rate=2_000_000)
+    bad = fx.add(f"/files/{BAD}.gguf", data)
+
+    def entry(name: str, uri: str, digest: str, description: str) -> dict:
+        return {"name": name, "description": description, "tags": ["tiny", "chat"],
+                "config_file": {"context_size": 512, "parameters": {"model": f"{name}.gguf"}},
+                "files": [{"filename": f"{name}.gguf", "uri": uri, "sha256": digest}]}
+
+    fx.add("/index.yaml", yaml.safe_dump([
+        entry(INSTALLED, url, sha(data), "SmolLM2 135M from a loopback gallery"),
+        entry(SLOW, slow, sha(data), "the same, served slowly (to cancel)"),
+        entry(BAD, bad, "0" * 64, "the same with a wrong checksum")]).encode())
     yield fx
     fx.close()
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.conftest import LokalServer
-from tests.ui.conftest import CHAT, EMBED, FOX_WAV, INSTALLED, STT, UI, Watch, screenshot
+from tests.ui.conftest import BAD, CHAT, EMBED, FOX_WAV, INSTALLED, SLOW, STT, UI, Watch, screenshot
 
 pytestmark = pytest.mark.slow
 
@@ -221,6 +221,26 @@ def test_install_from_the_gallery_shows_progress_and_ends_in_the_picker(ui: UI) 
     page.locator(f'tr[data-model="{INSTALLED}"]').get_by_role("button", name=f"Remove {INSTALLED}").click()
     page.locator(f'tr[data-model="{INSTALLED}"]').wait_for(state="detached")
     assert not (ui.server.models / f"{INSTALLED}.gguf").exists()
+
+
+def test_an_install_can_be_cancelled_and_a_failed_one_says_why(ui: UI) -> None:
+    page = ui.open("models")
+    page.get_by_role("button", name=f"Install {SLOW}").click()
+    job = page.locator(".job", has_text=SLOW)
+    page.wait_for_function("() => [...document.querySelectorAll('.job')].some(j =>"
+                           f" j.textContent.includes('{SLOW}') && j.querySelector('progress').value > 0)")
+    job.get_by_role("button", name=f"Cancel install of {SLOW}").click()
+    job.locator("[role=status]", has_text="Cancelled").wait_for()
+    page.get_by_role("button", name=f"Install {BAD}").click()
+    failed = page.locator(".job", has_text=BAD).locator(".error")
+    failed.wait_for(timeout=120_000)
+    assert "sha256" in (failed.text_content() or "").lower() or "checksum" in (failed.text_content() or "").lower(), \
+        failed.text_content()
+    models = httpx.get(f"{ui.server.base}/lokal/models", timeout=10).json()["data"]
+    assert not {SLOW, BAD} & {m["name"] for m in models}
+    # Nothing visible is left (a cancelled download stays hidden, to be resumed).
+    assert not [p.name for p in ui.server.models.iterdir()
+                if (SLOW in p.name or BAD in p.name) and not p.name.startswith(".")]
 
 
 # Playground --------------------------------------------------------------------------

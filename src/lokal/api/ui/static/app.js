@@ -455,7 +455,7 @@ async function install(id, name) {
           status.textContent = `Failed: ${job.error}`;
           status.className = "error small";
         } else if (job.cancelled) {
-          status.textContent = "Cancelled.";
+          status.textContent = `Cancelled${job.message ? `: ${job.message}` : "."}`;
         } else {
           bar.value = 100;
           status.textContent = `Installed ${job.name || name}.`;

@@ -15,6 +15,7 @@ from lokal import __version__
 from lokal.api.admin import log_admin_posture
 from lokal.api.errors import install_handlers
 from lokal.api.localai import models as localai_models
+from lokal.api.lokal import routes as lokal_routes
 from lokal.api.middleware import (AuthMiddleware, BodyLimitMiddleware, DecompressMiddleware,
                                   NormalizeMiddleware)
 from lokal.api.observability import ObservabilityMiddleware
@@ -25,6 +26,8 @@ from lokal.api import anthropic, responses
 from lokal.api.openai import audio, embeddings, rerank
 from lokal.api.openai import routes as openai
 from lokal.api.routes import health, metrics
+from lokal.api.ui import routes as ui
+from lokal.api.ui.redirect import BrowserRedirectMiddleware
 from lokal.install.manager import InstallManager
 from lokal.metrics import Metrics
 from lokal.models.registry import ModelRegistry
@@ -83,12 +86,14 @@ def create_app(settings: Settings, registry: ModelRegistry) -> FastAPI:
     app.include_router(responses.router, include_in_schema=False)
     app.include_router(anthropic.router, prefix="/v1", tags=["Anthropic Messages"])
     app.include_router(anthropic.router, include_in_schema=False)
+    app.include_router(lokal_routes.router)
+    app.include_router(ui.router)
 
     # Added innermost first: requests meet Normalize, Observability, CORS, Auth, BodyLimit,
     # Decompress in that order (answers of Auth and BodyLimit get request ids and are counted).
     app.add_middleware(DecompressMiddleware, limit_bytes=settings.upload_limit_bytes)
     app.add_middleware(BodyLimitMiddleware, limit_bytes=settings.upload_limit_bytes)
-    open_paths = OPEN_PATHS + (("/metrics",) if settings.metrics_open else ())
+    open_paths = OPEN_PATHS + ui.OPEN_PATHS + (("/metrics",) if settings.metrics_open else ())
     keys = settings.api_keys + settings.admin_keys if settings.api_keys else []  # admin key works too
     app.add_middleware(AuthMiddleware, keys=keys, open_paths=open_paths)
     if settings.cors:
@@ -96,6 +101,7 @@ def create_app(settings: Settings, registry: ModelRegistry) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"],
                            allow_headers=["*"], allow_credentials=origins != ["*"],
                            expose_headers=["X-Request-ID"])
+    app.add_middleware(BrowserRedirectMiddleware)  # outside auth: browsers at / go to /ui/
     routes = [getattr(r, "path", "") for router in (app.router, health.router, metrics.router,
               openai.router, embeddings.router, audio.router, rerank.router) for r in router.routes]
     app.add_middleware(ObservabilityMiddleware, metrics=app.state.metrics,

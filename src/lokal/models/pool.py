@@ -173,6 +173,11 @@ class Pool:
     def is_loaded(self, name: str, instance: str | None = None) -> bool:
         return any(k[0] == name and instance in (None, k[1]) for k in self._loaded)
 
+    def is_loading(self, name: str) -> bool:
+        """Whether an instance of the model is being loaded now."""
+        return any(k[0] == name and lock.locked() and k not in self._loaded
+                   for k, lock in self._locks.items())
+
     @contextlib.asynccontextmanager
     async def lease(self, entry: ModelEntry, plan: LoadPlan) -> AsyncIterator[Lease]:
         """The planned instance of entry, loaded, held for the block."""

@@ -1,0 +1,124 @@
+"""lokal's own model routes: every catalog entry with its state, and load/unload.
+
+`GET /lokal/models` lists every configured model (broken ones too, with the reason):
+state (`loaded`, `loading`, `idle` or `broken`), its loaded instances, tasks, engine
+file name and size, and the context size a load would use. Any client the auth
+middleware lets through may read it (as `/v1/models`).
+
+`POST /lokal/models/{name}/load` loads a model for its main task (what a preload
+would load) and answers when it is ready; `POST /lokal/models/{name}/unload` unloads
+every instance of it once its requests are done. Both manage the server and are admin
+routes (`lokal.api.admin.require_admin`). Errors are in OpenAI's envelope.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+
+from lokal.api.admin import require_admin
+from lokal.api.observability import register_family
+from lokal.models.config import ModelEntry
+from lokal.models.planner import main_task, plan_load
+from lokal.models.registry import ModelRegistry
+
+router = APIRouter(prefix="/lokal", tags=["lokal"])
+register_family("/lokal", "lokal")
+
+
+def _registry(request: Request) -> ModelRegistry:
+    return request.app.state.registry
+
+
+def _bytes(path: Path | None) -> int | None:
+    """Bytes of a model file or folder (None when it is not there)."""
+    if path is None:
+        return None
+    try:
+        if path.is_dir():
+            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
+def _context(registry: ModelRegistry, entry: ModelEntry) -> tuple[int | None, int | None]:
+    """(the context a load would use, the context the model was trained on), GGUF only."""
+    if not entry.ok or entry.file is None or entry.file.gguf is None or not entry.tasks:
+        return None, None
+    trained = entry.file.gguf.context_length
+    try:
+        planned = plan_load(entry, main_task(entry), registry.defaults).options.context_size
+    except Exception:  # noqa: BLE001 - a model that cannot plan shows no context; its load says why
+        planned = None
+    return planned, trained
+
+
+def describe(registry: ModelRegistry, entry: ModelEntry, size: int | None) -> dict[str, Any]:
+    pool = registry.pool
+    instances = [{"purpose": purpose, "engine": inst.engine, "in_use": inst.in_use,
+                  "memory_bytes": inst.size}
+                 for (name, purpose), inst in pool.loaded().items() if name == entry.name]
+    if not entry.ok:
+        state = "broken"
+    elif instances:
+        state = "loaded"
+    elif pool.is_loading(entry.name):
+        state = "loading"
+    else:
+        state = "idle"
+    context, trained = _context(registry, entry)
+    config = entry.config
+    return {
+        "name": entry.name,
+        "state": state,
+        "error": entry.error,
+        "tasks": sorted(entry.tasks),
+        "kind": entry.file.kind if entry.file is not None else None,
+        "backend": config.backend if config is not None else None,
+        "file": entry.model_path.name if entry.model_path is not None else None,
+        "size_bytes": size,
+        "context_size": context,
+        "trained_context": trained,
+        "instances": instances,
+        "pending_downloads": [d.path.name for d in entry.pending_downloads],
+    }
+
+
+@router.get("/models", summary="Every configured model with its state")
+async def models(request: Request) -> dict[str, Any]:
+    registry = _registry(request)
+    entries = sorted(registry.entries, key=lambda e: e.name)
+    sizes = await asyncio.to_thread(lambda: [_bytes(e.model_path) for e in entries])
+    return {"object": "list", "data": [describe(registry, e, s) for e, s in zip(entries, sizes)]}
+
+
+@router.get("/models/{name:path}/state", summary="One model with its state")
+async def model(name: str, request: Request) -> dict[str, Any]:
+    registry = _registry(request)
+    entry = registry.entry(name)  # unknown: 404
+    return describe(registry, entry, await asyncio.to_thread(_bytes, entry.model_path))
+
+
+@router.post("/models/{name:path}/load", dependencies=[Depends(require_admin)],
+             summary="Load a model for its main task")
+async def load(name: str, request: Request) -> dict[str, Any]:
+    registry = _registry(request)
+    entry = registry.entry(name)  # unknown: 404; broken: the lease says why (503)
+    async with registry.lease(name, main_task(entry)):
+        pass
+    return describe(registry, registry.entry(name), await asyncio.to_thread(_bytes, entry.model_path))
+
+
+@router.post("/models/{name:path}/unload", dependencies=[Depends(require_admin)],
+             summary="Unload a model once its requests are done")
+async def unload(name: str, request: Request) -> dict[str, Any]:
+    registry = _registry(request)
+    was_loaded = await registry.unload(name)  # unknown: 404
+    entry = registry.entry(name)
+    out = describe(registry, entry, await asyncio.to_thread(_bytes, entry.model_path))
+    out["unloaded"] = was_loaded
+    return out

@@ -41,6 +41,7 @@ class LoadOptions:
     rerank: bool = False  # a cross-encoder scoring (query, document) pairs
     prompt_cache_mb: int = 0  # host memory for saved prompt states (0: none beyond the slots)
     gguf: GGUFInfo | None = None  # the header the catalog read, so engines need not read it again
+    mmproj_path: Path | None = None  # a multimodal projector: the model takes images
 
 
 @dataclass

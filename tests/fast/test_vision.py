@@ -242,3 +242,71 @@ def test_small_context_is_raised_or_refused(fake_server: Any, tmp_path: Path) ->
     with server.client() as http:
         r = http.post("/v1/chat/completions", json=ask())
         assert r.status_code >= 400 and "at least 2048" in r.text
+
+
+@pytest.fixture
+def image_host() -> Any:
+    """A loopback HTTP server with a few images and a redirect."""
+    import http.server
+    import threading
+
+    files = {"/cat.png": png(4, 4, (9, 9, 9)), "/big.png": png(300, 300) + b"\x00" * 4000}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            if self.path == "/elsewhere":
+                self.send_response(302)
+                self.send_header("Location", "http://127.0.0.2:9/cat.png")
+                self.end_headers()
+                return
+            data = files.get(self.path)
+            if data is None:
+                self.send_response(404)
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    server.files = files  # type: ignore[attr-defined]
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_remote_images_only_when_allowed(vision_server: Any, image_host: Any) -> None:
+    host = f"127.0.0.1:{image_host.server_address[1]}"
+    url = f"http://{host}/cat.png"
+    off = vision_server()
+    with off.client() as http:
+        error = _error(http.post("/v1/chat/completions", json=ask(image_part(url))))
+        assert "ALLOW_REMOTE_IMAGES is off" in error["message"]
+    assert not off.calls
+
+    # Allowed, but loopback is still off limits unless the host is named.
+    unnamed = vision_server(allow_remote_images=True)
+    with unnamed.client() as http:
+        error = _error(http.post("/v1/chat/completions", json=ask(image_part(url))))
+        assert "loopback" in error["message"] and "ALLOWED_DOWNLOAD_HOSTS" in error["message"]
+
+    on = vision_server(allow_remote_images=True, allowed_download_hosts=host, max_image_size="2K")
+    with on.client() as http:
+        r = http.post("/v1/chat/completions", json=ask(image_part(url)))
+        assert r.status_code == 200, r.text
+        sent = on.last.body["messages"][-1]["content"][0]["image_url"]["url"]
+        assert base64.b64decode(sent.split(",", 1)[1]) == image_host.files["/cat.png"]
+        for path, words in (("/big.png", "limit"), ("/missing.png", "HTTP 404"),
+                            ("/elsewhere", "127.0.0.2")):  # a redirect to an unnamed loopback host
+            error = _error(http.post("/v1/chat/completions",
+                                     json=ask(image_part(f"http://{host}{path}"))))
+            assert words in error["message"], (path, error)
+            assert error["param"] == "messages"
+    assert len(on.calls) == 1

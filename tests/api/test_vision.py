@@ -109,7 +109,7 @@ def test_bad_images_are_400_and_the_server_keeps_serving(client: openai.OpenAI) 
         with pytest.raises(openai.BadRequestError) as caught:
             ask(client, url)
         assert words in caught.value.message
-        assert caught.value.body["param"] == "messages"
+        assert caught.value.body["param"] == "messages.0.content.1"
     assert ask(client, image("red")).choices[0].message.content
 
 

@@ -294,7 +294,8 @@ class ChatCompletionRequest(_SamplingRequest):
         task = self.to_task()
         for i, (wire, message) in enumerate(zip(self.messages, task.messages, strict=True)):
             for j, url in wire.image_urls():
-                message.images.append(await loader.load(url, where=f"messages[{i}].content[{j}]"))
+                where = f"messages.{i}.content.{j}"
+                message.images.append(await loader.load(url, where=where, param=where))
         return task
 
 

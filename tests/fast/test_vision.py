@@ -310,3 +310,15 @@ def test_remote_images_only_when_allowed(vision_server: Any, image_host: Any) ->
             assert words in error["message"], (path, error)
             assert error["param"] == "messages.0.content.1"
     assert len(on.calls) == 1
+
+
+def test_a_wrong_loose_pairing_leaves_the_model_a_text_model(fake_server: Any, tmp_path: Path) -> None:
+    folder = tmp_path / "models-0"
+    write_gguf(folder / "wide.gguf", extra={"llama.embedding_length": 64})
+    write_projector(folder / "mmproj-wide.gguf", projection_dim=576)
+    server = fake_server()
+    entry = server.registry.entry("wide.gguf")
+    assert entry.ok and not entry.vision and entry.mmproj_path is None
+    with server.client() as http:
+        error = _error(http.post("/v1/chat/completions", json=ask(image_part(data_uri(png())), model="wide.gguf")))
+        assert "'wide.gguf' does not take images" in error["message"]

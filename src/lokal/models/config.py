@@ -513,13 +513,18 @@ def describe(entry: ModelEntry) -> None:
     embeddings = entry.config.embeddings if entry.config is not None else False
     entry.tasks, entry.rerank_by = abilities(entry.file, embeddings)
     if entry.mmproj_path is not None and entry.mmproj_path.exists():
-        if entry.file.gguf is None or "chat" not in entry.tasks:
-            entry.error = f"mmproj is set but {entry.model_path.name} is not a GGUF chat model"
-            return
+        configured = entry.config is not None and entry.config.mmproj is not None
         try:
+            if entry.file.gguf is None or "chat" not in entry.tasks:
+                raise ConfigError(f"mmproj is set but {entry.model_path.name} is not a GGUF chat model")
             describe_projector(entry.mmproj_path, entry.file.gguf)
         except ConfigError as exc:
-            entry.error = str(exc)
+            if configured:  # the config asked for it: the model cannot be served as configured
+                entry.error = str(exc)
+                return
+            # A loose projector paired by its name: the pairing was wrong, the model is fine.
+            log.warning("model %s: not pairing %s with it: %s", entry.name, entry.mmproj_path.name, exc)
+            entry.mmproj_path = None
             return
         entry.vision = True
 

@@ -249,11 +249,14 @@ def image_host() -> Any:
     """A loopback HTTP server with a few images and a redirect."""
     import http.server
     import threading
+    import time
 
     files = {"/cat.png": png(4, 4, (9, 9, 9)), "/big.png": png(300, 300) + b"\x00" * 4000}
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            if self.path == "/slow":
+                time.sleep(2)
             if self.path == "/elsewhere":
                 self.send_response(302)
                 self.send_header("Location", "http://127.0.0.2:9/cat.png")
@@ -322,3 +325,12 @@ def test_a_wrong_loose_pairing_leaves_the_model_a_text_model(fake_server: Any, t
     with server.client() as http:
         error = _error(http.post("/v1/chat/completions", json=ask(image_part(data_uri(png())), model="wide.gguf")))
         assert "'wide.gguf' does not take images" in error["message"]
+
+
+def test_a_slow_image_host_is_cut_off(vision_server: Any, image_host: Any) -> None:
+    host = f"127.0.0.1:{image_host.server_address[1]}"
+    server = vision_server(allow_remote_images=True, allowed_download_hosts=host, image_fetch_timeout=0.5)
+    with server.client() as http:
+        error = _error(http.post("/v1/chat/completions", json=ask(image_part(f"http://{host}/slow"))))
+        assert "0.5s" in error["message"] and "IMAGE_FETCH_TIMEOUT" in error["message"]
+    assert not server.calls

@@ -240,8 +240,11 @@ class ImageLoader:
                              "(data:image/png;base64,...)", param=param)
         if urlsplit(url).scheme.lower() not in ("http", "https"):
             raise ImageError(f"{where}: only http(s) image URLs are fetched", param=param)
-        policy = dataclasses.replace(self.policy, connect_timeout=limits.fetch_timeout,
-                                     stall_timeout=limits.fetch_timeout, hf_token=None,
+        # The whole fetch is bounded by wait_for; the socket timeouts, a little longer, only
+        # end the worker thread afterwards (so the client always hears the same reason).
+        socket_timeout = limits.fetch_timeout + 1
+        policy = dataclasses.replace(self.policy, connect_timeout=socket_timeout,
+                                     stall_timeout=socket_timeout, hf_token=None,
                                      max_bytes=limits.max_bytes)
         try:
             data = await asyncio.wait_for(

@@ -200,6 +200,20 @@ class Settings(BaseSettings):
         15, ge=1, validation_alias=_env("UPLOAD_LIMIT"),
         description="Largest request body in MB; larger ones get 413.",
     )
+    # Images (vision models) ----------------------------------------------
+    max_image_size: str = Field(
+        "20M", validation_alias=_env("MAX_IMAGE_SIZE"),
+        description="Largest image a request may carry, decoded (bytes, or e.g. 512K, 20M).",
+    )
+    allow_remote_images: bool = Field(
+        False, validation_alias=_env("ALLOW_REMOTE_IMAGES"),
+        description="Fetch http(s) image URLs in requests (off: only data: URIs; fetches follow "
+        "the ALLOWED_DOWNLOAD_HOSTS rules).",
+    )
+    image_fetch_timeout: float = Field(
+        10, gt=0, le=600, validation_alias=_env("IMAGE_FETCH_TIMEOUT"),
+        description="Seconds a remote image fetch may take.",
+    )
     # Model management (installs, deletes) -------------------------------
     galleries: str | None = Field(
         None, validation_alias=_env("GALLERIES"),
@@ -286,6 +300,13 @@ class Settings(BaseSettings):
                                                   for k, v in value.items()):
             raise ValueError('MODEL_ALIASES must map names to names, e.g. {"claude-*": "my-model"}')
         return value
+
+    @field_validator("max_image_size")
+    @classmethod
+    def _image_size(cls, value: str) -> str:
+        if not parse_size(value):
+            raise ValueError("MAX_IMAGE_SIZE must be more than 0 (e.g. 20M)")
+        return str(value).strip()
 
     @field_validator("log_level")
     @classmethod
@@ -376,6 +397,10 @@ class Settings(BaseSettings):
     @property
     def download_hosts(self) -> list[str]:
         return [h.lower() for h in split_list(self.allowed_download_hosts)]
+
+    @property
+    def max_image_bytes(self) -> int:
+        return parse_size(self.max_image_size) or 0
 
     @property
     def max_download_bytes(self) -> int | None:

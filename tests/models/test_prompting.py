@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lokal.api.openai.protocol import (ChatCompletionRequest, CompletionRequest, ImagePart, TextPart,
+from lokal.api.openai.protocol import (ChatCompletionRequest, CompletionRequest, ImageURLPart, TextPart,
                                        ToolResultPart, _text)
 from lokal.models import prompting
 from lokal.models.config import ModelEntry, read_config_file
@@ -207,7 +207,7 @@ def test_list_content_becomes_text_for_the_engine(tmp_path: Path) -> None:
 def test_content_text() -> None:
     assert _text(None) == ""
     assert _text("plain") == "plain"
-    assert _text([TextPart(type="text", text="a"), ImagePart(type="image_url"),
+    assert _text([TextPart(type="text", text="a"), ImageURLPart(type="image_url", image_url="data:,"),
                   TextPart(type="text", text="b")]) == "ab"
     assert _text([ToolResultPart(type="tool_result", content=[TextPart(type="text", text="r")]),
                   TextPart(type="text", text="")]) == "r"

@@ -44,6 +44,7 @@ class LoadOptions:
     #: speculative decoding: {"type": mode, ...parameters} (None: off) and the draft model's file
     speculative: dict[str, Any] | None = None
     draft_path: Path | None = None
+    mmproj_path: Path | None = None  # a multimodal projector: the model takes images
 
 
 @dataclass

@@ -82,6 +82,8 @@ class LlamaCppBackend(Backend):
         xllamacpp = _import_engine()
         params = xllamacpp.CommonParams()
         params.model.path = str(options.model_path)
+        if options.mmproj_path is not None:
+            params.mmproj.path = str(options.mmproj_path)
         params.n_parallel = options.parallel
         if options.embeddings:
             # No KV cache to speak of: one pool, each input up to the window.
@@ -142,8 +144,9 @@ class LlamaCppBackend(Backend):
                 threading.Event().wait(0.05)
                 reason = _load_failure(capture.since(mark), str(options.model_path.parent)) or str(exc)
                 raise ModelLoadError(f"{options.model_path.name} failed to load: {reason}") from exc
-        log.info("loaded %s (%s, context %d, %d slots, %d threads)", options.model_path.name,
-                 info.architecture, options.context_size, options.parallel, options.threads)
+        log.info("loaded %s (%s, context %d, %d slots, %d threads%s)", options.model_path.name,
+                 info.architecture, options.context_size, options.parallel, options.threads,
+                 f", images via {options.mmproj_path.name}" if options.mmproj_path else "")
 
     def _stream(self, handler: Any, body: dict[str, Any], sink: ChunkSink) -> None:
         error: dict[str, Any] | None = None

@@ -94,7 +94,10 @@ class Catalog:
         the request's error and the next request tries again."""
         if entry.error is not None:
             raise ModelUnavailableError(entry.name, entry.error)
-        if not entry.pending_downloads and not entry.templates_pending and entry.file is not None:
+        # A projector fetched with the model's downloads is described once it is in.
+        projector_pending = entry.mmproj_path is not None and not entry.vision
+        if not entry.pending_downloads and not entry.templates_pending and entry.file is not None \
+                and not projector_pending:
             return
         for item in entry.pending_downloads:
             # One lock per file: models sharing a file fetch it once too.
@@ -113,7 +116,7 @@ class Catalog:
                 except ConfigError as exc:
                     raise ModelUnavailableError(entry.name, str(exc)) from exc
                 entry.templates_pending = False
-            if entry.file is None:
+            if entry.file is None or (entry.mmproj_path is not None and not entry.vision):
                 await asyncio.to_thread(describe, entry)
         if entry.error is not None:
             raise ModelUnavailableError(entry.name, entry.error)

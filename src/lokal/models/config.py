@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lokal import templates
-from lokal.formats.modelfile import ModelFile, ModelFileError, inspect, is_cross_encoder
+from lokal.formats.modelfile import GGUFInfo, ModelFile, ModelFileError, inspect, is_cross_encoder, read_gguf
 from lokal.models import download
 
 log = logging.getLogger("lokal.models")
@@ -146,6 +146,8 @@ class ModelConfig(BaseModel):
     # LocalAI: files fetched into the models folder when the model is first used.
     download_files: list[DownloadFile] = Field(default_factory=list)
     embeddings: bool = False
+    # LocalAI: the multimodal projector (llama.cpp's mmproj GGUF) that lets the model see images.
+    mmproj: str | None = None
     # Embeddings: cut inputs longer than the model's window (false: refuse them with a 400).
     truncate: bool = True
     # Embeddings: token-id inputs are OpenAI cl100k_base ids (what OpenAI clients and
@@ -241,6 +243,10 @@ class ModelEntry:
     rerank_by: str | None = None  # "cross-encoder", or "cosine" of embeddings
     draft_path: Path | None = None  # a draft model for speculative decoding, in the folder
     draft_file: ModelFile | None = None
+    # Vision: the projector file (config `mmproj:`, or a loose mmproj*.gguf paired by name)
+    # and, once described, whether it lets the model take images.
+    mmproj_path: Path | None = None
+    vision: bool = False
 
     @property
     def pending_downloads(self) -> list[download.Download]:
@@ -352,6 +358,11 @@ def _entry_from_config(models_path: Path, config: ModelConfig, source: Path) -> 
         elif config.draft_model:
             raise ConfigError(f"draft_model is set but speculative.type is {speculation['type']!r} "
                               "(use type draft, or drop draft_model)")  # type: ignore[index]
+        if config.mmproj is not None:
+            entry.mmproj_path = confine(models_path, config.mmproj, what="mmproj file")
+            fetched = any(d.path == entry.mmproj_path for d in entry.downloads)
+            if not entry.mmproj_path.is_file() and not fetched:
+                raise ConfigError(f"mmproj file {config.mmproj!r} does not exist in the models folder")
         waiting = {d.path for d in entry.downloads if not d.path.exists()}
         if waiting & {_template_file(models_path, value) for value in (
                 config.template.chat, config.template.chat_message, config.template.completion)}:
@@ -425,23 +436,97 @@ def scan_models(models_path: Path, config_file: Path | None = None) -> list[Mode
             entries.append(ModelEntry(name=config_file.stem, source=config_file,
                                       error=f"config file {config_file} does not exist"))
     referenced = {e.model_path for e in entries if e.model_path is not None}
+    referenced |= {e.mmproj_path for e in entries if e.mmproj_path is not None}
     if models_path.is_dir():
         root = models_path.resolve()
+        loose: list[ModelEntry] = []
+        projectors: list[Path] = []
         for path in sorted(models_path.iterdir()):
             if path.suffix.lower() not in MODEL_SUFFIXES or not path.is_file():
                 continue
             resolved = path.resolve()
             if resolved in referenced:
                 continue
+            if is_projector_name(path.name):
+                if root in resolved.parents:
+                    projectors.append(resolved)  # a projector, never a model of its own
+                continue
             entry = ModelEntry(name=path.name, source=path, config=ModelConfig(name=path.name),
                                model_path=resolved)
             if root not in resolved.parents:
                 entry.error = f"{path.name} points outside the models folder (symlink?)"
-            entries.append(entry)
+            loose.append(entry)
+        pair_projectors(loose, projectors)
+        entries.extend(loose)
     entries = _dedupe(entries)
     for entry in entries:
         describe(entry)
     return entries
+
+
+def is_projector_name(name: str) -> bool:
+    """A loose GGUF that is a multimodal projector by its name (llama.cpp's `mmproj-*.gguf`,
+    also `*-mmproj-*.gguf` and `*.mmproj.gguf`)."""
+    lower = name.lower()
+    return lower.endswith(".gguf") and "mmproj" in lower
+
+
+# Tags a GGUF file name ends with that say how it was quantized, not what model it is.
+_QUANT_TAG = re.compile(r"([-_.](?:i?q\d[a-z0-9_]*|f16|f32|bf16|fp16|fp32|model))+$", re.IGNORECASE)
+
+
+def _base_name(stem: str) -> str:
+    stem = re.sub(r"(?i)^mmproj[-_.]?|[-_.]?mmproj$", "", stem)
+    stem = re.sub(r"(?i)[-_.]mmproj[-_.]", "-", stem)
+    return _QUANT_TAG.sub("", stem).lower()
+
+
+def pair_projectors(models: list[ModelEntry], projectors: list[Path]) -> None:
+    """Give loose model files their loose projectors, as llama-server pairs a folder's files:
+    `mmproj-NAME.gguf` (any quantization tag on either side) goes with `NAME*.gguf`; a folder
+    with one loose model and one projector pairs them. Anything else is left unpaired and
+    logged, never guessed."""
+    if not projectors:
+        return
+    unpaired = list(projectors)
+    for entry in models:
+        assert entry.model_path is not None
+        base = _base_name(entry.model_path.stem)
+        exact = [p for p in unpaired if p.stem.lower() in (f"mmproj-{entry.model_path.stem.lower()}",
+                                                           f"{entry.model_path.stem.lower()}.mmproj")]
+        named = exact or [p for p in unpaired if _base_name(p.stem) == base]
+        if len(named) == 1:
+            entry.mmproj_path = named[0]
+            unpaired.remove(named[0])
+        elif len(named) > 1:
+            log.error("model %s: several projectors match it (%s); name one in a YAML config "
+                      "(mmproj: FILE)", entry.name, ", ".join(p.name for p in named))
+    waiting = [e for e in models if e.mmproj_path is None]
+    if len(unpaired) == 1 and len(models) == 1 and waiting:
+        waiting[0].mmproj_path = unpaired.pop()
+    for path in unpaired:
+        log.warning("projector %s pairs with no model file: name it mmproj-MODEL.gguf beside "
+                    "MODEL.gguf, or set `mmproj: %s` in the model's YAML config", path.name, path.name)
+
+
+def describe_projector(path: Path, model: GGUFInfo | None) -> GGUFInfo:
+    """The projector's header, checked against the model; ConfigError says what is wrong."""
+    try:
+        info = read_gguf(path)
+    except ModelFileError as exc:
+        raise ConfigError(f"mmproj file: {exc}") from exc
+    if info.architecture != "clip" and info.metadata.get("general.type") != "mmproj":
+        raise ConfigError(f"mmproj file {path.name} is not a multimodal projector "
+                          f"(its architecture is {info.architecture or 'unknown'!r}, not 'clip')")
+    if not info.metadata.get("clip.has_vision_encoder"):
+        raise ConfigError(f"mmproj file {path.name} has no vision encoder (lokal serves image "
+                          "input only)")
+    projected = info.metadata.get("clip.vision.projection_dim")
+    width = model.arch_value("embedding_length") if model is not None else None
+    if isinstance(projected, int) and isinstance(width, int) and projected != width:
+        raise ConfigError(f"mmproj file {path.name} projects images to {projected} dimensions but "
+                          f"the model's embeddings have {width}: it belongs to another model")
+    return info
 
 
 def abilities(model_file: ModelFile, embeddings: bool) -> tuple[frozenset[str], str | None]:
@@ -480,6 +565,21 @@ def describe(entry: ModelEntry) -> None:
             entry.draft_file = inspect(entry.draft_path)
         except (ModelFileError, OSError) as exc:
             entry.error = f"draft model: {exc}"
+    if entry.mmproj_path is not None and entry.mmproj_path.exists():
+        configured = entry.config is not None and entry.config.mmproj is not None
+        try:
+            if entry.file.gguf is None or "chat" not in entry.tasks:
+                raise ConfigError(f"mmproj is set but {entry.model_path.name} is not a GGUF chat model")
+            describe_projector(entry.mmproj_path, entry.file.gguf)
+        except ConfigError as exc:
+            if configured:  # the config asked for it: the model cannot be served as configured
+                entry.error = str(exc)
+                return
+            # A loose projector paired by its name: the pairing was wrong, the model is fine.
+            log.warning("model %s: not pairing %s with it: %s", entry.name, entry.mmproj_path.name, exc)
+            entry.mmproj_path = None
+            return
+        entry.vision = True
 
 
 def _dedupe(entries: list[ModelEntry]) -> list[ModelEntry]:

@@ -82,10 +82,10 @@ def prompt_messages(messages: list[Message], plan: FunctionPlan | None) -> list[
             except ValueError:
                 arguments = call.arguments
             out.append(Message("assistant", json.dumps({"function": call.name, "arguments": arguments},
-                                                       ensure_ascii=False)))
+                                                       ensure_ascii=False), images=message.images))
         elif message.role == "tool":
             name = message.name or message.tool_call_id or "function"
-            out.append(Message("user", f"Result of {name}: {message.text}"))
+            out.append(Message("user", f"Result of {name}: {message.text}", images=message.images))
         else:
             out.append(message)
     if plan is not None:

@@ -19,6 +19,8 @@ from lokal.models.config import ModelEntry
 log = logging.getLogger(__name__)
 
 DEFAULT_CONTEXT = 4096
+#: llama.cpp's multimodal path needs at least this much context per slot.
+VISION_MIN_CONTEXT = 2048
 
 _FILE_ENGINES = {"gguf": "llama-cpp", "hf": "sentence-transformers", "whisper-ct2": "whisper"}
 _WRONG_ENGINE = {
@@ -89,6 +91,16 @@ def plan_load(entry: ModelEntry, task: str, defaults: EngineDefaults) -> LoadPla
     context = config.context_size or defaults.context_size
     if context is None:
         context = min(trained or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
+    vision = entry.vision and instance == "generate"
+    if vision and context < VISION_MIN_CONTEXT:
+        if config.context_size is not None:  # the model's own config asked for less: say so
+            raise ModelUnavailableError(
+                entry.name, f"it takes images (mmproj), which needs a context of at least "
+                            f"{VISION_MIN_CONTEXT} tokens, but its context_size is {context}; raise it "
+                            "(or remove mmproj to serve it as a text model)")
+        log.warning("model %s: context raised from %d to %d tokens, the least a model taking "
+                    "images (mmproj) runs with", entry.name, context, VISION_MIN_CONTEXT)
+        context = VISION_MIN_CONTEXT
     if trained and context > trained:
         log.warning("model %s: context_size %d exceeds the %d tokens it was trained on",
                     entry.name, context, trained)
@@ -106,6 +118,7 @@ def plan_load(entry: ModelEntry, task: str, defaults: EngineDefaults) -> LoadPla
         gguf=model_file.gguf,
         speculative=speculative,
         draft_path=entry.draft_path if speculative is not None else None,
+        mmproj_path=entry.mmproj_path if vision else None,
     )
     return LoadPlan(engine, instance, options)
 

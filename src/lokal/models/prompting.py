@@ -10,6 +10,7 @@ With tools, the reply is held by a grammar to lokal's JSON envelope (see
 
 from __future__ import annotations
 
+import base64
 import logging
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -18,13 +19,17 @@ from lokal import templates
 from lokal.errors import BadRequest
 from lokal.models.config import ModelEntry
 from lokal.models.functions import FunctionPlan, plan_functions, prompt_messages
-from lokal.tasks import ChatTask, CompletionTask, GenerationOptions, Message
+from lokal.tasks import ChatTask, CompletionTask, GenerationOptions, ImagePart, Message
 
 log = logging.getLogger(__name__)
 
 
 class PromptError(BadRequest):
     """A request the model's templates cannot render."""
+
+
+class ImagesNotSupported(BadRequest):
+    """Images sent to a model that cannot take them (never dropped silently)."""
 
 
 @dataclass
@@ -138,9 +143,45 @@ def render_completion(entry: ModelEntry, prompt: str) -> str:
     })
 
 
+def data_uri(image: ImagePart) -> str:
+    """An image as the `data:` URI the engine takes."""
+    return f"data:{image.media_type};base64,{base64.b64encode(image.data).decode('ascii')}"
+
+
+def _content(message: Message) -> str | list[dict[str, Any]]:
+    """A message's engine content: its text, or its images then its text as OpenAI parts
+    (the engine puts each image's tokens where its part is)."""
+    if not message.images:
+        return message.text
+    parts: list[dict[str, Any]] = [{"type": "image_url", "image_url": {"url": data_uri(image)}}
+                                   for image in message.images]
+    if message.text:
+        parts.append({"type": "text", "text": message.text})
+    return parts
+
+
+def check_images(entry: ModelEntry, messages: list[Message]) -> int:
+    """How many images the messages carry; ImagesNotSupported when the model cannot take them."""
+    count = sum(len(m.images) for m in messages)
+    if not count:
+        return 0
+    if not entry.vision:
+        raise ImagesNotSupported(
+            f"The model '{entry.name}' does not take images: it has no multimodal projector. "
+            "Send text only, or use a vision model (a GGUF with its mmproj file; see "
+            "/v1/models for models whose capabilities include 'vision').", param="messages")
+    if entry.templates.renders_chat:
+        raise ImagesNotSupported(
+            f"The model '{entry.name}' renders its prompts with LocalAI templates (template.chat / "
+            "template.chat_message), which have no place for images. Set "
+            "`template.use_tokenizer_template: true` in its config to use the GGUF's own chat "
+            "template, which does.", param="messages")
+    return count
+
+
 def _engine_messages(entry: ModelEntry, messages: list[Message]) -> list[dict[str, Any]]:
     """Messages for the GGUF chat template, config system prompt first."""
-    out: list[dict[str, Any]] = [{"role": m.role, "content": m.text} for m in messages]
+    out: list[dict[str, Any]] = [{"role": m.role, "content": _content(m)} for m in messages]
     config = entry.config
     if config is not None and config.system_prompt and not any(m.role == "system" for m in messages):
         out.insert(0, {"role": "system", "content": config.system_prompt})
@@ -155,6 +196,7 @@ def plan_chat(entry: ModelEntry, task: ChatTask) -> EngineCall:
         body["logprobs"] = True
         if sampling.top_logprobs:
             body["top_logprobs"] = sampling.top_logprobs
+    check_images(entry, task.messages)
     functions = plan_functions(task)
     messages = prompt_messages(task.messages, functions)
     if functions is not None:

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lokal import tasks
+from lokal.api.images import ImageLoader
 from lokal.models.functions import FunctionSpecError
 
 MAX_STOPS = 16
@@ -172,11 +173,28 @@ class ToolResultPart(_Request):
     content: str | list[TextPart] | None = None
 
 
-class ImagePart(_Request):
-    type: Literal["image_url", "input_audio", "file"]
+class ImageURL(_Request):
+    url: str = Field(min_length=1)
+    detail: str | None = None  # OpenAI's auto/low/high: the projector decides, so it is ignored
 
 
-ContentPart = Annotated[TextPart | ToolResultPart | ImagePart, Field(discriminator="type")]
+class ImageURLPart(_Request):
+    """An image: a `data:` URI (or an http(s) URL where the server allows fetching)."""
+
+    type: Literal["image_url"]
+    image_url: ImageURL | str  # some clients send the URL itself
+
+    @property
+    def url(self) -> str:
+        return self.image_url if isinstance(self.image_url, str) else self.image_url.url
+
+
+class UnsupportedPart(_Request):
+    type: Literal["input_audio", "file"]
+
+
+ContentPart = Annotated[TextPart | ToolResultPart | ImageURLPart | UnsupportedPart,
+                        Field(discriminator="type")]
 
 
 class FunctionCall(_Request):
@@ -208,13 +226,19 @@ class ChatMessage(_Request):
                              tool_call_id=self.tool_call_id, name=self.name)
 
     @model_validator(mode="after")
-    def _text_only(self) -> ChatMessage:
+    def _supported_parts(self) -> ChatMessage:
         if isinstance(self.content, list):
             for part in self.content:
-                if isinstance(part, ImagePart):
-                    raise ValueError(f"content parts of type {part.type!r} are not supported by "
-                                     "text models; send text parts")
+                if isinstance(part, UnsupportedPart):
+                    raise ValueError(f"content parts of type {part.type!r} are not supported; "
+                                     "send text and image_url parts")
         return self
+
+    def image_urls(self) -> list[tuple[int, str]]:
+        """(part index, URL) of each image part, in order."""
+        if not isinstance(self.content, list):
+            return []
+        return [(i, p.url) for i, p in enumerate(self.content) if isinstance(p, ImageURLPart)]
 
 
 class FunctionDef(_Request):
@@ -264,6 +288,15 @@ class ChatCompletionRequest(_SamplingRequest):
             tools, choice = [], "auto"
         return tasks.ChatTask(self.model, [m.to_task() for m in self.messages], options,
                               tools=tools, tool_choice=choice)
+
+    async def to_task_with_images(self, loader: ImageLoader) -> tasks.ChatTask:
+        """The task with every image part loaded and checked (ImageError: a 400 naming it)."""
+        task = self.to_task()
+        for i, (wire, message) in enumerate(zip(self.messages, task.messages, strict=True)):
+            for j, url in wire.image_urls():
+                where = f"messages.{i}.content.{j}"
+                message.images.append(await loader.load(url, where=where, param=where))
+        return task
 
 
 def _tool_choice(choice: Any) -> str:

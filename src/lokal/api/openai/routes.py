@@ -9,11 +9,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from lokal.api.errors import error_body
+from lokal.api.images import loader_for
 from lokal.api.generation import SSE_HEADERS, Run, sse, start
 from lokal.api.openai.protocol import ChatCompletionRequest, CompletionRequest
 from lokal.api.openai.render import Aggregator, Shaper
 from lokal.errors import UnknownModelError
+from lokal.models.config import ModelEntry
 from lokal.models.registry import ModelRegistry
+from lokal.tasks import TASKS
 
 router = APIRouter()
 
@@ -25,9 +28,18 @@ def _registry(request: Request) -> ModelRegistry:
 @router.get("/models", summary="List the models this server serves")
 async def list_models(request: Request) -> dict[str, Any]:
     created = request.app.state.started
-    data = [{"id": e.name, "object": "model", "created": created, "owned_by": "lokal"}
-            for e in _registry(request).entries if e.ok]
+    data = [_model(e, created) for e in _registry(request).entries if e.ok]
     return {"object": "list", "data": data}
+
+
+def _model(entry: ModelEntry, created: int) -> dict[str, Any]:
+    """OpenAI's model object, with lokal's `capabilities`: the tasks the model serves
+    (chat, complete, embed, rerank, transcribe) and `vision` when it takes images."""
+    capabilities = [t for t in TASKS if t in entry.tasks]
+    if entry.vision:
+        capabilities.append("vision")
+    return {"id": entry.name, "object": "model", "created": created, "owned_by": "lokal",
+            "capabilities": capabilities}
 
 
 @router.get("/models/{model_id:path}", summary="Describe one model")
@@ -35,7 +47,7 @@ async def get_model(model_id: str, request: Request) -> dict[str, Any]:
     entry = _registry(request).entry(model_id)  # unknown: 404
     if not entry.ok:
         raise UnknownModelError(model_id)
-    return {"id": entry.name, "object": "model", "created": request.app.state.started, "owned_by": "lokal"}
+    return _model(entry, request.app.state.started)
 
 
 async def _answer(request: Request, run: Run, shaper: Shaper, *, stream: bool, include_usage: bool) -> Any:
@@ -61,7 +73,7 @@ async def _answer(request: Request, run: Run, shaper: Shaper, *, stream: bool, i
 
 @router.post("/chat/completions", summary="Create a chat completion")
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
-    task = body.to_task()
+    task = await body.to_task_with_images(loader_for(request))
     run = await start(request, task)
     return await _answer(request, run, Shaper("chat", body.model, legacy=body.legacy_functions),
                          stream=body.stream, include_usage=body.include_usage)

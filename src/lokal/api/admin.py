@@ -25,7 +25,7 @@ from fastapi import Request
 
 from lokal.errors import Forbidden, Unauthorized
 
-log = logging.getLogger("lokal")
+log = logging.getLogger(__name__)
 
 HOW_TO_ALLOW = ("Model management is allowed from loopback only while no API key is set. To manage "
                 "this server from elsewhere, set API_KEY (or ADMIN_API_KEY) and send the key, or "

@@ -33,7 +33,7 @@ from lokal.metrics import Metrics
 from lokal.models.registry import ModelRegistry
 from lokal.settings import Settings
 
-log = logging.getLogger("lokal")
+log = logging.getLogger(__name__)
 
 OPEN_PATHS = ("/healthz", "/readyz")
 

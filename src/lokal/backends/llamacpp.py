@@ -23,7 +23,7 @@ from lokal.backends.base import (Backend, ChunkSink, Embeddings, EngineError, Lo
                                  ModelLoadError, Scores)
 from lokal.formats.modelfile import ModelFileError, read_gguf
 
-log = logging.getLogger("lokal.backends.llamacpp")
+log = logging.getLogger(__name__)
 
 # Loads are serialized: they are memory- and CPU-bound, and the engine log read
 # after a failed load must belong to that load.

@@ -13,7 +13,7 @@ from typing import Any
 
 from lokal.backends.base import Backend, Embeddings, EngineError, LoadOptions, ModelLoadError, Scores
 
-log = logging.getLogger("lokal.backends.st")
+log = logging.getLogger(__name__)
 
 EXTRA_HINT = ("this model needs the sentence-transformers backend: "
               "pip install 'lokal[sentence-transformers]' (torch CPU + sentence-transformers)")

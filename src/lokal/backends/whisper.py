@@ -20,7 +20,7 @@ from typing import Any
 
 from lokal.backends.base import Backend, EngineError, LoadOptions, ModelLoadError, Transcription
 
-log = logging.getLogger("lokal.backends.whisper")
+log = logging.getLogger(__name__)
 
 EXTRA_HINT = ("this model needs the whisper backend: pip install 'lokal[whisper]' "
               "(faster-whisper: CTranslate2 + PyAV)")

@@ -55,7 +55,7 @@ from lokal.transfer.paths import (STATE_DIR, UnsafePath, check_model_name, check
                                  confined_target)
 from lokal.models.config import BACKEND_ALIASES, ModelConfig, scan_models
 
-log = logging.getLogger("lokal.install")
+log = logging.getLogger(__name__)
 
 #: Config keys gallery content may not set: options that make lokal fetch or execute
 #: something on its own. (A future remote-image option must be listed here.)

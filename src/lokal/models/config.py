@@ -19,7 +19,7 @@ from lokal import templates
 from lokal.formats.modelfile import GGUFInfo, ModelFile, ModelFileError, inspect, is_cross_encoder, read_gguf
 from lokal.models import download
 
-log = logging.getLogger("lokal.models")
+log = logging.getLogger(__name__)
 
 MODEL_SUFFIXES = (".gguf", ".bin")  # .bin: old GGML downloads, reported as legacy
 # LocalAI backend names that lokal serves, and the engine each one maps to.

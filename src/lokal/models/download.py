@@ -22,7 +22,7 @@ from urllib.parse import unquote, urlsplit
 from lokal.transfer import downloader as _downloader
 from lokal.transfer.netguard import OutboundPolicy, URLRefused, map_url
 
-log = logging.getLogger("lokal.models.download")
+log = logging.getLogger(__name__)
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 

@@ -22,7 +22,7 @@ from typing import Any
 from lokal.backends.base import Backend, Embeddings, EngineError
 from lokal.errors import BadRequest
 
-log = logging.getLogger("lokal.embeddings")
+log = logging.getLogger(__name__)
 
 MAX_BATCH = 256
 

@@ -38,7 +38,7 @@ from lokal.errors import InsufficientStorage, ServerError
 from lokal.transfer.netguard import OutboundPolicy, URLRefused, _shown
 from lokal.transfer.paths import hidden_sibling
 
-log = logging.getLogger("lokal.install")
+log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 #: Free space kept beyond what a download needs.

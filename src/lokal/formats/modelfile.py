@@ -240,3 +240,15 @@ def is_cross_encoder(config: dict[str, Any] | None) -> bool:
     """A Hugging Face model that scores (query, document) pairs: a reranker."""
     architectures = (config or {}).get("architectures") or []
     return any(str(a).endswith("ForSequenceClassification") for a in architectures)
+
+
+def disk_size(path: Path | None) -> int | None:
+    """Bytes of a model file or folder (None when it is not there)."""
+    if path is None:
+        return None
+    try:
+        if path.is_dir():
+            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        return path.stat().st_size
+    except OSError:
+        return None

@@ -17,11 +17,11 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 from lokal.backends.base import Backend, Embeddings, LoadOptions, ModelLoadError
 from lokal.errors import ModelBusyError, ModelUnavailableError
+from lokal.formats.modelfile import disk_size
 from lokal.metrics import Metrics
 from lokal.models.config import ModelEntry
 from lokal.models.embedding import EmbeddingBatcher
@@ -48,16 +48,6 @@ def default_backend_factory(engine: str, options: LoadOptions) -> Backend:
 
         return WhisperBackend(options)
     raise ModelLoadError(f"the {engine!r} backend is not available in this version of lokal")
-
-
-def _size(path: Path) -> int | None:
-    """Bytes of a model file or folder."""
-    try:
-        if path.is_dir():
-            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-        return path.stat().st_size
-    except OSError:
-        return None
 
 
 class Instance:
@@ -215,7 +205,7 @@ class Pool:
                 self.metrics.embedding_batch_ran, entry.name))
         key = (entry.name, plan.instance)
         instance = Instance(key, backend, batcher, engine=plan.engine,
-                            size=await asyncio.to_thread(_size, plan.options.model_path))
+                            size=await asyncio.to_thread(disk_size, plan.options.model_path))
         self._loaded[key] = instance
         self.metrics.model_loaded(entry.name, plan.instance, time.monotonic() - started)
         log.info("model %s ready in %.1fs", entry.name, time.monotonic() - started)

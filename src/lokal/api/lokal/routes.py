@@ -14,13 +14,13 @@ routes (`lokal.api.admin.require_admin`). Errors are in OpenAI's envelope.
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
 from lokal.api.admin import require_admin
 from lokal.api.observability import register_family
+from lokal.formats.modelfile import disk_size
 from lokal.models.config import ModelEntry
 from lokal.models.planner import main_task, plan_load
 from lokal.models.registry import ModelRegistry
@@ -31,18 +31,6 @@ register_family("/lokal", "lokal")
 
 def _registry(request: Request) -> ModelRegistry:
     return request.app.state.registry
-
-
-def _bytes(path: Path | None) -> int | None:
-    """Bytes of a model file or folder (None when it is not there)."""
-    if path is None:
-        return None
-    try:
-        if path.is_dir():
-            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-        return path.stat().st_size
-    except OSError:
-        return None
 
 
 def _context(registry: ModelRegistry, entry: ModelEntry) -> tuple[int | None, int | None]:
@@ -92,7 +80,7 @@ def describe(registry: ModelRegistry, entry: ModelEntry, size: int | None) -> di
 async def models(request: Request) -> dict[str, Any]:
     registry = _registry(request)
     entries = sorted(registry.entries, key=lambda e: e.name)
-    sizes = await asyncio.to_thread(lambda: [_bytes(e.model_path) for e in entries])
+    sizes = await asyncio.to_thread(lambda: [disk_size(e.model_path) for e in entries])
     return {"object": "list", "data": [describe(registry, e, s) for e, s in zip(entries, sizes)]}
 
 
@@ -100,7 +88,7 @@ async def models(request: Request) -> dict[str, Any]:
 async def model(name: str, request: Request) -> dict[str, Any]:
     registry = _registry(request)
     entry = registry.entry(name)  # unknown: 404
-    return describe(registry, entry, await asyncio.to_thread(_bytes, entry.model_path))
+    return describe(registry, entry, await asyncio.to_thread(disk_size, entry.model_path))
 
 
 @router.post("/models/{name:path}/load", dependencies=[Depends(require_admin)],
@@ -110,7 +98,7 @@ async def load(name: str, request: Request) -> dict[str, Any]:
     entry = registry.entry(name)  # unknown: 404; broken: the lease says why (503)
     async with registry.lease(name, main_task(entry)):
         pass
-    return describe(registry, registry.entry(name), await asyncio.to_thread(_bytes, entry.model_path))
+    return describe(registry, registry.entry(name), await asyncio.to_thread(disk_size, entry.model_path))
 
 
 @router.post("/models/{name:path}/unload", dependencies=[Depends(require_admin)],
@@ -119,6 +107,6 @@ async def unload(name: str, request: Request) -> dict[str, Any]:
     registry = _registry(request)
     was_loaded = await registry.unload(name)  # unknown: 404
     entry = registry.entry(name)
-    out = describe(registry, entry, await asyncio.to_thread(_bytes, entry.model_path))
+    out = describe(registry, entry, await asyncio.to_thread(disk_size, entry.model_path))
     out["unloaded"] = was_loaded
     return out

@@ -208,6 +208,12 @@ def _connect(settings: Settings) -> None:
              configure_logging=False)
 
 
+def _serve_running() -> bool:
+    from ray.serve.context import _connect
+
+    return _connect(raise_if_no_controller_running=False) is not None
+
+
 def serve_ray(settings: Settings, registry_options: Callable[[Settings, int], dict[str, Any]]) -> int:
     """Deploy lokal on the Ray cluster at settings.ray and stay in the foreground; on
     SIGTERM or SIGINT the application is deleted."""
@@ -217,6 +223,9 @@ def serve_ray(settings: Settings, registry_options: Callable[[Settings, int], di
         print("lokal: --ray needs Ray Serve: pip install 'lokal[ray]'", file=sys.stderr)
         return 2
     _connect(settings)
+    if _serve_running():
+        log.warning("Ray Serve already runs on this cluster: its HTTP proxy keeps the address it "
+                    "was started with (ADDRESS=%s applies only to a new Serve)", settings.address)
     serve.start(http_options={"host": settings.host, "port": settings.port},
                 proxy_location=settings.ray_proxy_location)
     app = build_application(settings, registry_options)
@@ -232,6 +241,10 @@ def serve_ray(settings: Settings, registry_options: Callable[[Settings, int], di
     finally:
         log.info("shutting down: deleting the Ray Serve application %s", APP_NAME)
         serve.delete(APP_NAME)
+        if not serve.status().applications:
+            # Serve (its proxy and HTTP address) is one per cluster: stop it when lokal was
+            # its only application, so that the next `lokal serve --ray` binds its own ADDRESS.
+            serve.shutdown()
     return 0
 
 

@@ -16,10 +16,10 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 LAYERS = [
-    ("cli", ["lokal.cli", "lokal.__main__"]),
+    ("cli", ["lokal.cli", "lokal.__main__", "lokal.scale.app"]),
     ("api", ["lokal.api"]),
     ("install", ["lokal.install"]),
-    ("models", ["lokal.models"]),
+    ("models", ["lokal.models", "lokal.scale"]),
     ("backends", ["lokal.backends"]),
     ("bottom", ["lokal.tasks", "lokal.errors", "lokal.formats", "lokal.templates", "lokal.transfer", "lokal.threadnames",
                 "lokal.metrics", "lokal.logs", "lokal.settings", "lokal"]),

@@ -260,6 +260,32 @@ class Settings(BaseSettings):
         description="Keep the per-request billing line Claude Code puts at the top of its system "
         "prompt (it changes every request, so keeping it defeats the prompt cache).",
     )
+    # A Ray cluster (`lokal serve --ray`, docs/scale-out.md) ----------------
+    ray: str | None = Field(
+        None, validation_alias=_env("RAY"),
+        description="Serve as a Ray Serve application on the Ray cluster at this address "
+        "(HOST:PORT of its head, or auto); needs pip install 'lokal[ray]'.",
+    )
+    ray_replicas: int = Field(
+        1, ge=1, le=10_000, validation_alias=_env("RAY_REPLICAS"),
+        description="Model replicas on the Ray cluster (each holds lokal's engines and pool).",
+    )
+    ray_min_replicas: int | None = Field(
+        None, ge=0, le=10_000, validation_alias=_env("RAY_MIN_REPLICAS"),
+        description="With RAY_MAX_REPLICAS: autoscale the model replicas between these bounds.",
+    )
+    ray_max_replicas: int | None = Field(
+        None, ge=1, le=10_000, validation_alias=_env("RAY_MAX_REPLICAS"),
+        description="Most model replicas when autoscaling (see RAY_MIN_REPLICAS).",
+    )
+    ray_cpus_per_replica: float | None = Field(
+        None, gt=0, le=1024, validation_alias=_env("RAY_CPUS_PER_REPLICA"),
+        description="CPUs each model replica reserves on its node (default: THREADS).",
+    )
+    ray_proxy_location: str = Field(
+        "HeadOnly", validation_alias=_env("RAY_PROXY_LOCATION"),
+        description="Where Ray Serve runs its HTTP proxy on ADDRESS: HeadOnly or EveryNode.",
+    )
     log_level: str = Field(
         "info", validation_alias=_env("LOG_LEVEL"),
         description="debug, info, warning or error. debug logs rendered prompts.",
@@ -325,6 +351,15 @@ class Settings(BaseSettings):
         if fmt not in ("text", "json"):
             raise ValueError("log format must be text or json")
         return fmt
+
+    @field_validator("ray_proxy_location")
+    @classmethod
+    def _proxy_location(cls, value: str) -> str:
+        names = {"headonly": "HeadOnly", "everynode": "EveryNode"}
+        key = value.strip().lower().replace("_", "").replace("-", "")
+        if key not in names:
+            raise ValueError("RAY_PROXY_LOCATION must be HeadOnly or EveryNode")
+        return names[key]
 
     @field_validator("address")
     @classmethod

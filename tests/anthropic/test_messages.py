@@ -5,6 +5,7 @@ and the engine's own /v1/messages as a reference for the event order."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 
@@ -13,6 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import LokalServer, place_model
+from tests.fast.test_vision import png
 
 MODEL = "smol"
 WEATHER = {"name": "get_weather", "description": "Weather in a city",
@@ -161,8 +163,9 @@ def test_typed_errors(client: anthropic.Anthropic, server: LokalServer) -> None:
     assert info.value.body["error"]["type"] == "invalid_request_error"
     with pytest.raises(anthropic.BadRequestError) as info:
         client.messages.create(model=MODEL, max_tokens=5, messages=[{"role": "user", "content": [
-            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}]}])
-    assert "image" in info.value.body["error"]["message"]
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                         "data": base64.b64encode(png()).decode()}}]}])
+    assert f"'{MODEL}' does not take images" in info.value.body["error"]["message"]
     bad_key = anthropic.Anthropic(base_url=server.base, api_key="wrong", max_retries=0)
     with pytest.raises(anthropic.AuthenticationError) as info:
         bad_key.messages.create(model=MODEL, max_tokens=5, messages=[{"role": "user", "content": "hi"}])

@@ -9,40 +9,17 @@ real: the image is decoded and encoded by the engine, its tokens are in the prom
 from __future__ import annotations
 
 import base64
-import importlib.util
 import io
 import random
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
-from tests.conftest import LokalServer, place_model
+from tests.api.conftest import PLAIN
+from tests.api.conftest import VISION as MODEL
+from tests.conftest import LokalServer
 from tests.fixtures import tiny_vision
-
-MODEL = "eyes"
-
-
-@pytest.fixture(scope="session")
-def projector(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    missing = [m for m in tiny_vision.REQUIRED if importlib.util.find_spec(m) is None]
-    if missing:
-        pytest.skip(f"building the test projector needs {', '.join(missing)} (lokal[convert])")
-    return tiny_vision.build(tmp_path_factory.mktemp("vision-build") / "mmproj-tiny.gguf")
-
-
-@pytest.fixture(scope="module")
-def vision_server(projector: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LokalServer]:
-    models = tmp_path_factory.mktemp("vision") / "models"
-    place_model(models, "smollm2.gguf")
-    (models / "mmproj-tiny.gguf").hardlink_to(projector)
-    (models / f"{MODEL}.yaml").write_text(
-        f"name: {MODEL}\nparameters:\n  model: smollm2.gguf\n  temperature: 0\nmmproj: mmproj-tiny.gguf\n")
-    with LokalServer(models, "--preload-models", MODEL, "--parallel-requests", "1") as server:
-        server.wait_ready(120)
-        yield server
 
 
 @pytest.fixture
@@ -71,8 +48,9 @@ def ask(client: openai.OpenAI, *urls: str, text: str = "Describe the picture.", 
 
 def test_models_list_marks_the_vision_model(client: openai.OpenAI, vision_server: LokalServer) -> None:
     models = httpx.get(f"{vision_server.base}/v1/models").json()["data"]
-    assert [(m["id"], m["capabilities"]) for m in models] == [(MODEL, ["chat", "complete", "vision"])]
-    assert [m.id for m in client.models.list().data] == [MODEL]  # the SDK still reads it
+    assert sorted((m["id"], m["capabilities"]) for m in models) == [
+        (MODEL, ["chat", "complete", "vision"]), (PLAIN, ["chat", "complete"])]
+    assert sorted(m.id for m in client.models.list().data) == [MODEL, PLAIN]  # the SDK still reads it
 
 
 def test_an_image_adds_its_tokens_to_the_prompt(client: openai.OpenAI) -> None:
@@ -122,13 +100,9 @@ def test_a_corrupt_png_is_the_engines_400(client: openai.OpenAI) -> None:
     assert ask(client, image("red")).choices[0].message.content
 
 
-def test_image_to_a_text_model_is_refused(projector: Path, tmp_path: Path) -> None:
-    models = tmp_path / "models"
-    place_model(models, "plain.gguf")
-    with LokalServer(models) as server:
-        c = openai.OpenAI(base_url=f"{server.base}/v1", api_key="x", max_retries=0, timeout=120)
-        with pytest.raises(openai.BadRequestError) as caught:
-            c.chat.completions.create(model="plain.gguf", max_tokens=2, messages=[{"role": "user", "content": [
-                {"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": image("red")}}]}])
-        assert "'plain.gguf' does not take images" in caught.value.message
-        assert caught.value.body["param"] == "messages"
+def test_image_to_a_text_model_is_refused(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=PLAIN, max_tokens=2, messages=[{"role": "user", "content": [
+            {"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": image("red")}}]}])
+    assert f"'{PLAIN}' does not take images" in caught.value.message
+    assert caught.value.body["param"] == "messages"

@@ -9,6 +9,7 @@ import ollama
 import pytest
 from pydantic import BaseModel
 
+from tests.fast.test_vision import png
 from tests.ollama.conftest import AUTH, CHAT, EMBED, Ollama
 
 GREEDY = {"temperature": 0, "seed": 7}
@@ -177,8 +178,11 @@ def test_errors_in_ollama_shape(client: ollama.Client, ollama_server: Ollama) ->
         client.chat(CHAT, messages=[{"role": "user", "content": "hi"}], options={"temperature": "hot"})
     assert info.value.status_code == 400 and "temperature" in info.value.error
     with pytest.raises(ollama.ResponseError) as info:
+        client.chat(CHAT, messages=[{"role": "user", "content": "what is this?", "images": [png()]}])
+    assert info.value.status_code == 400 and f"'{CHAT}' does not take images" in info.value.error
+    with pytest.raises(ollama.ResponseError) as info:  # a bad image is named, whatever the model
         client.chat(CHAT, messages=[{"role": "user", "content": "what is this?", "images": [b"\x89PNG"]}])
-    assert info.value.status_code == 400 and CHAT in info.value.error and "images" in info.value.error
+    assert info.value.status_code == 400 and info.value.error.startswith("messages.0.images.0: ")
     with pytest.raises(ollama.ResponseError) as info:
         client.show("no-such-model")
     assert info.value.status_code == 404

@@ -2,8 +2,11 @@
 
 Blocks become lokal's messages: text joined, `tool_use` blocks the assistant's
 tool calls (input as JSON text), `tool_result` blocks tool messages. Thinking
-blocks from earlier turns are not part of the prompt. Images and documents are
-refused until lokal serves vision. Claude Code's per-request billing line at
+blocks from earlier turns are not part of the prompt. `image` blocks (in user
+messages and in tool results) go through lokal's one image path (`api/images.py`):
+a `base64` source is decoded, a `url` source loaded (`data:` always, `http(s)` only
+when the server allows remote images); `file` sources and documents are refused,
+since this server stores no files. Claude Code's per-request billing line at
 the top of the system prompt is dropped unless the server keeps it, so that the
 rest of the prompt is the same from turn to turn and served from the cache.
 """
@@ -17,6 +20,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from lokal import tasks
+from lokal.api.images import ImageLoader
 from lokal.api.openai.protocol import MAX_STOP_LENGTH, MAX_STOPS, _Request
 from lokal.errors import BadRequest
 
@@ -37,20 +41,59 @@ class ToolUseBlock(_Request):
     input: dict[str, Any] = Field(default_factory=dict)
 
 
+class ImageSource(_Request):
+    type: str
+    media_type: str | None = None
+    data: str | None = None
+    url: str | None = None
+    file_id: str | None = None
+
+
+class ImageBlock(_Request):
+    type: Literal["image"]
+    source: ImageSource
+
+    def check(self, where: str) -> None:
+        """The source's fields, checked before anything is loaded (a 400 naming the block)."""
+        source = self.source
+        if source.type == "base64":
+            if not source.data:
+                raise BadRequest(f"{where}: an image with a base64 source needs its data.", param=where)
+        elif source.type == "url":
+            if not source.url:
+                raise BadRequest(f"{where}: an image with a url source needs its url.", param=where)
+        elif source.type == "file":
+            raise BadRequest(f"{where}: image sources of type 'file' are not supported: this server "
+                             "stores no files. Send the image as a base64 source.", param=where)
+        else:
+            raise BadRequest(f"{where}: image sources of type {source.type!r} are not supported; "
+                             "send a base64 source (media_type and data) or a url.", param=where)
+
+    async def load(self, loader: ImageLoader, where: str) -> tasks.ImagePart:
+        if self.source.type == "base64":
+            return loader.decode(self.source.data or "", self.source.media_type, where=where, param=where)
+        return await loader.load(self.source.url or "", where=where, param=where)
+
+
 class ToolResultBlock(_Request):
     type: Literal["tool_result"]
     tool_use_id: str = Field(min_length=1)
-    content: str | list[TextBlock | OtherBlock] | None = None
+    content: str | list[TextBlock | ImageBlock | OtherBlock] | None = None
     is_error: bool | None = None
 
     def text(self) -> str:
         if self.content is None or isinstance(self.content, str):
             return self.content or ""
         for block in self.content:
-            if not isinstance(block, TextBlock):
+            if not isinstance(block, (TextBlock, ImageBlock)):
                 raise BadRequest(f"tool_result content blocks of type {block.type!r} are not supported "
-                                 "by this server's models; send text.", param="messages")
-        return "\n".join(b.text for b in self.content)  # type: ignore[union-attr]
+                                 "by this server's models; send text or images.", param="messages")
+        return "\n".join(b.text for b in self.content if isinstance(b, TextBlock))
+
+    def images(self) -> list[tuple[int, ImageBlock]]:
+        if not isinstance(self.content, list):
+            return []
+        return [(k, b) for k, b in enumerate(self.content) if isinstance(b, ImageBlock)]
 
 
 class ThinkingBlock(_Request):
@@ -61,7 +104,10 @@ class OtherBlock(_Request):
     type: str
 
 
-Block = TextBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock | OtherBlock
+Block = TextBlock | ToolUseBlock | ToolResultBlock | ImageBlock | ThinkingBlock | OtherBlock
+
+#: An image block still to load: the task message it belongs to, the block, where it is.
+Pending = tuple[tasks.Message, ImageBlock, str]
 ToolResultBlock.model_rebuild()
 
 
@@ -127,13 +173,29 @@ class MessagesRequest(_Request):
         return "\n\n".join(t for t in texts if t)
 
     def to_task(self, *, keep_billing_line: bool = False, count_only: bool = False) -> tasks.ChatTask:
+        """The task of a request without images (see `to_task_with_images`)."""
+        task, pending = self._translate(keep_billing_line, count_only)
+        if pending:
+            raise RuntimeError("a request with images is translated with to_task_with_images")
+        return task
+
+    async def to_task_with_images(self, loader: ImageLoader, *, keep_billing_line: bool = False,
+                                  count_only: bool = False) -> tasks.ChatTask:
+        """The task with every image block loaded and checked (ImageError: a 400 naming it)."""
+        task, pending = self._translate(keep_billing_line, count_only)
+        for message, block, where in pending:
+            message.images.append(await block.load(loader, where))
+        return task
+
+    def _translate(self, keep_billing_line: bool, count_only: bool) -> tuple[tasks.ChatTask, list[Pending]]:
         messages: list[tasks.Message] = []
+        pending: list[Pending] = []
         system = self.system_text(keep_billing_line)
         if system:
             messages.append(tasks.Message("system", system))
         names: dict[str, str] = {}
-        for message in self.messages:
-            _add_message(messages, message, names)
+        for i, message in enumerate(self.messages):
+            _add_message(messages, message, names, pending, f"messages.{i}")
         if not count_only and not any(m.role != "system" for m in messages):
             raise BadRequest("messages: at least one message is required.", param="messages")
         tools = []
@@ -155,17 +217,19 @@ class MessagesRequest(_Request):
         sampling = tasks.Sampling(max_tokens=self.max_tokens, temperature=self.temperature,
                                   top_p=self.top_p, top_k=self.top_k, ignore_eos=self.ignore_eos)
         options = tasks.GenerationOptions(sampling=sampling, stream=self.stream, timeout=self.timeout)
-        return tasks.ChatTask(self.model, messages, options, tools=tools, tool_choice=choice)
+        return tasks.ChatTask(self.model, messages, options, tools=tools, tool_choice=choice), pending
 
 
-def _add_message(messages: list[tasks.Message], message: InputMessage, names: dict[str, str]) -> None:
+def _add_message(messages: list[tasks.Message], message: InputMessage, names: dict[str, str],
+                 pending: list[Pending], where: str) -> None:
     if isinstance(message.content, str):
         messages.append(tasks.Message(message.role, message.content))
         return
     texts: list[str] = []
     calls: list[tasks.ToolCall] = []
     results: list[tasks.Message] = []
-    for block in message.content:
+    images: list[tuple[ImageBlock, str]] = []
+    for j, block in enumerate(message.content):
         if isinstance(block, TextBlock):
             texts.append(block.text)
         elif isinstance(block, ToolUseBlock):
@@ -179,17 +243,30 @@ def _add_message(messages: list[tasks.Message], message: InputMessage, names: di
             text = block.text()
             if block.is_error:
                 text = f"Error: {text}"
-            results.append(tasks.Message("tool", text, tool_call_id=block.tool_use_id,
-                                         name=names.get(block.tool_use_id)))
+            result = tasks.Message("tool", text, tool_call_id=block.tool_use_id,
+                                   name=names.get(block.tool_use_id))
+            for k, image in block.images():
+                at = f"{where}.content.{j}.content.{k}"
+                image.check(at)
+                pending.append((result, image, at))
+            results.append(result)
+        elif isinstance(block, ImageBlock):
+            at = f"{where}.content.{j}"
+            if message.role != "user":
+                raise BadRequest(f"{at}: image blocks belong in user messages.", param=at)
+            block.check(at)
+            images.append((block, at))
         elif isinstance(block, ThinkingBlock):
             continue
-        elif block.type in ("text", "tool_use", "tool_result"):
-            raise BadRequest(f"a {block.type} block is missing fields or has invalid ones.", param="messages")
+        elif block.type in ("text", "tool_use", "tool_result", "image"):
+            raise BadRequest(f"{where}.content.{j}: the {block.type} block is missing fields or has "
+                             "invalid ones.", param=f"{where}.content.{j}")
         else:
-            what = "images" if block.type == "image" else f"{block.type} blocks"
-            raise BadRequest(f"{what} are not supported by this server's models yet; send text.",
-                             param="messages")
+            raise BadRequest(f"{block.type} blocks are not supported by this server's models; "
+                             "send text and images.", param="messages")
     messages.extend(results)  # a turn's tool results come first, then what the user adds
     text = "".join(texts) if message.role == "assistant" else "\n\n".join(texts)
-    if text or calls or not results:
-        messages.append(tasks.Message(message.role, text, tool_calls=calls))
+    if text or calls or images or not results:
+        turn = tasks.Message(message.role, text, tool_calls=calls)
+        pending.extend((turn, block, at) for block, at in images)
+        messages.append(turn)

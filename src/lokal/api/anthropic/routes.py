@@ -20,6 +20,7 @@ from lokal.api.anthropic.render import MessageRenderer, StopScanner, anthropic_e
 from lokal.api.counting import count_prompt_tokens
 from lokal.api.errors import as_lokal_error, register_envelope
 from lokal.api.generation import SSE_HEADERS, Run, start
+from lokal.api.images import loader_for
 from lokal.tasks import ChatTask, Delta, Usage
 
 router = APIRouter()
@@ -59,7 +60,7 @@ async def _usage(request: Request, run: Run, task: ChatTask, counted: int) -> Us
 
 @router.post("/messages", summary="Create a message (Anthropic Messages API)")
 async def create_message(body: MessagesRequest, request: Request) -> Any:
-    task = body.to_task(keep_billing_line=_keep_billing(request))
+    task = await body.to_task_with_images(loader_for(request), keep_billing_line=_keep_billing(request))
     run = await start(request, task)
     renderer = MessageRenderer(body.model)
     scanner = StopScanner(body.stop_sequences or [])
@@ -85,6 +86,7 @@ async def create_message(body: MessagesRequest, request: Request) -> Any:
 
 @router.post("/messages/count_tokens", summary="Count a Messages request's input tokens")
 async def count_tokens(body: CountTokensRequest, request: Request) -> dict[str, Any]:
-    task = body.to_task(keep_billing_line=_keep_billing(request), count_only=True)
+    task = await body.to_task_with_images(loader_for(request), keep_billing_line=_keep_billing(request),
+                                          count_only=True)
     count, _exact = await count_prompt_tokens(request, task)
     return {"input_tokens": count}

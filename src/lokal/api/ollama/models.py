@@ -163,13 +163,16 @@ def details(entry: ModelEntry) -> dict[str, Any]:
 
 def capabilities(entry: ModelEntry) -> list[str]:
     """What the model really does, in Ollama's words. lokal's tool calling holds any chat
-    model to a JSON envelope, so every chat model has `tools`. `insert` (suffix) and
-    `vision` are not offered: lokal does not fill in the middle or take images yet."""
+    model to a JSON envelope, so every chat model has `tools`; `vision` when the model
+    takes images (a multimodal projector). `insert` (suffix) is not offered: lokal does
+    not fill in the middle."""
     out = []
     if "chat" in entry.tasks or "complete" in entry.tasks:
         out.append("completion")
     if "chat" in entry.tasks:
         out.append("tools")
+    if entry.vision and "chat" in entry.tasks:
+        out.append("vision")
     if "embed" in entry.tasks:
         out.append("embedding")
     return out

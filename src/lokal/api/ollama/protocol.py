@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from lokal import tasks
+from lokal.api.images import ImageLoader
 from lokal.errors import BadRequest
 
 MAX_STOPS = 16
@@ -259,19 +260,35 @@ class _Generation(_Request):
                                        response_format=self._format, stream=self.stream)
 
 
+async def load_images(loader: ImageLoader, images: list[str] | None, where: str) -> list[tasks.ImagePart]:
+    """Ollama's `images`: bare base64 (a `data:` URI is taken too, as some clients send one),
+    each decoded and checked; a bad one is a 400 naming it (`where`.N)."""
+    out = []
+    for j, text in enumerate(images or []):
+        at = f"{where}.{j}"
+        if text.lstrip()[:5].lower() == "data:":
+            out.append(await loader.load(text, where=at, param=at))
+        else:
+            out.append(loader.decode(text, where=at, param=at))
+    return out
+
+
 class ChatRequest(_Generation):
     messages: list[Message] = Field(default_factory=list)
     tools: list[Tool] | None = Field(None, max_length=128)
-
-    @property
-    def has_images(self) -> bool:
-        return any(m.images for m in self.messages)
 
     def to_task(self, model: str) -> tasks.ChatTask:
         tools = [tasks.Tool(t.function.name, t.function.description or "", t.function.parameters)
                  for t in self.tools or []]
         return tasks.ChatTask(model, [m.to_task(i) for i, m in enumerate(self.messages)],
                               self.generation_options(), tools=tools)
+
+    async def to_task_with_images(self, model: str, loader: ImageLoader) -> tasks.ChatTask:
+        """The task with every message's images decoded and checked."""
+        task = self.to_task(model)
+        for i, (wire, message) in enumerate(zip(self.messages, task.messages, strict=True)):
+            message.images = await load_images(loader, wire.images, f"messages.{i}.images")
+        return task
 
 
 class GenerateRequest(_Generation):
@@ -288,12 +305,23 @@ class GenerateRequest(_Generation):
         through the model's template, with `system` when given."""
         options = self.generation_options()
         if self.raw:
+            if self.images:
+                raise BadRequest("images need the model's chat template: send them without raw "
+                                 "(raw prompts have no place for images)", param="images")
             return tasks.CompletionTask(model, self.prompt, options)
         messages = []
         if self.system:
             messages.append(tasks.Message("system", self.system))
         messages.append(tasks.Message("user", self.prompt))
         return tasks.ChatTask(model, messages, options)
+
+    async def to_task_with_images(self, model: str,
+                                  loader: ImageLoader) -> tasks.ChatTask | tasks.CompletionTask:
+        """The task with `images` decoded and checked, on the user's turn."""
+        task = self.to_task(model)
+        if self.images and isinstance(task, tasks.ChatTask):
+            task.messages[-1].images = await load_images(loader, self.images, "images")
+        return task
 
 
 # Embeddings ------------------------------------------------------------------

@@ -22,6 +22,7 @@ from starlette.background import BackgroundTask
 from lokal import __version__
 from lokal.api.errors import as_lokal_error
 from lokal.api.generation import start
+from lokal.api.images import loader_for
 from lokal.api.ollama import models as catalog
 from lokal.api.ollama.protocol import ChatRequest, EmbeddingsRequest, EmbedRequest, GenerateRequest, ShowRequest
 from lokal.api.ollama.render import Shaper, Timer, ndjson, now
@@ -96,15 +97,10 @@ def _after(registry: ModelRegistry, entry: ModelEntry, keep_alive: float | None)
     return None
 
 
-def _no_images(model: str) -> BadRequest:
-    return BadRequest(f"model '{model}' does not support images: lokal serves no vision models yet. "
-                      "Send text only.", param="images")
-
-
 async def _generate(request: Request, body: ChatRequest | GenerateRequest, entry: ModelEntry,
                     timer: Timer, kind: str) -> Any:
     registry = _registry(request)
-    task = body.to_task(entry.name)
+    task = await body.to_task_with_images(entry.name, loader_for(request))
     timer.load_ns = await _load(registry, entry, task.task)
     run = await start(request, task)
     timer.first_token()
@@ -141,8 +137,6 @@ async def chat(request: Request) -> Any:
     timer = Timer()
     body = await read_body(request, ChatRequest)
     entry = catalog.resolve(_registry(request), body.model)
-    if body.has_images:
-        raise _no_images(body.model)
     if not body.messages:
         reason = await _load_or_unload(_registry(request), entry, body.keep_alive_seconds, "chat")
         return {"model": body.model, "created_at": now(), "message": {"role": "assistant", "content": ""},
@@ -155,11 +149,9 @@ async def generate(request: Request) -> Any:
     timer = Timer()
     body = await read_body(request, GenerateRequest)
     entry = catalog.resolve(_registry(request), body.model)
-    if body.images:
-        raise _no_images(body.model)
     if body.suffix:
         raise BadRequest(f"model '{body.model}' does not support insert (suffix)", param="suffix")
-    if not body.prompt:
+    if not body.prompt and not body.images:
         task = "complete" if body.raw else "chat"
         reason = await _load_or_unload(_registry(request), entry, body.keep_alive_seconds, task)
         return {"model": body.model, "created_at": now(), "response": "", "done": True, "done_reason": reason}

@@ -3,7 +3,10 @@
 lokal keeps no responses: `previous_response_id`, `conversation` and item
 references are refused with a 400 that says so (the client sends the whole
 conversation as input items instead, as Codex CLI does with `store: false`).
-Unknown fields are accepted and ignored; known ones are checked.
+Unknown fields are accepted and ignored; known ones are checked. `input_image`
+parts (in user messages and in function call outputs) go through lokal's one image
+path (`api/images.py`): `image_url` a `data:` URI, or an http(s) URL where the
+server allows remote images; a `file_id` is refused, since nothing is stored.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from lokal import tasks
+from lokal.api.images import ImageLoader
 from lokal.api.openai.protocol import _Request
 from lokal.errors import BadRequest
 
@@ -27,32 +31,59 @@ class Refusal(_Request):
     refusal: str = ""
 
 
+class InputImage(_Request):
+    type: Literal["input_image"]
+    image_url: str | None = None
+    file_id: str | None = None
+    detail: str | None = None  # auto/low/high: the projector decides, so it is ignored
+
+    def check(self, where: str) -> str:
+        """The image's URL, or a 400 naming the part."""
+        if self.image_url:
+            return self.image_url
+        if self.file_id:
+            raise BadRequest(f"{where}: file_id is not supported: this server stores no files. "
+                             "Send the image as image_url, a data: URI (data:image/png;base64,...).",
+                             param=where)
+        raise BadRequest(f"{where}: an input_image needs an image_url (a data: URI).", param=where)
+
+
 class OtherPart(_Request):
-    """Images, files, audio: refused until lokal serves vision."""
+    """Files, audio: not taken by this server's models."""
 
     type: str
+
+
+#: An image part still to load: the task message it belongs to, its URL, where it is.
+Pending = tuple[tasks.Message, str, str]
 
 
 class MessageItem(_Request):
     type: Literal["message"] = "message"
     role: Literal["user", "assistant", "system", "developer"]
-    content: str | list[InputText | Refusal | OtherPart]
+    content: str | list[InputText | Refusal | InputImage | OtherPart]
     id: str | None = None
     status: str | None = None
 
     @model_validator(mode="after")
-    def _text_only(self) -> MessageItem:
+    def _known_parts(self) -> MessageItem:
         if isinstance(self.content, list):
             for part in self.content:
-                if not isinstance(part, (InputText, Refusal)):
+                if not isinstance(part, (InputText, Refusal, InputImage)):
                     raise ValueError(f"content parts of type {part.type!r} are not supported by this "
-                                     "server's models; send input_text parts")
+                                     "server's models; send input_text and input_image parts")
         return self
 
     def text(self) -> str:
         if isinstance(self.content, str):
             return self.content
-        return "".join(p.text if isinstance(p, InputText) else p.refusal for p in self.content)
+        return "".join(p.text if isinstance(p, InputText) else p.refusal
+                       for p in self.content if isinstance(p, (InputText, Refusal)))
+
+    def images(self) -> list[tuple[int, InputImage]]:
+        if isinstance(self.content, str):
+            return []
+        return [(j, p) for j, p in enumerate(self.content) if isinstance(p, InputImage)]
 
 
 class FunctionCallItem(_Request):
@@ -67,7 +98,7 @@ class FunctionCallItem(_Request):
 class FunctionCallOutputItem(_Request):
     type: Literal["function_call_output"]
     call_id: str = Field(min_length=1)
-    output: str | list[InputText | OtherPart]
+    output: str | list[InputText | InputImage | OtherPart]
     id: str | None = None
     status: str | None = None
 
@@ -75,10 +106,15 @@ class FunctionCallOutputItem(_Request):
         if isinstance(self.output, str):
             return self.output
         for part in self.output:
-            if not isinstance(part, InputText):
+            if not isinstance(part, (InputText, InputImage)):
                 raise BadRequest(f"function_call_output parts of type {part.type!r} are not supported; "
-                                 "send text", param="input")
-        return "".join(p.text for p in self.output)  # type: ignore[union-attr]
+                                 "send text and images", param="input")
+        return "".join(p.text for p in self.output if isinstance(p, InputText))
+
+    def images(self) -> list[tuple[int, InputImage]]:
+        if isinstance(self.output, str):
+            return []
+        return [(j, p) for j, p in enumerate(self.output) if isinstance(p, InputImage)]
 
 
 class ReasoningItem(_Request):
@@ -157,6 +193,20 @@ class ResponsesRequest(_Request):
     ignore_eos: bool | None = None
 
     def to_task(self) -> tasks.ChatTask:
+        """The task of a request without images (see `to_task_with_images`)."""
+        task, pending = self._translate()
+        if pending:
+            raise RuntimeError("a request with images is translated with to_task_with_images")
+        return task
+
+    async def to_task_with_images(self, loader: ImageLoader) -> tasks.ChatTask:
+        """The task with every input_image loaded and checked (ImageError: a 400 naming it)."""
+        task, pending = self._translate()
+        for message, url, where in pending:
+            message.images.append(await loader.load(url, where=where, param=where))
+        return task
+
+    def _translate(self) -> tuple[tasks.ChatTask, list[Pending]]:
         if self.previous_response_id is not None:
             raise BadRequest("previous_response_id is not supported: this server keeps no responses "
                              "(it is stateless). Send the whole conversation as input items, "
@@ -169,6 +219,7 @@ class ResponsesRequest(_Request):
             raise BadRequest("background responses are not supported: this server keeps no "
                              "responses; use stream: true for long generations.", param="background")
         messages: list[tasks.Message] = []
+        pending: list[Pending] = []
         if self.instructions:
             messages.append(tasks.Message("system", self.instructions))
         if isinstance(self.input, str):
@@ -176,8 +227,8 @@ class ResponsesRequest(_Request):
                 messages.append(tasks.Message("user", self.input))
         else:
             names: dict[str, str] = {}
-            for item in self.input:
-                _add_item(messages, item, names)
+            for i, item in enumerate(self.input):
+                _add_item(messages, item, names, pending, f"input.{i}")
         if not any(m.role != "system" for m in messages):
             raise BadRequest("input is empty: send a string or at least one input item.", param="input")
         tools: list[tasks.Tool] = []
@@ -203,13 +254,21 @@ class ResponsesRequest(_Request):
             response_format = tasks.ResponseFormat("json_object")
         options = tasks.GenerationOptions(sampling=sampling, response_format=response_format,
                                           stream=self.stream, timeout=self.timeout)
-        return tasks.ChatTask(self.model, messages, options, tools=tools, tool_choice=choice)
+        task = tasks.ChatTask(self.model, messages, options, tools=tools, tool_choice=choice)
+        return task, pending
 
 
-def _add_item(messages: list[tasks.Message], item: Any, names: dict[str, str]) -> None:
+def _add_item(messages: list[tasks.Message], item: Any, names: dict[str, str],
+              pending: list[Pending], where: str) -> None:
     if isinstance(item, MessageItem):
         role = "system" if item.role == "developer" else item.role
-        messages.append(tasks.Message(role, item.text()))  # type: ignore[arg-type]
+        message = tasks.Message(role, item.text())  # type: ignore[arg-type]
+        for j, part in item.images():
+            at = f"{where}.content.{j}"
+            if item.role != "user":
+                raise BadRequest(f"{at}: input_image parts belong in user messages.", param=at)
+            pending.append((message, part.check(at), at))
+        messages.append(message)
     elif isinstance(item, FunctionCallItem):
         names[item.call_id] = item.name
         call = tasks.ToolCall(item.call_id, item.name, item.arguments)
@@ -219,8 +278,11 @@ def _add_item(messages: list[tasks.Message], item: Any, names: dict[str, str]) -
         else:
             messages.append(tasks.Message("assistant", "", tool_calls=[call]))
     elif isinstance(item, FunctionCallOutputItem):
-        messages.append(tasks.Message("tool", item.text(), tool_call_id=item.call_id,
-                                      name=names.get(item.call_id)))
+        message = tasks.Message("tool", item.text(), tool_call_id=item.call_id, name=names.get(item.call_id))
+        for j, part in item.images():
+            at = f"{where}.output.{j}"
+            pending.append((message, part.check(at), at))
+        messages.append(message)
     elif isinstance(item, ReasoningItem):
         return
     elif item.type in ("message", "function_call", "function_call_output"):

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from lokal.api.counting import count_prompt_tokens
 from lokal.api.errors import error_body
 from lokal.api.generation import SSE_HEADERS, start
+from lokal.api.images import loader_for
 from lokal.api.responses.protocol import ResponsesRequest
 from lokal.api.responses.render import ResponseRenderer, encode
 from lokal.errors import NotFound
@@ -44,7 +45,7 @@ def _echo(body: ResponsesRequest) -> dict[str, Any]:
 
 @router.post("/responses", summary="Create a model response (OpenAI Responses API)")
 async def create_response(body: ResponsesRequest, request: Request) -> Any:
-    task = body.to_task()
+    task = await body.to_task_with_images(loader_for(request))
     run = await start(request, task)
     renderer = ResponseRenderer(body.model, _echo(body))
     if not body.stream:
@@ -69,7 +70,7 @@ async def create_response(body: ResponsesRequest, request: Request) -> Any:
 
 @router.post("/responses/input_tokens", summary="Count a Responses request's input tokens")
 async def input_tokens(body: ResponsesRequest, request: Request) -> dict[str, Any]:
-    count, _exact = await count_prompt_tokens(request, body.to_task())
+    count, _exact = await count_prompt_tokens(request, await body.to_task_with_images(loader_for(request)))
     return {"object": "response.input_tokens", "input_tokens": count}
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from fastapi import Request
 
-from lokal.errors import BadRequest
+from lokal.errors import BadRequest, ShuttingDown
 from lokal.metrics import RequestObservation
 from lokal.models.config import ModelEntry
 from lokal.models.generation import Generation
@@ -48,6 +48,13 @@ async def _watch_disconnect(request: Request, generation: Generation) -> None:
 
 def _tokens(batch: list[Delta]) -> int:
     return sum(1 for d in batch if d.text or d.reasoning or d.tool_calls)
+
+
+async def _end_at_shutdown(stopping: asyncio.Event, generation: Generation) -> None:
+    """When the server's shutdown grace is over, end the generation with an error the
+    client is told in-stream, before the server closes the connection."""
+    await stopping.wait()
+    generation.interrupt(ShuttingDown())
 
 
 @dataclass
@@ -125,6 +132,8 @@ async def start(request: Request, task: ChatTask | CompletionTask, family: str =
         stack.push_async_callback(generation.close)
         watcher = asyncio.create_task(_watch_disconnect(request, generation))
         stack.callback(watcher.cancel)
+        shutdown = asyncio.create_task(_end_at_shutdown(app.state.stopping, generation))
+        stack.callback(shutdown.cancel)
         first: list[Delta] = []
         async for batch in generation:
             first = batch

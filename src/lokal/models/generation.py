@@ -38,7 +38,8 @@ Batch = list[dict[str, Any]]
 
 
 async def engine_chunks(run: Callable[[ChunkSink], None], cancel: threading.Event,
-                        on_done: Callable[[], None] | None = None) -> AsyncIterator[Batch]:
+                        on_done: Callable[[], None] | None = None,
+                        queue: asyncio.Queue[Any] | None = None) -> AsyncIterator[Batch]:
     """Run a blocking engine call on a thread; yield its chunks here, in batches of
     those that arrived since the last one was taken.
 
@@ -46,7 +47,8 @@ async def engine_chunks(run: Callable[[ChunkSink], None], cancel: threading.Even
     the response ended: only then is the model free of this request.
     """
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Any] = asyncio.Queue()
+    if queue is None:
+        queue = asyncio.Queue()
 
     def put(item: Any) -> None:
         try:
@@ -81,7 +83,12 @@ async def engine_chunks(run: Callable[[ChunkSink], None], cancel: threading.Even
             batch: list[Any] = [await queue.get()]
             while not queue.empty():
                 batch.append(queue.get_nowait())
-            end = batch.pop() if batch[-1] is _DONE or isinstance(batch[-1], _Failure) else None
+            end = None
+            for position, item in enumerate(batch):  # the end, or an interruption, ends the batch
+                if item is _DONE or isinstance(item, _Failure):
+                    end = item
+                    del batch[position:]
+                    break
             if batch:
                 yield batch
             if end is _DONE:
@@ -140,6 +147,7 @@ class Generation:
         self.call = call
         self.model = lease.entry.name
         self.cancel = threading.Event()
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()  # the engine thread's chunks
         self._readers: dict[int, EnvelopeReader] = {}
         self._prompt_sum = 0
         self._completion_sum = 0
@@ -150,7 +158,7 @@ class Generation:
         run = lease.backend.chat if call.mode == "chat" else lease.backend.complete
         body = call.body
         self._chunks = guarded(
-            engine_chunks(lambda sink: run(body, sink), self.cancel, on_done=lease.hold()),
+            engine_chunks(lambda sink: run(body, sink), self.cancel, on_done=lease.hold(), queue=self._queue),
             self.cancel, timeout=timeout, busy=lease.busy_timeout, on_stuck=lease.retire,
             stopping=stopping)
         self._closed = False
@@ -166,6 +174,13 @@ class Generation:
                 self._read(chunk, out)
             if out:
                 yield out
+
+    def interrupt(self, exc: BaseException) -> None:
+        """End the generation now with exc (on the event loop): the engine is told to
+        stop, and whoever waits for the next deltas gets exc at once, not after the
+        engine's next token (the server's shutdown grace is over, say)."""
+        self.cancel.set()
+        self._queue.put_nowait(_Failure(exc))
 
     async def close(self) -> None:
         if not self._closed:

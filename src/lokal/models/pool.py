@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lokal.backends.base import Backend, Embeddings, LoadOptions, ModelLoadError
+from lokal.backends.engines import create_backend
 from lokal.errors import ModelBusyError, ModelUnavailableError
 from lokal.metrics import Metrics
 from lokal.models.config import ModelEntry
@@ -34,20 +35,8 @@ Key = tuple[str, str]  # model name, instance
 
 
 def default_backend_factory(engine: str, options: LoadOptions) -> Backend:
-    """The engine module for an engine name; imported only when needed."""
-    if engine == "llama-cpp":
-        from lokal.backends.llamacpp import LlamaCppBackend
-
-        return LlamaCppBackend(options)
-    if engine == "sentence-transformers":
-        from lokal.backends.sentence_transformers import SentenceTransformersBackend
-
-        return SentenceTransformersBackend(options)
-    if engine == "whisper":
-        from lokal.backends.whisper import WhisperBackend
-
-        return WhisperBackend(options)
-    raise ModelLoadError(f"the {engine!r} backend is not available in this version of lokal")
+    """The engine, in this process (ENGINE_ISOLATION=inprocess)."""
+    return create_backend(engine, options)
 
 
 def _size(path: Path) -> int | None:

@@ -68,6 +68,10 @@ def cmd_serve(settings: Settings) -> int:
     if not settings.models_path.is_dir():
         log.warning("models path %s does not exist: no models to serve", settings.models_path)
     registry = make_registry(settings, threads)
+    log.info("engines: %s; memory budget: %s", "a worker process per model"
+             if settings.engine_isolation == "process" else "in the server process",
+             settings.memory_limit if settings.memory_limit != "auto"
+             else "auto (available memory less a margin)")
     for entry in registry.entries:
         if entry.ok:
             log.info("model %s: %s", entry.name, entry.model_path.name if entry.model_path else "-")
@@ -92,8 +96,14 @@ def cmd_serve(settings: Settings) -> int:
 
 def make_registry(settings: Settings, threads: int, backend_factory: Any = None) -> Any:
     """The registry `lokal serve` runs for settings (tests pass a fake engine factory)."""
+    from lokal.models.memory import MemoryBudget
     from lokal.models.registry import EngineDefaults, ModelRegistry, default_backend_factory
 
+    if backend_factory is None and settings.engine_isolation == "process":
+        from lokal.backends.worker import WorkerFactory
+
+        backend_factory = WorkerFactory()
+    memory = None if settings.memory_limit == "off" else MemoryBudget(settings.memory_limit_bytes)
     return ModelRegistry(
         settings.models_path,
         EngineDefaults(threads=threads, parallel=settings.parallel_requests,
@@ -106,6 +116,7 @@ def make_registry(settings: Settings, threads: int, backend_factory: Any = None)
         idle_timeout=settings.watchdog_idle_timeout,
         busy_timeout=settings.watchdog_busy_timeout,
         backend_factory=backend_factory or default_backend_factory,
+        memory=memory,
     )
 
 

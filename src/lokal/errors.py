@@ -184,6 +184,30 @@ class EngineStuck(ServerError):
                          "the request was ended and the model will be reloaded.")
 
 
+class EngineStopped(ServerError):
+    """A model's engine process ended (crashed, was killed) while serving the request."""
+
+    type = "engine_stopped"
+
+    def __init__(self, name: str, detail: str = "") -> None:
+        super().__init__(f"The engine of the model '{name}' stopped while serving this request"
+                         f"{detail}. The model is loaded again on the next request; retry.")
+        self.name = name
+
+
+class ModelFailedError(ModelUnavailableError):
+    """A model whose engine kept crashing, refused until it is reloaded."""
+
+    type = "model_failed"
+
+
+class InsufficientMemory(InsufficientStorage):
+    """A model that would not fit in the memory budget (507)."""
+
+    def __init__(self, message: str, *, needed: int, free: int) -> None:
+        super().__init__(message, extra={"needed_bytes": needed, "free_bytes": free})
+
+
 def normalize_engine_error(exc: EngineError) -> LokalError:
     """An engine's refusal in lokal's words where lokal knows better ones."""
     if exc.kind == "exceed_context_size_error":

@@ -197,7 +197,7 @@ class Metrics:
         self.evictions = Counter("lokal_model_evictions", "Model instances unloaded to make room "
                                  "under MAX_ACTIVE_BACKENDS", ["model", "purpose"], registry=r)
         self.restarts = Counter("lokal_worker_restarts", "Engine instances replaced after they "
-                                "stopped responding (WATCHDOG_BUSY_TIMEOUT)", ["model", "purpose"],
+                                "crashed or stopped responding (WATCHDOG_BUSY_TIMEOUT)", ["model", "purpose"],
                                 registry=r)
         self.embedding_inputs = Counter("lokal_embedding_inputs", "Texts (or token lists) "
                                         "embedded", ["model"], registry=r)

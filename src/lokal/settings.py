@@ -167,6 +167,18 @@ class Settings(BaseSettings):
         description="Unload a model idle this long (seconds or a duration like 15m; "
         "unset: never).",
     )
+    engine_isolation: str = Field(
+        "process", validation_alias=_env("ENGINE_ISOLATION"),
+        description="process: each loaded model's engine runs in a supervised worker process "
+        "(a crash costs only that model's running requests); inprocess: engines run inside "
+        "the server process.",
+    )
+    memory_limit: str = Field(
+        "auto", validation_alias=_env("MEMORY_LIMIT"),
+        description="Memory the loaded models may take (e.g. 8G); a load that would not fit "
+        "unloads idle models, else is refused with 507. auto: what the machine has available "
+        "less a margin; off: no check.",
+    )
     embeddings_batching: bool = Field(
         True, validation_alias=_env("EMBEDDINGS_BATCHING"),
         description="Run concurrent embedding requests for a model as shared batches.",
@@ -334,6 +346,23 @@ class Settings(BaseSettings):
             raise ValueError("MAX_IMAGE_SIZE must be more than 0 (e.g. 20M)")
         return str(value).strip()
 
+    @field_validator("engine_isolation")
+    @classmethod
+    def _isolation(cls, value: str) -> str:
+        mode = value.strip().lower().replace("-", "").replace("_", "")
+        if mode not in ("process", "inprocess"):
+            raise ValueError("engine isolation must be process or inprocess")
+        return mode
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _memory_limit(cls, value: str) -> str:
+        text = str(value).strip().lower()
+        if text not in ("auto", "off", ""):
+            if parse_size(text) is None:
+                raise ValueError("memory limit must be a size (e.g. 8G), auto or off")
+        return text or "auto"
+
     @field_validator("log_level")
     @classmethod
     def _level(cls, value: str) -> str:
@@ -424,6 +453,11 @@ class Settings(BaseSettings):
     @property
     def preload(self) -> list[str]:
         return split_list(self.preload_models)
+
+    @property
+    def memory_limit_bytes(self) -> int | None:
+        """MEMORY_LIMIT in bytes; None for auto and off."""
+        return None if self.memory_limit in ("auto", "off") else parse_size(self.memory_limit)
 
     @property
     def upload_limit_bytes(self) -> int:

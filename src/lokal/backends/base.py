@@ -26,6 +26,10 @@ class ModelLoadError(Exception):
     """A model that could not be loaded; the message says why, for the user."""
 
 
+class EngineDied(ModelLoadError):
+    """The engine's worker process ended while loading (an abort, a signal): a crash."""
+
+
 @dataclass
 class LoadOptions:
     """Everything an engine needs to load one model."""
@@ -114,6 +118,21 @@ class Backend(ABC):
     def dimensions(self) -> int | None:
         """Length of the vectors embed returns, when known."""
         return None
+
+    # Supervision (engines in worker processes; in-process engines cannot end alone) ----
+
+    def supervise(self, name: str, on_exit: Callable[[str], None]) -> None:
+        """Call on_exit(reason), from any thread, when the engine ends unexpectedly;
+        name is the model's, for messages and logs."""
+
+    def kill(self, reason: str) -> bool:
+        """End a hung engine at once if that is possible (False: it is not)."""
+        return False
+
+    @property
+    def waiting(self) -> int:
+        """Requests that wait for a slot and have not reached the engine yet."""
+        return 0
 
     @abstractmethod
     def close(self) -> None:

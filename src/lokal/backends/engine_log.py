@@ -95,6 +95,25 @@ class EngineLog:
             pass
 
 
+class Passthrough(EngineLog):
+    """No capture: engine output goes to fd 2 untouched (a worker process, whose fd 2 the
+    server reads, so that even the last line before an abort reaches it)."""
+
+    def install(self) -> None:
+        pass
+
+
+def parse(line: str) -> tuple[str, str] | None:
+    """(level, text) of an engine log line, None for anything else."""
+    match = _LINE.match(line)
+    return (match.group(1), match.group(2).strip()) if match else None
+
+
+def level(letter: str) -> int:
+    """The logging level lokal logs an engine line of that letter at."""
+    return _LEVELS.get(letter, logging.DEBUG)
+
+
 _engine_log: EngineLog | None = None
 _install_lock = threading.Lock()
 
@@ -102,6 +121,14 @@ _install_lock = threading.Lock()
 def get() -> EngineLog | None:
     """The installed capture, or None when engine output goes to stderr untouched."""
     return _engine_log
+
+
+def passthrough() -> None:
+    """Leave fd 2 alone in this process (see `Passthrough`); before any `install()`."""
+    global _engine_log
+    with _install_lock:
+        if _engine_log is None:
+            _engine_log = Passthrough()
 
 
 def install() -> EngineLog:

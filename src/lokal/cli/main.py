@@ -74,6 +74,10 @@ def cmd_serve(settings: Settings) -> int:
     if not settings.models_path.is_dir():
         log.warning("models path %s does not exist: no models to serve", settings.models_path)
     registry = make_registry(settings, threads)
+    log.info("engines: %s; memory budget: %s", "a worker process per model"
+             if settings.engine_isolation == "process" else "in the server process",
+             settings.memory_limit if settings.memory_limit != "auto"
+             else "auto (available memory less a margin)")
     for entry in registry.entries:
         if entry.ok:
             log.info("model %s: %s", entry.name, entry.model_path.name if entry.model_path else "-")
@@ -115,6 +119,7 @@ def cmd_serve(settings: Settings) -> int:
 
 def registry_options(settings: Settings, threads: int) -> dict[str, Any]:
     """`ModelRegistry`'s arguments for settings (also sent to Ray model replicas)."""
+    from lokal.models.memory import MemoryBudget
     from lokal.models.registry import EngineDefaults
 
     return dict(
@@ -128,13 +133,19 @@ def registry_options(settings: Settings, threads: int) -> dict[str, Any]:
         max_active=settings.max_active_backends,
         idle_timeout=settings.watchdog_idle_timeout,
         busy_timeout=settings.watchdog_busy_timeout,
+        memory=None if settings.memory_limit == "off" else MemoryBudget(settings.memory_limit_bytes),
     )
 
 
 def make_registry(settings: Settings, threads: int, backend_factory: Any = None) -> Any:
-    """The registry `lokal serve` runs for settings (tests pass a fake engine factory)."""
+    """The registry `lokal serve` runs for settings (tests pass a fake engine factory):
+    engines in worker processes unless ENGINE_ISOLATION=inprocess."""
     from lokal.models.registry import ModelRegistry, default_backend_factory
 
+    if backend_factory is None and settings.engine_isolation == "process":
+        from lokal.backends.worker import WorkerFactory
+
+        backend_factory = WorkerFactory()
     return ModelRegistry(**registry_options(settings, threads),
                          backend_factory=backend_factory or default_backend_factory)
 

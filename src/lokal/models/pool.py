@@ -12,6 +12,7 @@ still be finishing its token).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
@@ -19,47 +20,42 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from lokal.backends.base import Backend, Embeddings, LoadOptions, ModelLoadError
-from lokal.errors import ModelBusyError, ModelUnavailableError
+from lokal.backends.base import Backend, EngineDied, Embeddings, LoadOptions, ModelLoadError
+from lokal.backends.engines import create_backend
+from lokal.errors import InsufficientMemory, ModelBusyError, ModelFailedError, ModelUnavailableError
 from lokal.formats.modelfile import disk_size
 from lokal.metrics import Metrics
 from lokal.models.config import ModelEntry
 from lokal.models.embedding import EmbeddingBatcher
+from lokal.models.memory import Estimate, MemoryBudget, estimate, human
 from lokal.models.planner import EngineDefaults, LoadPlan
 
 log = logging.getLogger(__name__)
 
 BackendFactory = Callable[[str, LoadOptions], Backend]
 Key = tuple[str, str]  # model name, instance
+CRASH_LIMIT = 3        # engine crashes of one model within CRASH_WINDOW seconds mark it failed
+CRASH_WINDOW = 300.0
 
 
 def default_backend_factory(engine: str, options: LoadOptions) -> Backend:
-    """The engine module for an engine name; imported only when needed."""
-    if engine == "llama-cpp":
-        from lokal.backends.llamacpp import LlamaCppBackend
-
-        return LlamaCppBackend(options)
-    if engine == "sentence-transformers":
-        from lokal.backends.sentence_transformers import SentenceTransformersBackend
-
-        return SentenceTransformersBackend(options)
-    if engine == "whisper":
-        from lokal.backends.whisper import WhisperBackend
-
-        return WhisperBackend(options)
-    raise ModelLoadError(f"the {engine!r} backend is not available in this version of lokal")
+    """The engine, in this process (ENGINE_ISOLATION=inprocess)."""
+    return create_backend(engine, options)
 
 
 class Instance:
     """One loaded engine instance and who is using it."""
 
     def __init__(self, key: Key, backend: Backend, batcher: EmbeddingBatcher | None = None, *,
-                 engine: str = "", size: int | None = None) -> None:
+                 engine: str = "", size: int | None = None, memory: Estimate | None = None) -> None:
         self.key = key
         self.backend = backend
         self.batcher = batcher
         self.engine = engine
         self.size = size  # its weights' bytes, for the metrics
+        self.memory = memory  # what it was estimated to take, for the memory budget
+        self.retired = False
+        self.crashes = 0  # engine process ends survived (requests waiting restarted it)
         self.in_use = 0
         self.last_used = time.monotonic()
         self.idle = asyncio.Event()
@@ -141,9 +137,17 @@ class Pool:
 
     def __init__(self, defaults: EngineDefaults, *, max_active: int = 0,
                  idle_timeout: float | None = None, busy_timeout: float | None = None,
-                 backend_factory: BackendFactory = default_backend_factory) -> None:
+                 backend_factory: BackendFactory = default_backend_factory,
+                 memory: MemoryBudget | None = None, crash_limit: int = CRASH_LIMIT,
+                 crash_window: float = CRASH_WINDOW) -> None:
         self.defaults = defaults
         self.max_active = max_active
+        self.memory = memory  # None: no memory check (MEMORY_LIMIT=off)
+        self.crash_limit = crash_limit
+        self.crash_window = crash_window
+        self.failed: dict[str, str] = {}  # model -> why it is refused until reloaded
+        self.restarts = 0  # engine instances replaced after a crash or a hang
+        self._crashes: dict[str, collections.deque[float]] = {}
         self.idle_timeout = idle_timeout
         self.busy_timeout = busy_timeout
         self._factory = backend_factory
@@ -172,6 +176,8 @@ class Pool:
     async def lease(self, entry: ModelEntry, plan: LoadPlan) -> AsyncIterator[Lease]:
         """The planned instance of entry, loaded, held for the block."""
         key = (entry.name, plan.instance)
+        if entry.name in self.failed:
+            raise ModelFailedError(entry.name, self.failed[entry.name])
         instance = self._loaded.get(key)
         if instance is None:
             async with self._locks.setdefault(key, asyncio.Lock()):
@@ -183,20 +189,38 @@ class Pool:
             raise ModelBusyError(entry.name, limit)
         instance.take()
         lease = Lease(self, entry, instance)
+        crashes = instance.crashes
         try:
             yield lease
         finally:
             lease._drop()
+        if instance.crashes == crashes and not instance.retired and entry.name in self._crashes:
+            # Served without a crash: a crash loop is crashes in a row.
+            self._crashes.pop(entry.name, None)
 
     async def _load(self, entry: ModelEntry, plan: LoadPlan) -> Instance:
-        await self._make_room()
+        need = None
+        if self.memory is not None:
+            need = await asyncio.to_thread(estimate, plan.engine, plan.options)
+        async with self._capacity:
+            # Room is made and the load done under one lock, so that two loads cannot both
+            # count on the same free memory.
+            await self._make_room(entry, need)
+            return await self._load_now(entry, plan, need)
+
+    async def _load_now(self, entry: ModelEntry, plan: LoadPlan, need: Estimate | None) -> Instance:
         started = time.monotonic()
-        log.info("loading model %s from %s (%s)", entry.name, plan.options.model_path.name, plan.engine)
+        log.info("loading model %s from %s (%s%s)", entry.name, plan.options.model_path.name, plan.engine,
+                 f", about {human(need.total)}" if need is not None else "")
         try:
             backend = await asyncio.to_thread(self._factory, plan.engine, plan.options)
         except ModelLoadError as exc:
             self.metrics.model_load_failed(entry.name, plan.instance)
             log.error("model %s failed to load: %s", entry.name, exc)
+            if isinstance(exc, EngineDied):
+                self._crashed(entry.name, str(exc))
+                if entry.name in self.failed:
+                    raise ModelFailedError(entry.name, self.failed[entry.name]) from exc
             raise ModelUnavailableError(entry.name, str(exc)) from exc
         batcher = None
         if plan.instance == "embed" and self.defaults.batch_embeddings:
@@ -205,42 +229,124 @@ class Pool:
                 self.metrics.embedding_batch_ran, entry.name))
         key = (entry.name, plan.instance)
         instance = Instance(key, backend, batcher, engine=plan.engine,
-                            size=await asyncio.to_thread(disk_size, plan.options.model_path))
+                            size=await asyncio.to_thread(disk_size, plan.options.model_path), memory=need)
         self._loaded[key] = instance
+        loop = asyncio.get_running_loop()
+
+        def on_exit(reason: str) -> None:  # on the worker's reader thread
+            try:
+                loop.call_soon_threadsafe(self._exited, instance, reason)
+            except RuntimeError:  # the loop is gone: shutting down
+                pass
+
+        backend.supervise(entry.name, on_exit)
         self.metrics.model_loaded(entry.name, plan.instance, time.monotonic() - started)
-        log.info("model %s ready in %.1fs", entry.name, time.monotonic() - started)
+        pid = getattr(backend, "pid", None)
+        log.info("model %s ready in %.1fs%s", entry.name, time.monotonic() - started,
+                 f" (worker {pid})" if pid else "")
         return instance
 
-    async def _make_room(self) -> None:
-        """Unload least recently used instances until one more fits under the limit."""
-        if self.max_active <= 0:
+    async def _make_room(self, entry: ModelEntry, need: Estimate | None) -> None:
+        """Unload least recently used instances until one more fits under the active-instance
+        limit and in the memory budget; refuse (507) when memory cannot be found."""
+        while self.max_active > 0 and len(self._loaded) >= self.max_active:
+            key, victim = min(self._loaded.items(), key=lambda item: item[1].last_used)
+            await victim.idle.wait()
+            if self._loaded.get(key) is victim and victim.in_use == 0:
+                log.info("unloading model %s (%s) to make room (MAX_ACTIVE_BACKENDS=%d)",
+                         key[0], key[1], self.max_active)
+                self.metrics.model_evicted(*key)
+                await self._unload(key)
+        if need is None or self.memory is None:
             return
-        async with self._capacity:
-            while len(self._loaded) >= self.max_active:
-                key, victim = min(self._loaded.items(), key=lambda item: item[1].last_used)
-                await victim.idle.wait()
-                if self._loaded.get(key) is victim and victim.in_use == 0:
-                    log.info("unloading model %s (%s) to make room (MAX_ACTIVE_BACKENDS=%d)",
-                             key[0], key[1], self.max_active)
-                    self.metrics.model_evicted(*key)
-                    await self._unload(key)
+        used = sum(i.memory.total for i in self._loaded.values() if i.memory is not None)
+        free, why = self.memory.free(used)
+        freed = 0
+        while need.total > free + freed:
+            idle = [i for i in self._loaded.values() if i.in_use == 0]
+            if not idle:
+                break
+            victim = min(idle, key=lambda i: i.last_used)
+            size = victim.memory.total if victim.memory is not None else (victim.size or 0)
+            log.info("unloading model %s (%s, about %s) to make room for %s (%s needed, %s free: %s)",
+                     victim.key[0], victim.key[1], human(size), entry.name, human(need.total),
+                     human(free + freed), why)
+            self.metrics.model_evicted(*victim.key)
+            await self._unload(victim.key)
+            freed += size
+        if need.total > free + freed:
+            busy = len(self._loaded)
+            held = f" ({busy} loaded model(s) are answering requests)" if busy else ""
+            message = (f"Not enough memory to load the model '{entry.name}': it needs about "
+                       f"{human(need.total)} ({need.describe()}) and {human(max(0, free + freed))} is free "
+                       f"({why}){held}. Lower its context_size (CONTEXT_SIZE) or PARALLEL_REQUESTS, "
+                       "use a smaller quantisation, or raise MEMORY_LIMIT.")
+            log.error("%s", message)
+            raise InsufficientMemory(message, needed=need.total, free=max(0, free + freed))
 
     def retire(self, instance: Instance) -> None:
         """Take an instance that stopped responding out of service: new requests get a
-        fresh one; the old one is freed once its engine calls have returned."""
+        fresh one; the old one is freed once its engine calls have returned. An engine
+        in a worker process is killed at once (its other requests end as in a crash)."""
         if self._loaded.get(instance.key) is not instance:
             return
-        del self._loaded[instance.key]
-        self.metrics.worker_restarted(*instance.key)
-        self.metrics.model_unloaded(*instance.key)
         log.error("model %s (%s) stopped responding: retired, will reload on the next request",
                   *instance.key)
+        self._drop(instance)
+        self.restarts += 1
+        self.metrics.worker_restarted(*instance.key)
+        self._crashed(instance.key[0], "its engine stopped responding (WATCHDOG_BUSY_TIMEOUT)")
+        instance.backend.kill("no progress within WATCHDOG_BUSY_TIMEOUT")
+
+    def _drop(self, instance: Instance) -> None:
+        """Out of service; closed once its engine calls have returned."""
+        instance.retired = True
+        if self._loaded.get(instance.key) is instance:
+            del self._loaded[instance.key]
+            self.metrics.model_unloaded(*instance.key)
 
         async def close_when_idle() -> None:
             await instance.idle.wait()
             await asyncio.to_thread(instance.backend.close)
 
         asyncio.get_running_loop().create_task(close_when_idle())
+
+    def _exited(self, instance: Instance, reason: str) -> None:
+        """An instance's engine process ended on its own (a crash, a signal, the OOM killer)."""
+        instance.crashes += 1
+        if instance.retired:
+            return  # killed by the busy watchdog: counted there
+        self.restarts += 1
+        self.metrics.worker_restarted(*instance.key)
+        failed = self._crashed(instance.key[0], reason)
+        if failed or instance.backend.waiting == 0:
+            # The next request loads it again (through the memory check); requests that
+            # were waiting for a slot restart it in place instead.
+            self._drop(instance)
+
+    def _crashed(self, name: str, reason: str) -> bool:
+        """Count a crash of name's engine; True when that marks the model failed."""
+        now = time.monotonic()
+        times = self._crashes.setdefault(name, collections.deque())
+        times.append(now)
+        while times and now - times[0] > self.crash_window:
+            times.popleft()
+        if len(times) < self.crash_limit or name in self.failed:
+            return name in self.failed
+        self.failed[name] = (f"its engine crashed {len(times)} times within {self.crash_window:.0f}s "
+                             f"(last: {reason}); it stays off until it is reloaded")
+        log.error("model %s marked failed: %s", name, self.failed[name])
+        for key, instance in list(self._loaded.items()):
+            if key[0] == name:
+                self._drop(instance)
+        return True
+
+    def clear_failures(self, name: str | None = None) -> None:
+        """Let a failed model (or every one) load again: a reload."""
+        for model in [name] if name is not None else list(self.failed):
+            if self.failed.pop(model, None) is not None:
+                log.info("model %s: failed state cleared; it loads on the next request", model)
+            self._crashes.pop(model, None)
 
     async def _unload(self, key: Key) -> None:
         instance = self._loaded.pop(key, None)
@@ -249,7 +355,9 @@ class Pool:
             await asyncio.to_thread(instance.backend.close)
 
     async def unload(self, name: str) -> bool:
-        """Unload a model's instances once their requests are done; False if none was loaded."""
+        """Unload a model's instances once their requests are done (and clear a failed
+        state); False if none was loaded."""
+        self.clear_failures(name)
         keys = [key for key in self._loaded if key[0] == name]
         for key in keys:
             instance = self._loaded.get(key)

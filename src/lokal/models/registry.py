@@ -19,6 +19,7 @@ from lokal.metrics import Metrics, ModelState, RegistryState
 from lokal.errors import ModelCapabilityError, ModelUnavailableError, UnknownModelError
 from lokal.models.catalog import Catalog
 from lokal.models.config import ModelEntry
+from lokal.models.memory import MemoryBudget
 from lokal.models.planner import EngineDefaults, main_task, plan_load
 from lokal.models.pool import BackendFactory, Lease, Pool, default_backend_factory
 
@@ -33,12 +34,13 @@ class ModelRegistry:
     def __init__(self, models_path: Path, defaults: EngineDefaults, *,
                  config_file: Path | None = None, max_active: int = 0,
                  idle_timeout: float | None = None, busy_timeout: float | None = None,
-                 backend_factory: BackendFactory = default_backend_factory) -> None:
+                 backend_factory: BackendFactory = default_backend_factory,
+                 memory: MemoryBudget | None = None) -> None:
         self.models_path = models_path
         self.defaults = defaults
         self.catalog = Catalog(models_path, config_file)
         self.pool = Pool(defaults, max_active=max_active, idle_timeout=idle_timeout,
-                         busy_timeout=busy_timeout, backend_factory=backend_factory)
+                         busy_timeout=busy_timeout, backend_factory=backend_factory, memory=memory)
         self.metrics = Metrics()  # the app's replaces it (lokal.api.app)
 
     @property
@@ -62,8 +64,14 @@ class ModelRegistry:
     # The catalog -----------------------------------------------------------
 
     def scan(self) -> list[ModelEntry]:
-        """Read the models folder again (after an install or a removal)."""
+        """Read the models folder again (after an install or a removal); models marked
+        failed after repeated engine crashes may load again."""
+        self.pool.clear_failures()
         return self.catalog.scan()
+
+    def failure(self, name: str) -> str | None:
+        """Why a model is refused after repeated engine crashes, or None."""
+        return self.pool.failed.get(name)
 
     @property
     def entries(self) -> list[ModelEntry]:

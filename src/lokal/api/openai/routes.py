@@ -28,18 +28,24 @@ def _registry(request: Request) -> ModelRegistry:
 @router.get("/models", summary="List the models this server serves")
 async def list_models(request: Request) -> dict[str, Any]:
     created = request.app.state.started
-    data = [_model(e, created) for e in _registry(request).entries if e.ok]
+    registry = _registry(request)
+    data = [_model(registry, e, created) for e in registry.entries if e.ok]
     return {"object": "list", "data": data}
 
 
-def _model(entry: ModelEntry, created: int) -> dict[str, Any]:
+def _model(registry: ModelRegistry, entry: ModelEntry, created: int) -> dict[str, Any]:
     """OpenAI's model object, with lokal's `capabilities`: the tasks the model serves
-    (chat, complete, embed, rerank, transcribe) and `vision` when it takes images."""
+    (chat, complete, embed, rerank, transcribe) and `vision` when it takes images; a
+    model refused after repeated engine crashes says so (until it is reloaded)."""
     capabilities = [t for t in TASKS if t in entry.tasks]
     if entry.vision:
         capabilities.append("vision")
-    return {"id": entry.name, "object": "model", "created": created, "owned_by": "lokal",
-            "capabilities": capabilities}
+    model = {"id": entry.name, "object": "model", "created": created, "owned_by": "lokal",
+             "capabilities": capabilities}
+    reason = registry.failure(entry.name)
+    if reason:
+        model.update(status="failed", error=reason)
+    return model
 
 
 @router.get("/models/{model_id:path}", summary="Describe one model")
@@ -47,7 +53,7 @@ async def get_model(model_id: str, request: Request) -> dict[str, Any]:
     entry = _registry(request).entry(model_id)  # unknown: 404
     if not entry.ok:
         raise UnknownModelError(model_id)
-    return _model(entry, request.app.state.started)
+    return _model(_registry(request), entry, request.app.state.started)
 
 
 async def _answer(request: Request, run: Run, shaper: Shaper, *, stream: bool, include_usage: bool) -> Any:

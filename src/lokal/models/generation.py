@@ -22,7 +22,7 @@ from typing import Any
 from lokal import threadnames
 from lokal.backends.base import ChunkSink
 from lokal.errors import EngineStuck, RequestTimeout, ShuttingDown
-from lokal.models.functions import EnvelopeReader
+from lokal.models.functions import EnvelopeReader, new_call_id
 from lokal.models.prompting import EngineCall
 from lokal.tasks import Delta, ToolCallDelta, Usage
 
@@ -141,6 +141,7 @@ class Generation:
         self.model = lease.entry.name
         self.cancel = threading.Event()
         self._readers: dict[int, EnvelopeReader] = {}
+        self._calls_seen: set[tuple[int, int]] = set()  # (choice, position) of native calls begun
         self._prompt_sum = 0
         self._completion_sum = 0
         self._cached_sum: int | None = None
@@ -214,7 +215,7 @@ class Generation:
             text = delta.get("content") or ""
             reasoning = delta.get("reasoning_content") or ""
             if delta.get("tool_calls"):
-                calls = [_tool_delta(c) for c in delta["tool_calls"]]
+                calls = [self._native_call(index, c) for c in delta["tool_calls"]]
             entries = logprobs.get("content") if isinstance(logprobs, dict) else None
         else:  # a text completion
             text = choice.get("text") or ""
@@ -230,11 +231,18 @@ class Generation:
             finish = "tool_calls"
         return Delta(index, text, reasoning, calls, entries, finish)
 
-
-def _tool_delta(call: dict[str, Any]) -> ToolCallDelta:
-    function = call.get("function") or {}
-    return ToolCallDelta(int(call.get("index", 0)), id=call.get("id"), name=function.get("name"),
-                         arguments=function.get("arguments") or "")
+    def _native_call(self, choice: int, call: dict[str, Any]) -> ToolCallDelta:
+        """A part of a call the engine parsed from the model's own format: `index` is the
+        call's position among the turn's parallel calls; its first part gets an id if
+        the engine gave none, so every API family can name it."""
+        function = call.get("function") or {}
+        position = int(call.get("index", 0))
+        call_id = call.get("id") or None
+        if (choice, position) not in self._calls_seen:
+            self._calls_seen.add((choice, position))
+            call_id = call_id or new_call_id()
+        return ToolCallDelta(position, id=call_id, name=function.get("name") or None,
+                             arguments=function.get("arguments") or "")
 
 
 @contextlib.asynccontextmanager

@@ -203,7 +203,8 @@ class ResponsesRequest(_Request):
             response_format = tasks.ResponseFormat("json_object")
         options = tasks.GenerationOptions(sampling=sampling, response_format=response_format,
                                           stream=self.stream, timeout=self.timeout)
-        return tasks.ChatTask(self.model, messages, options, tools=tools, tool_choice=choice)
+        return tasks.ChatTask(self.model, messages, options, tools=tools, tool_choice=choice,
+                              parallel_tool_calls=self.parallel_tool_calls)
 
 
 def _add_item(messages: list[tasks.Message], item: Any, names: dict[str, str]) -> None:

@@ -281,3 +281,20 @@ def test_without_tools_nothing_changes(native) -> None:
         r = client.post("/v1/chat/completions", json=chat("hi"))
     assert r.json()["choices"][0]["message"]["content"] == "Hello there."
     assert "tools" not in server.last.body and "parallel_tool_calls" not in server.last.body
+
+
+def test_parallel_calls_off_passes_on_the_first_call_only(native) -> None:
+    """The engine may parse a second call even with parallel_tool_calls false (xllamacpp
+    2026.10 does): the client asked for one, and gets one."""
+    server = native()
+    with server.client() as client:
+        choice = client.post("/v1/chat/completions", json=chat("hi", tools=TOOLS, parallel_tool_calls=False)
+                             ).json()["choices"][0]
+        assert _calls(choice["message"]) == [("get_weather", {"city": "Paris"})]
+        assert choice["finish_reason"] == "tool_calls"
+        r = client.post("/v1/messages", json={
+            "model": "fake", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}],
+            "tools": [{"name": t["name"], "input_schema": t["parameters"]} for t in (WEATHER, TIME)],
+            "tool_choice": {"type": "auto", "disable_parallel_tool_use": True}, "stream": True})
+    starts = [e for e in sse_events(r.text) if e["type"] == "content_block_start"]
+    assert [e["content_block"]["name"] for e in starts] == ["get_weather"]

@@ -215,7 +215,8 @@ class Generation:
             text = delta.get("content") or ""
             reasoning = delta.get("reasoning_content") or ""
             if delta.get("tool_calls"):
-                calls = [self._native_call(index, c) for c in delta["tool_calls"]]
+                calls = [self._native_call(index, c) for c in delta["tool_calls"]
+                         if self.call.parallel_calls or int(c.get("index", 0)) == 0] or None
             entries = logprobs.get("content") if isinstance(logprobs, dict) else None
         else:  # a text completion
             text = choice.get("text") or ""

@@ -43,6 +43,9 @@ class EngineCall:
     rendered: list[str] | None = None  # prompts rendered by LocalAI templates, for debug logs
     functions: FunctionPlan | None = None  # the reply is lokal's JSON envelope: a call or an answer
     n: int = 1  # choices per prompt
+    #: native tool calls: several calls in one turn, or only the first (the engine lets a
+    #: model's own format make more even with `parallel_tool_calls: false`)
+    parallel_calls: bool = True
 
 
 _SAMPLING = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty",
@@ -244,7 +247,7 @@ def _plan_native(entry: ModelEntry, task: ChatTask, body: dict[str, Any]) -> Eng
         body["parallel_tool_calls"] = task.parallel_tool_calls is not False
     _check_arguments(task.messages)
     body["messages"] = _engine_messages(entry, task.messages, native=True)
-    return EngineCall("chat", body, n=task.options.n)
+    return EngineCall("chat", body, n=task.options.n, parallel_calls=task.parallel_tool_calls is not False)
 
 
 def plan_chat(entry: ModelEntry, task: ChatTask) -> EngineCall:

@@ -298,3 +298,20 @@ def test_parallel_calls_off_passes_on_the_first_call_only(native) -> None:
             "tool_choice": {"type": "auto", "disable_parallel_tool_use": True}, "stream": True})
     starts = [e for e in sse_events(r.text) if e["type"] == "content_block_start"]
     assert [e["content_block"]["name"] for e in starts] == ["get_weather"]
+
+
+@pytest.mark.parametrize("template, expected", [
+    (TOOL_TEMPLATE, True),
+    (PLAIN_TEMPLATE, False),
+    ("{%- if tools is defined and tools %}{{ tools | tojson }}{% endif %}{{ messages }}", True),
+    ("{% for m in messages %}{{ m['tool_calls'] | tojson }}{% endfor %}", True),  # message['tool_calls']
+    ("{% for m in messages %}{% if m.tool_calls %}x{% endif %}{% endfor %}", True),
+    ("Ask me about tools! {{ messages[0].content }}", False),  # the word outside Jinja code
+])
+def test_template_takes_tools(template: str, expected: bool) -> None:
+    from lokal.models.config import template_supports_tools
+
+    assert template_supports_tools({"tokenizer.chat_template": template}) is expected
+    assert template_supports_tools({"tokenizer.chat_template": PLAIN_TEMPLATE,
+                                    "tokenizer.chat_template.tool_use": template}) is True
+    assert template_supports_tools({}) is False

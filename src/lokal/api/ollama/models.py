@@ -162,8 +162,8 @@ def details(entry: ModelEntry) -> dict[str, Any]:
 
 
 def capabilities(entry: ModelEntry) -> list[str]:
-    """What the model really does, in Ollama's words. lokal's tool calling holds any chat
-    model to a JSON envelope, so every chat model has `tools`. `insert` (suffix) and
+    """What the model really does, in Ollama's words. Every chat model has `tools` (its
+    own format when its template takes tools, else lokal's JSON envelope). `insert` (suffix) and
     `vision` are not offered: lokal does not fill in the middle or take images yet."""
     out = []
     if "chat" in entry.tasks or "complete" in entry.tasks:

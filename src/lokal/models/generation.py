@@ -6,7 +6,8 @@ once (one wake-up for all of them when the loop falls behind, as with many
 concurrent streams); setting the cancel event (client gone) makes the sink
 answer "stop" so the engine frees its slot within one token. `Generation`
 turns engine chunks, in whichever of the engine's shapes, into `Delta`s: text,
-tool-call parts read incrementally from lokal's JSON envelope, finish reasons,
+tool-call parts (parsed by the engine from a model's own call format, or read
+incrementally from lokal's JSON envelope), finish reasons,
 and the usage summed over the engine's tasks. Streamed and whole answers of
 every API family are made from the same deltas.
 """

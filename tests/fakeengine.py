@@ -67,17 +67,18 @@ class FakeServer:
 
     `config` is YAML added to the default model's config (`name: fake`, file
     `fake.gguf`); `files` are more files for the folder (configs, templates,
-    other GGUFs: a value of None writes a fake GGUF). `settings` are `Settings`
-    fields (`parallel_requests=1`, `queue_size=0`, `request_timeout=0.5`, ...).
+    other GGUFs: a value of None writes a fake GGUF). `chat_template` goes into the
+    default model's GGUF header. `settings` are `Settings` fields
+    (`parallel_requests=1`, `queue_size=0`, `request_timeout=0.5`, ...).
     """
 
     def __init__(self, folder: Path, script: Script = "Hello from the fake engine.", *,
                  config: str = "", files: dict[str, str | None] | None = None,
-                 context_length: int = 4096, **settings: Any) -> None:
+                 context_length: int = 4096, chat_template: str | None = None, **settings: Any) -> None:
         self.folder = folder
         self.script = script
         self.backends: list[FakeBackend] = []
-        write_gguf(folder / f"{MODEL}.gguf", context_length=context_length)
+        write_gguf(folder / f"{MODEL}.gguf", context_length=context_length, chat_template=chat_template)
         (folder / f"{MODEL}.yaml").write_text(f"name: {MODEL}\nparameters:\n  model: {MODEL}.gguf\n" + config)
         for name, text in (files or {}).items():
             if text is None:

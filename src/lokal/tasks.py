@@ -116,6 +116,9 @@ class ChatTask:
     options: GenerationOptions = field(default_factory=GenerationOptions)
     tools: list[Tool] = field(default_factory=list)
     tool_choice: ToolChoice = "auto"
+    #: may the model call several tools in one turn (None: yes, OpenAI's default);
+    #: only a model's own tool-call format can (lokal's JSON envelope holds one call)
+    parallel_tool_calls: bool | None = None
     task: Task = "chat"
 
 

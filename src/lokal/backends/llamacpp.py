@@ -193,10 +193,17 @@ class LlamaCppBackend(Backend):
         # Server object has no tokenize handler): exact, and no prompt is evaluated.
         prompt = body.get("prompt")
         if prompt is None:
-            prompt = self._loopback("/apply-template", {"messages": body["messages"]})["prompt"]
+            prompt = self.render_prompt(body)
         if not isinstance(prompt, str):
             return None
         return len(self._loopback("/tokenize", {"content": prompt, "add_special": True})["tokens"])
+
+    def render_prompt(self, body: dict[str, Any]) -> str:
+        """The prompt the engine's chat template makes of a chat body (its messages, and
+        its tools when the model gets them in its own format)."""
+        payload = {key: body[key] for key in ("messages", "tools", "tool_choice", "parallel_tool_calls")
+                   if key in body}
+        return str(self._loopback("/apply-template", payload)["prompt"])
 
     def _loopback(self, path: str, payload: dict[str, Any]) -> Any:
         import json

@@ -158,6 +158,9 @@ class ModelConfig(BaseModel):
     draft_model: str | None = None
     n_draft: int | None = Field(None, ge=1, le=64)
     speculative: SpeculativeConfig | None = None
+    # Tool calls: the model's own format through its chat template (native), lokal's JSON
+    # envelope held by a grammar (grammar), or native when the template knows tools (auto).
+    function_calling: Literal["auto", "native", "grammar"] = "auto"
 
     @property
     def speculation(self) -> dict[str, Any] | None:
@@ -247,6 +250,21 @@ class ModelEntry:
     # and, once described, whether it lets the model take images.
     mmproj_path: Path | None = None
     vision: bool = False
+    # Whether the GGUF's own chat template knows tools (read from its header once).
+    native_tools: bool = False
+
+    @property
+    def tool_format(self) -> Literal["native", "grammar"]:
+        """How this model calls tools: its own format through its chat template
+        ("native": tools passed to the template, the engine parses the calls), or
+        lokal's JSON envelope held by a grammar. LocalAI templates always mean the
+        grammar: they have no place for tools."""
+        if self.templates.renders_chat:
+            return "grammar"
+        mode = self.config.function_calling if self.config is not None else "auto"
+        if mode == "auto":
+            return "native" if self.native_tools else "grammar"
+        return mode
 
     @property
     def pending_downloads(self) -> list[download.Download]:
@@ -363,6 +381,11 @@ def _entry_from_config(models_path: Path, config: ModelConfig, source: Path) -> 
             fetched = any(d.path == entry.mmproj_path for d in entry.downloads)
             if not entry.mmproj_path.is_file() and not fetched:
                 raise ConfigError(f"mmproj file {config.mmproj!r} does not exist in the models folder")
+        if config.function_calling == "native" and (config.template.chat or config.template.chat_message) \
+                and not config.template.use_tokenizer_template:
+            raise ConfigError("function_calling: native needs the model's own chat template, but this config "
+                              "renders chats with LocalAI templates (template.chat / template.chat_message); "
+                              "set template.use_tokenizer_template: true, or function_calling: grammar")
         waiting = {d.path for d in entry.downloads if not d.path.exists()}
         if waiting & {_template_file(models_path, value) for value in (
                 config.template.chat, config.template.chat_message, config.template.completion)}:
@@ -549,6 +572,24 @@ def abilities(model_file: ModelFile, embeddings: bool) -> tuple[frozenset[str], 
     return frozenset({"chat", "complete"}), None
 
 
+# A Jinja statement or expression that uses `tools` or `tool_calls` (the variables
+# llama.cpp's chat handling gives a template: `{%- if tools %}`, `message.tool_calls`).
+_JINJA_BLOCK = re.compile(r"\{[{%](.*?)[%}]\}", re.DOTALL)
+_TOOL_NAMES = re.compile(r"\b(?:tools|tool_calls)\b")
+
+
+def template_supports_tools(metadata: dict[str, Any]) -> bool:
+    """Whether a GGUF's chat template takes tools: a template made for tool use
+    (`tokenizer.chat_template.tool_use`, which llama.cpp picks when tools are sent),
+    or a main template whose Jinja code uses `tools` or `tool_calls`."""
+    if isinstance(metadata.get("tokenizer.chat_template.tool_use"), str):
+        return True
+    template = metadata.get("tokenizer.chat_template")
+    if not isinstance(template, str):
+        return False
+    return any(_TOOL_NAMES.search(block) for block in _JINJA_BLOCK.findall(template))
+
+
 def describe(entry: ModelEntry) -> None:
     """Read the entry's model file once and record what it can do (or why not)."""
     if entry.error is not None or entry.model_path is None or not entry.model_path.exists():
@@ -560,6 +601,8 @@ def describe(entry: ModelEntry) -> None:
         return
     embeddings = entry.config.embeddings if entry.config is not None else False
     entry.tasks, entry.rerank_by = abilities(entry.file, embeddings)
+    if entry.file.gguf is not None:
+        entry.native_tools = template_supports_tools(entry.file.gguf.metadata)
     if entry.draft_path is not None:
         try:
             entry.draft_file = inspect(entry.draft_path)

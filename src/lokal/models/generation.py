@@ -6,7 +6,8 @@ once (one wake-up for all of them when the loop falls behind, as with many
 concurrent streams); setting the cancel event (client gone) makes the sink
 answer "stop" so the engine frees its slot within one token. `Generation`
 turns engine chunks, in whichever of the engine's shapes, into `Delta`s: text,
-tool-call parts read incrementally from lokal's JSON envelope, finish reasons,
+tool-call parts (parsed by the engine from a model's own call format, or read
+incrementally from lokal's JSON envelope), finish reasons,
 and the usage summed over the engine's tasks. Streamed and whole answers of
 every API family are made from the same deltas.
 """
@@ -22,7 +23,7 @@ from typing import Any
 from lokal import threadnames
 from lokal.backends.base import ChunkSink
 from lokal.errors import EngineStuck, RequestTimeout, ShuttingDown
-from lokal.models.functions import EnvelopeReader
+from lokal.models.functions import EnvelopeReader, new_call_id
 from lokal.models.prompting import EngineCall
 from lokal.tasks import Delta, ToolCallDelta, Usage
 
@@ -149,6 +150,7 @@ class Generation:
         self.cancel = threading.Event()
         self._queue: asyncio.Queue[Any] = asyncio.Queue()  # the engine thread's chunks
         self._readers: dict[int, EnvelopeReader] = {}
+        self._calls_seen: set[tuple[int, int]] = set()  # (choice, position) of native calls begun
         self._prompt_sum = 0
         self._completion_sum = 0
         self._cached_sum: int | None = None
@@ -229,7 +231,8 @@ class Generation:
             text = delta.get("content") or ""
             reasoning = delta.get("reasoning_content") or ""
             if delta.get("tool_calls"):
-                calls = [_tool_delta(c) for c in delta["tool_calls"]]
+                calls = [self._native_call(index, c) for c in delta["tool_calls"]
+                         if self.call.parallel_calls or int(c.get("index", 0)) == 0] or None
             entries = logprobs.get("content") if isinstance(logprobs, dict) else None
         else:  # a text completion
             text = choice.get("text") or ""
@@ -245,11 +248,18 @@ class Generation:
             finish = "tool_calls"
         return Delta(index, text, reasoning, calls, entries, finish)
 
-
-def _tool_delta(call: dict[str, Any]) -> ToolCallDelta:
-    function = call.get("function") or {}
-    return ToolCallDelta(int(call.get("index", 0)), id=call.get("id"), name=function.get("name"),
-                         arguments=function.get("arguments") or "")
+    def _native_call(self, choice: int, call: dict[str, Any]) -> ToolCallDelta:
+        """A part of a call the engine parsed from the model's own format: `index` is the
+        call's position among the turn's parallel calls; its first part gets an id if
+        the engine gave none, so every API family can name it."""
+        function = call.get("function") or {}
+        position = int(call.get("index", 0))
+        call_id = call.get("id") or None
+        if (choice, position) not in self._calls_seen:
+            self._calls_seen.add((choice, position))
+            call_id = call_id or new_call_id()
+        return ToolCallDelta(position, id=call_id, name=function.get("name") or None,
+                             arguments=function.get("arguments") or "")
 
 
 @contextlib.asynccontextmanager

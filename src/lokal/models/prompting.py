@@ -4,13 +4,15 @@ Config values are defaults: whatever the request sets wins, zero included
 (`temperature: 0` overrides a config's 0.2), and the config's stopwords join the
 request's. A config naming LocalAI templates has the prompt rendered here,
 LocalAI's way; otherwise the GGUF's own chat template does it inside the engine.
-With tools, the reply is held by a grammar to lokal's JSON envelope (see
-`functions`).
+With tools, a model whose chat template knows tools gets them in its own format
+(the template renders them, the engine parses the model's calls: `native`);
+any other is held by a grammar to lokal's JSON envelope (see `functions`).
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -18,8 +20,8 @@ from typing import Any, Literal
 from lokal import templates
 from lokal.errors import BadRequest
 from lokal.models.config import ModelEntry
-from lokal.models.functions import FunctionPlan, plan_functions, prompt_messages
-from lokal.tasks import ChatTask, CompletionTask, GenerationOptions, ImagePart, Message
+from lokal.models.functions import FunctionPlan, FunctionSpecError, plan_functions, prompt_messages
+from lokal.tasks import ChatTask, CompletionTask, GenerationOptions, ImagePart, Message, Tool
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,9 @@ class EngineCall:
     rendered: list[str] | None = None  # prompts rendered by LocalAI templates, for debug logs
     functions: FunctionPlan | None = None  # the reply is lokal's JSON envelope: a call or an answer
     n: int = 1  # choices per prompt
+    #: native tool calls: several calls in one turn, or only the first (the engine lets a
+    #: model's own format make more even with `parallel_tool_calls: false`)
+    parallel_calls: bool = True
 
 
 _SAMPLING = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty",
@@ -179,13 +184,70 @@ def check_images(entry: ModelEntry, messages: list[Message]) -> int:
     return count
 
 
-def _engine_messages(entry: ModelEntry, messages: list[Message]) -> list[dict[str, Any]]:
+def _native_message(message: Message) -> dict[str, Any]:
+    """A message in OpenAI's shape, past tool calls and results kept as such, for a
+    chat template that renders them in the model's own format."""
+    out: dict[str, Any] = {"role": message.role, "content": _content(message)}
+    if message.tool_calls:
+        out["tool_calls"] = [{"id": call.id, "type": "function",
+                              "function": {"name": call.name, "arguments": call.arguments or "{}"}}
+                             for call in message.tool_calls]
+    if message.role == "tool":
+        if message.tool_call_id is not None:
+            out["tool_call_id"] = message.tool_call_id
+        if message.name:
+            out["name"] = message.name
+    return out
+
+
+def _engine_messages(entry: ModelEntry, messages: list[Message], *,
+                     native: bool = False) -> list[dict[str, Any]]:
     """Messages for the GGUF chat template, config system prompt first."""
-    out: list[dict[str, Any]] = [{"role": m.role, "content": _content(m)} for m in messages]
+    out: list[dict[str, Any]] = [_native_message(m) if native else {"role": m.role, "content": _content(m)}
+                                 for m in messages]
     config = entry.config
     if config is not None and config.system_prompt and not any(m.role == "system" for m in messages):
         out.insert(0, {"role": "system", "content": config.system_prompt})
     return out
+
+
+def _tool(tool: Tool) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": tool.name, "description": tool.description,
+                                "parameters": tool.parameters or {"type": "object", "properties": {}}}
+    return {"type": "function", "function": function}
+
+
+def _check_arguments(messages: list[Message]) -> None:
+    """Past calls' arguments must be JSON objects: the engine hands them to the template
+    as objects (most templates write them with `tojson`)."""
+    for i, message in enumerate(messages):
+        for call in message.tool_calls:
+            try:
+                value = json.loads(call.arguments or "{}")
+            except ValueError:
+                value = None
+            if not isinstance(value, dict):
+                raise BadRequest(f"messages.{i}: the arguments of the call of {call.name!r} are not a "
+                                 "JSON object", param=f"messages.{i}.tool_calls")
+
+
+def _plan_native(entry: ModelEntry, task: ChatTask, body: dict[str, Any]) -> EngineCall:
+    """Tools in the model's own format: the template renders them (and past calls and
+    results), the engine parses the model's calls into `tool_calls` as it generates."""
+    tools, choice = task.tools, task.tool_choice
+    if tools and choice not in ("auto", "none", "required"):
+        tools = [t for t in tools if t.name == choice]
+        if not tools:
+            raise FunctionSpecError(f"tool_choice names {choice!r}, which is not among the functions given")
+        choice = "required"  # the one function offered, which must be called
+    if tools:
+        body["tools"] = [_tool(t) for t in tools]
+        body["tool_choice"] = choice
+        # OpenAI's default is yes; llama.cpp's is no.
+        body["parallel_tool_calls"] = task.parallel_tool_calls is not False
+    _check_arguments(task.messages)
+    body["messages"] = _engine_messages(entry, task.messages, native=True)
+    return EngineCall("chat", body, n=task.options.n, parallel_calls=task.parallel_tool_calls is not False)
 
 
 def plan_chat(entry: ModelEntry, task: ChatTask) -> EngineCall:
@@ -197,6 +259,12 @@ def plan_chat(entry: ModelEntry, task: ChatTask) -> EngineCall:
         if sampling.top_logprobs:
             body["top_logprobs"] = sampling.top_logprobs
     check_images(entry, task.messages)
+    # A call that must happen (tool_choice required, or a named function) goes through
+    # lokal's grammar even for native-format models: the engine does not enforce it there.
+    enforced = bool(task.tools) and task.tool_choice not in ("auto", "none")
+    if entry.tool_format == "native" and not enforced and (
+            task.tools or any(m.tool_calls or m.role == "tool" for m in task.messages)):
+        return _plan_native(entry, task, body)
     functions = plan_functions(task)
     messages = prompt_messages(task.messages, functions)
     if functions is not None:

@@ -217,7 +217,11 @@ class MessagesRequest(_Request):
         sampling = tasks.Sampling(max_tokens=self.max_tokens, temperature=self.temperature,
                                   top_p=self.top_p, top_k=self.top_k, ignore_eos=self.ignore_eos)
         options = tasks.GenerationOptions(sampling=sampling, stream=self.stream, timeout=self.timeout)
-        return tasks.ChatTask(self.model, messages, options, tools=tools, tool_choice=choice), pending
+        parallel = None
+        if self.tool_choice is not None and self.tool_choice.disable_parallel_tool_use:
+            parallel = False
+        return tasks.ChatTask(self.model, messages, options, tools=tools, tool_choice=choice,
+                              parallel_tool_calls=parallel), pending
 
 
 def _add_message(messages: list[tasks.Message], message: InputMessage, names: dict[str, str],

@@ -162,10 +162,10 @@ def details(entry: ModelEntry) -> dict[str, Any]:
 
 
 def capabilities(entry: ModelEntry) -> list[str]:
-    """What the model really does, in Ollama's words. lokal's tool calling holds any chat
-    model to a JSON envelope, so every chat model has `tools`; `vision` when the model
-    takes images (a multimodal projector). `insert` (suffix) is not offered: lokal does
-    not fill in the middle."""
+    """What the model really does, in Ollama's words. Every chat model has `tools` (its
+    own format when its template takes tools, else lokal's JSON envelope); `vision` when
+    the model takes images (a multimodal projector). `insert` (suffix) is not offered:
+    lokal does not fill in the middle."""
     out = []
     if "chat" in entry.tasks or "complete" in entry.tasks:
         out.append("completion")

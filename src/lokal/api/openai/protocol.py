@@ -286,8 +286,10 @@ class ChatCompletionRequest(_SamplingRequest):
             choice = _tool_choice(self.tool_choice)
         else:
             tools, choice = [], "auto"
+        # Legacy function_call answers hold one call.
+        parallel = False if self.legacy_functions else self.parallel_tool_calls
         return tasks.ChatTask(self.model, [m.to_task() for m in self.messages], options,
-                              tools=tools, tool_choice=choice)
+                              tools=tools, tool_choice=choice, parallel_tool_calls=parallel)
 
     async def to_task_with_images(self, loader: ImageLoader) -> tasks.ChatTask:
         """The task with every image part loaded and checked (ImageError: a 400 naming it)."""

@@ -254,7 +254,8 @@ class ResponsesRequest(_Request):
             response_format = tasks.ResponseFormat("json_object")
         options = tasks.GenerationOptions(sampling=sampling, response_format=response_format,
                                           stream=self.stream, timeout=self.timeout)
-        task = tasks.ChatTask(self.model, messages, options, tools=tools, tool_choice=choice)
+        task = tasks.ChatTask(self.model, messages, options, tools=tools, tool_choice=choice,
+                              parallel_tool_calls=self.parallel_tool_calls)
         return task, pending
 
 

@@ -42,7 +42,7 @@ async def _watch_disconnect(request: Request, generation: Generation) -> None:
     while not generation.cancel.is_set():
         message = await request.receive()
         if message["type"] == "http.disconnect":
-            generation.cancel.set()
+            generation.stop()
             return
 
 

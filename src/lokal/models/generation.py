@@ -22,12 +22,22 @@ from typing import Any
 
 from lokal import threadnames
 from lokal.backends.base import ChunkSink
-from lokal.errors import EngineStuck, RequestTimeout, ShuttingDown
+from lokal.errors import EngineStuck, LokalError, RequestTimeout, ShuttingDown
 from lokal.models.functions import EnvelopeReader, new_call_id
 from lokal.models.prompting import EngineCall
 from lokal.tasks import Delta, ToolCallDelta, Usage
 
 _DONE = object()
+
+
+class ClientGone(LokalError):
+    """The client left before its request reached the engine (nginx's 499)."""
+
+    status = 499
+    type = "client_closed_request"
+
+    def __init__(self) -> None:
+        super().__init__("The client closed the connection before the request was served.")
 
 
 class _Failure:
@@ -102,12 +112,14 @@ async def engine_chunks(run: Callable[[ChunkSink], None], cancel: threading.Even
 
 async def guarded(chunks: AsyncIterator[Batch], cancel: threading.Event, *,
                   timeout: float | None, busy: float | None, on_stuck: Callable[[], None],
-                  stopping: asyncio.Event | None = None) -> AsyncIterator[Batch]:
+                  stopping: asyncio.Event | None = None,
+                  deadline: float | None = None) -> AsyncIterator[Batch]:
     """Batches of chunks, ending the request past its timeout, when the engine goes quiet
     for longer than the busy watchdog allows (then on_stuck retires the model), or when
     the server's shutdown grace period is over."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout if timeout else None
+    if deadline is None and timeout:
+        deadline = loop.time() + timeout
     try:
         while True:
             if stopping is not None and stopping.is_set():
@@ -148,6 +160,12 @@ class Generation:
         self.call = call
         self.model = lease.entry.name
         self.cancel = threading.Event()
+        self._stopped = asyncio.Event()  # the same, for waits on the event loop
+        self._lease = lease
+        self._timeout = timeout
+        self._deadline = asyncio.get_running_loop().time() + timeout if timeout else None
+        self._give_slots: Callable[[], None] = lambda: None
+        self._interrupted: BaseException | None = None
         self._queue: asyncio.Queue[Any] = asyncio.Queue()  # the engine thread's chunks
         self._readers: dict[int, EnvelopeReader] = {}
         self._calls_seen: set[tuple[int, int]] = set()  # (choice, position) of native calls begun
@@ -159,17 +177,47 @@ class Generation:
         self._n = max(1, call.n)
         run = lease.backend.chat if call.mode == "chat" else lease.backend.complete
         body = call.body
+        engine_done = lease.hold()
+
+        def done() -> None:  # on the event loop, once the engine call has returned
+            self._give_slots()
+            engine_done()
+
         self._chunks = guarded(
-            engine_chunks(lambda sink: run(body, sink), self.cancel, on_done=lease.hold(), queue=self._queue),
+            engine_chunks(lambda sink: run(body, sink), self.cancel, on_done=done, queue=self._queue),
             self.cancel, timeout=timeout, busy=lease.busy_timeout, on_stuck=lease.retire,
-            stopping=stopping)
+            stopping=stopping, deadline=self._deadline)
         self._closed = False
         self._iter = self._deltas()
 
     def __aiter__(self) -> AsyncIterator[list[Delta]]:
         return self._iter
 
+    async def _admit(self) -> None:
+        """Wait for the engine's slots (the request's deadline counts; a client that
+        leaves meanwhile never reaches the engine)."""
+        admit = asyncio.ensure_future(self._lease.admit(self.call.n))
+        stopped = asyncio.ensure_future(self._stopped.wait())
+        left = None if self._deadline is None else max(0.0, self._deadline - asyncio.get_running_loop().time())
+        try:
+            await asyncio.wait({admit, stopped}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not admit.done():
+                admit.cancel()
+        if admit.done() and not admit.cancelled():
+            self._give_slots = admit.result()
+            if not self.cancel.is_set():
+                return
+            self._give_slots()
+        if self._interrupted is not None:
+            raise self._interrupted
+        if self.cancel.is_set():
+            raise ClientGone()
+        raise RequestTimeout(self._timeout or 0)
+
     async def _deltas(self) -> AsyncIterator[list[Delta]]:
+        await self._admit()
         async for batch in self._chunks:
             out: list[Delta] = []
             for chunk in batch:
@@ -177,11 +225,18 @@ class Generation:
             if out:
                 yield out
 
+    def stop(self) -> None:
+        """The client went away: the engine stops within a token, a request still
+        waiting for a slot never starts."""
+        self.cancel.set()
+        self._stopped.set()
+
     def interrupt(self, exc: BaseException) -> None:
         """End the generation now with exc (on the event loop): the engine is told to
         stop, and whoever waits for the next deltas gets exc at once, not after the
         engine's next token (the server's shutdown grace is over, say)."""
-        self.cancel.set()
+        self._interrupted = exc
+        self.stop()
         self._queue.put_nowait(_Failure(exc))
 
     async def close(self) -> None:

@@ -43,6 +43,38 @@ def default_backend_factory(engine: str, options: LoadOptions) -> Backend:
     return create_backend(engine, options)
 
 
+class Slots:
+    """Admission to an engine's slots: a generation waits here, in lokal, until as many
+    slots as it decodes choices are free, so that time in the queue is never taken for
+    an engine that went quiet (the busy watchdog starts once a request is admitted)."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.free = count
+        self._changed = asyncio.Condition()
+
+    async def take(self, n: int) -> Callable[[], None]:
+        """Wait for n slots; the function returned gives them back (once)."""
+        n = min(max(1, n), self.count)
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.free >= n)
+            self.free -= n
+        given = False
+
+        def give_back() -> None:
+            nonlocal given
+            if not given:
+                given = True
+                self.free += n
+                asyncio.get_running_loop().create_task(self._notify())
+
+        return give_back
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+
 class Instance:
     """One loaded engine instance and who is using it."""
 
@@ -60,6 +92,7 @@ class Instance:
         self.last_used = time.monotonic()
         self.idle = asyncio.Event()
         self.idle.set()
+        self.slots = Slots(backend.slots) if backend.slots else None
 
     def take(self) -> None:
         self.in_use += 1
@@ -102,6 +135,14 @@ class Lease:
         self._holds -= 1
         if self._holds == 0:
             self._instance.give_back()
+
+    async def admit(self, n: int) -> Callable[[], None]:
+        """Wait for n of the engine's slots (see `Slots`); call the function returned
+        when the engine call has ended."""
+        slots = self._instance.slots
+        if slots is None:
+            return lambda: None
+        return await slots.take(n)
 
     def retire(self) -> None:
         """The engine stopped responding: take its instance out of service."""

@@ -18,6 +18,7 @@ from lokal import templates
 from lokal.errors import BadRequest
 from lokal.models.config import ModelEntry
 from lokal.models.functions import FunctionPlan, plan_functions, prompt_messages
+from lokal.models.planner import EngineDefaults
 from lokal.tasks import ChatTask, CompletionTask, GenerationOptions, Message
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,14 @@ def _stops(config_stops: list[str], requested: list[str]) -> list[str]:
     return stops
 
 
-def _engine_body(entry: ModelEntry, options: GenerationOptions) -> dict[str, Any]:
-    """The generation options as an engine body, the config's defaults filled in."""
+def _engine_body(entry: ModelEntry, options: GenerationOptions,
+                 defaults: EngineDefaults | None = None) -> dict[str, Any]:
+    """The generation options as an engine body, the config's defaults filled in.
+
+    The token limit is the request's, else the config's, else the server-wide cap
+    (`MAX_TOKENS_DEFAULT`), so that a request without one cannot run on to the end
+    of the context; with none of them the engine stops at end-of-sequence or at
+    the end of the context."""
     sampling = options.sampling
     body: dict[str, Any] = {}
     for name in _SAMPLING:
@@ -62,6 +69,8 @@ def _engine_body(entry: ModelEntry, options: GenerationOptions) -> dict[str, Any
     if config is not None:
         for key, value in config.parameters.request_defaults().items():
             body.setdefault(key, value)
+    if "max_tokens" not in body and defaults is not None and defaults.max_tokens:
+        body["max_tokens"] = defaults.max_tokens
     stops = _stops(config.stopwords if config is not None else [], sampling.stop)
     if stops:
         body["stop"] = stops
@@ -147,9 +156,9 @@ def _engine_messages(entry: ModelEntry, messages: list[Message]) -> list[dict[st
     return out
 
 
-def plan_chat(entry: ModelEntry, task: ChatTask) -> EngineCall:
-    """The engine call for a chat task."""
-    body = _engine_body(entry, task.options)
+def plan_chat(entry: ModelEntry, task: ChatTask, defaults: EngineDefaults | None = None) -> EngineCall:
+    """The engine call for a chat task (defaults: the server's, for the token cap)."""
+    body = _engine_body(entry, task.options, defaults)
     sampling = task.options.sampling
     if sampling.logprobs:
         body["logprobs"] = True
@@ -173,9 +182,10 @@ def plan_chat(entry: ModelEntry, task: ChatTask) -> EngineCall:
     return EngineCall("chat", body, functions=functions, n=task.options.n)
 
 
-def plan_completion(entry: ModelEntry, task: CompletionTask) -> EngineCall:
+def plan_completion(entry: ModelEntry, task: CompletionTask,
+                    defaults: EngineDefaults | None = None) -> EngineCall:
     """The engine call for a text completion (prompt: str, list, or token ids)."""
-    body = _engine_body(entry, task.options)
+    body = _engine_body(entry, task.options, defaults)
     if task.logprobs is not None:
         body["logprobs"] = task.logprobs
     prompt = task.prompt

@@ -165,3 +165,27 @@ def test_a_missing_token_limit_gets_the_server_cap(fake_server, cap) -> None:
             bodies.append(server.last.body)
     assert [b.get("max_tokens") for b in bodies] == [want, want, 5, 4, 7]
     assert all("n_predict" not in b for b in bodies)
+
+
+def test_llamacpp_names_reach_the_engine(fake_server) -> None:
+    """llama.cpp's own names: a top-level json_schema (completions get it as llama.cpp's
+    completions read it: response_format is for chat only), cache_prompt, n_probs."""
+    server = fake_server()
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}}
+    with server.client() as client:
+        bodies = []
+        for path, body in (("/v1/chat/completions", chat("hi", json_schema=schema, cache_prompt=False)),
+                           ("/v1/completions", completion(json_schema=schema, n_probs=2)),
+                           ("/v1/completions", completion(response_format={"type": "json_object"})),
+                           ("/v1/completions", completion(logprobs=0))):
+            assert client.post(path, json=body).status_code == 200
+            bodies.append(server.last.body)
+    chat_body, schema_body, object_body, logprobs_body = bodies
+    assert chat_body["response_format"] == {"type": "json_schema", "json_schema": {"name": "schema", "schema": schema}}
+    assert chat_body["cache_prompt"] is False
+    assert schema_body["json_schema"] == schema and "response_format" not in schema_body
+    assert schema_body["n_probs"] == 2
+    assert object_body["json_schema"] == {"type": "object"} and "response_format" not in object_body
+    # The legacy logprobs: 0 still wants the sampled tokens' logprobs, which the engine
+    # gives only with at least one alternative.
+    assert logprobs_body["n_probs"] == 1 and "logprobs" not in logprobs_body

@@ -88,6 +88,15 @@ def _engine_body(entry: ModelEntry, options: GenerationOptions,
     return body
 
 
+def _completion_format(body: dict[str, Any]) -> None:
+    """llama.cpp's completions ignore `response_format` (only its chat reads it) and take
+    a top-level `json_schema` instead: the same constraint, in the words it reads."""
+    fmt = body.pop("response_format", None)
+    if fmt is not None and "json_schema" not in body:
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        body["json_schema"] = schema if schema is not None else {"type": "object"}
+
+
 def _render(template: templates.Template, data: dict[str, Any]) -> str:
     try:
         return template.render(data)
@@ -177,6 +186,7 @@ def plan_chat(entry: ModelEntry, task: ChatTask, defaults: EngineDefaults | None
         body.pop("logprobs", None)
         body.pop("top_logprobs", None)
         body["prompt"] = prompt
+        _completion_format(body)
         return EngineCall("completion", body, rendered=[prompt], functions=functions, n=task.options.n)
     body["messages"] = _engine_messages(entry, messages)
     return EngineCall("chat", body, functions=functions, n=task.options.n)
@@ -186,9 +196,20 @@ def plan_completion(entry: ModelEntry, task: CompletionTask,
                     defaults: EngineDefaults | None = None) -> EngineCall:
     """The engine call for a text completion (prompt: str, list, or token ids)."""
     body = _engine_body(entry, task.options, defaults)
-    if task.logprobs is not None:
-        body["logprobs"] = task.logprobs
     prompt = task.prompt
+    if task.echo:
+        if not isinstance(prompt, str) and not all(isinstance(p, str) for p in prompt):
+            raise BadRequest("echo needs the prompt as text, and this engine cannot turn token ids "
+                             "back into text: send the prompt as a string, or leave echo out.",
+                             param="echo")
+        if task.logprobs is not None:
+            raise BadRequest("echo with logprobs asks for the logprobs of the prompt's tokens, which "
+                             "the llama.cpp engine does not compute (only those of generated "
+                             "tokens): leave out echo or logprobs.", param="logprobs")
+    if task.logprobs is not None:
+        # The legacy logprobs: N alternatives per token; the engine gives the sampled
+        # token's logprob only along with at least one alternative.
+        body["n_probs"] = max(1, task.logprobs)
     rendered = None
     if entry.templates.completion is not None:
         if isinstance(prompt, str):
@@ -200,4 +221,5 @@ def plan_completion(entry: ModelEntry, task: CompletionTask,
         if rendered is not None:
             log.debug("model %s: rendered completion prompt: %r", entry.name, rendered)
     body["prompt"] = prompt
+    _completion_format(body)
     return EngineCall("completion", body, rendered=rendered, n=task.options.n)

@@ -136,6 +136,9 @@ def test_echo_with_logprobs_is_refused_not_answered_without_them(sdk: openai.Ope
                                    stream=stream)
         error = caught.value.body
         assert error["param"] == "logprobs" and "prompt" in error["message"]
+    r = http.post("/v1/completions", json={"model": CHAT, "prompt": PROMPT, "max_tokens": 2, "echo": True,
+                                           "n_probs": 2})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "logprobs"
     # A token-id prompt cannot be echoed: the engine cannot turn ids back into text.
     r = http.post("/v1/completions", json={"model": CHAT, "prompt": [504, 3458, 282], "max_tokens": 2,
                                            "echo": True})

@@ -202,7 +202,7 @@ def plan_completion(entry: ModelEntry, task: CompletionTask,
             raise BadRequest("echo needs the prompt as text, and this engine cannot turn token ids "
                              "back into text: send the prompt as a string, or leave echo out.",
                              param="echo")
-        if task.logprobs is not None:
+        if task.logprobs is not None or task.options.sampling.n_probs:
             raise BadRequest("echo with logprobs asks for the logprobs of the prompt's tokens, which "
                              "the llama.cpp engine does not compute (only those of generated "
                              "tokens): leave out echo or logprobs.", param="logprobs")

@@ -129,6 +129,12 @@ class Settings(BaseSettings):
         description="Default context window in tokens for models whose config sets none "
         "(default: the model's own, capped at 4096).",
     )
+    max_tokens_default: int = Field(
+        2048, ge=0, le=10_000_000, validation_alias=_env("MAX_TOKENS_DEFAULT"),
+        description="Most tokens a chat or completion generates when neither the request "
+        "(max_tokens, n_predict) nor the model's config sets a limit (0: no cap, up to the "
+        "end of the context).",
+    )
     parallel_requests: int = Field(
         4, ge=1, le=256, validation_alias=_env("PARALLEL_REQUESTS"),
         description="Slots per model: requests decoded together by continuous batching.",

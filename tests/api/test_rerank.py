@@ -53,10 +53,24 @@ def test_cross_encoder_scores_pairs_and_sorts(tmp_path: Path) -> None:
         for item in results:
             assert item["relevance_score"] == pytest.approx(float(expected[item["index"]]), abs=1e-5)
         assert r.json()["usage"]["total_tokens"] > 0
+        _check_tei_raw_scores(server, query, docs, [float(e) for e in expected])
         # A cross-encoder cannot embed.
         r = httpx.post(f"{server.base}/v1/embeddings", json={"model": "reranker", "input": "x"}, timeout=60)
         assert r.status_code == 400
     shutil.rmtree(models)
+
+
+def _check_tei_raw_scores(server: LokalServer, query: str, docs: list[str], expected: list[float]) -> None:
+    """TEI's shape with raw_scores: the cross-encoder's logit, before the sigmoid (and
+    without `model`: the only reranker in the folder)."""
+    r = httpx.post(f"{server.base}/rerank", json={"query": query, "texts": docs, "raw_scores": True,
+                                                  "return_text": True}, timeout=120)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert [item["index"] for item in answer] == sorted(range(len(docs)), key=lambda i: -expected[i])
+    for item in answer:
+        assert 1 / (1 + math.exp(-item["score"])) == pytest.approx(expected[item["index"]], abs=1e-4)
+        assert item["text"] == docs[item["index"]]
 
 
 def make_gguf_reranker(folder: Path) -> tuple[Path, Any]:
@@ -120,6 +134,7 @@ def test_gguf_reranker_scores_with_its_classification_head(tmp_path: Path) -> No
             assert item["relevance_score"] == pytest.approx(expected[item["index"]], abs=1e-4)
             assert item["document"]["text"] == docs[item["index"]]
         assert r.json()["usage"]["total_tokens"] > 0
+        _check_tei_raw_scores(server, query, docs, expected)
         # A reranker has no embeddings to give, and says so.
         r = httpx.post(f"{server.base}/v1/embeddings", json={"model": "reranker", "input": "x"}, timeout=60)
         assert r.status_code == 400

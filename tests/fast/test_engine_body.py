@@ -145,3 +145,47 @@ def test_templated_chat_with_functions(fake_server) -> None:
     assert server.last.mode == "completion" and "You can call these functions:" in body["prompt"]
     assert body["json_schema"]["oneOf"][0]["properties"]["function"] == {"const": "f"}
     assert r.json()["choices"][0]["message"]["function_call"] == {"name": "f", "arguments": '{"x": 1}'}
+
+
+@pytest.mark.parametrize("cap", [None, 0, 64])
+def test_a_missing_token_limit_gets_the_server_cap(fake_server, cap) -> None:
+    """Issue #11: the request's limit (max_tokens or llama.cpp's n_predict), else the
+    config's, else MAX_TOKENS_DEFAULT (default 2048; 0: no cap), for chat and completions."""
+    settings = {} if cap is None else {"max_tokens_default": cap}
+    server = fake_server(**settings, files={"capped.yaml": "name: capped\nparameters:\n  model: fake.gguf\n"
+                                                          "  max_tokens: 7\n"})
+    want = 2048 if cap is None else cap or None
+    with server.client() as client:
+        bodies = []
+        for path, body in (("/v1/chat/completions", chat("hi")), ("/v1/completions", completion()),
+                           ("/v1/completions", completion(n_predict=5)),
+                           ("/v1/chat/completions", chat("hi", n_predict=6, max_tokens=4)),
+                           ("/v1/completions", completion(model="capped"))):
+            assert client.post(path, json=body).status_code == 200
+            bodies.append(server.last.body)
+    assert [b.get("max_tokens") for b in bodies] == [want, want, 5, 4, 7]
+    assert all("n_predict" not in b for b in bodies)
+
+
+def test_llamacpp_names_reach_the_engine(fake_server) -> None:
+    """llama.cpp's own names: a top-level json_schema (completions get it as llama.cpp's
+    completions read it: response_format is for chat only), cache_prompt, n_probs."""
+    server = fake_server()
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}}
+    with server.client() as client:
+        bodies = []
+        for path, body in (("/v1/chat/completions", chat("hi", json_schema=schema, cache_prompt=False)),
+                           ("/v1/completions", completion(json_schema=schema, n_probs=2)),
+                           ("/v1/completions", completion(response_format={"type": "json_object"})),
+                           ("/v1/completions", completion(logprobs=0))):
+            assert client.post(path, json=body).status_code == 200
+            bodies.append(server.last.body)
+    chat_body, schema_body, object_body, logprobs_body = bodies
+    assert chat_body["response_format"] == {"type": "json_schema", "json_schema": {"name": "schema", "schema": schema}}
+    assert chat_body["cache_prompt"] is False
+    assert schema_body["json_schema"] == schema and "response_format" not in schema_body
+    assert schema_body["n_probs"] == 2
+    assert object_body["json_schema"] == {"type": "object"} and "response_format" not in object_body
+    # The legacy logprobs: 0 still wants the sampled tokens' logprobs, which the engine
+    # gives only with at least one alternative.
+    assert logprobs_body["n_probs"] == 1 and "logprobs" not in logprobs_body

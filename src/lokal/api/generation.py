@@ -123,10 +123,11 @@ async def start(request: Request, task: ChatTask | CompletionTask, family: str =
             raise BadRequest(f"n={task.options.n} asks for more choices than this model decodes at "
                              f"once ({slots}, PARALLEL_REQUESTS). Ask for fewer, or raise "
                              "PARALLEL_REQUESTS.", param="n")
+        defaults = app.state.registry.defaults
         if isinstance(task, ChatTask):
-            call = plan_chat(lease.entry, task)
+            call = plan_chat(lease.entry, task, defaults)
         else:
-            call = plan_completion(lease.entry, task)
+            call = plan_completion(lease.entry, task, defaults)
         generation = Generation(lease, call, timeout=task.options.timeout or app.state.settings.request_timeout,
                                 stopping=app.state.stopping)
         stack.push_async_callback(generation.close)

@@ -65,6 +65,8 @@ class Scores:
 
     scores: list[float]
     prompt_tokens: int
+    #: the head's output before the activation (a cross-encoder's logits), when the engine has it
+    raw: list[float] | None = None
 
 
 @dataclass

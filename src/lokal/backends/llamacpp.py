@@ -261,15 +261,16 @@ class LlamaCppBackend(Backend):
         scores = [0.0] * len(documents)
         for item in items:
             scores[int(item["index"])] = float(item["relevance_score"])
+        raw = None
         if self.info.is_encoder:
             # A cross-encoder's head gives a logit; sentence-transformers' CrossEncoder and
             # FlagEmbedding map it to [0, 1] with a sigmoid, and so does lokal, so that
             # the same model scores the same through either engine (and Dify's score
             # threshold means something). Qwen3-style rerankers come back as
             # probabilities already.
-            scores = [_sigmoid(s) for s in scores]
+            raw, scores = scores, [_sigmoid(s) for s in scores]
         usage = result.get("usage", {}) if isinstance(result, dict) else {}
-        return Scores(scores, int(usage.get("total_tokens", 0)))
+        return Scores(scores, int(usage.get("total_tokens", 0)), raw)
 
     def close(self) -> None:
         server = self.__dict__.pop("_server", None)

@@ -78,11 +78,17 @@ class SentenceTransformersBackend(Backend):
     def rerank(self, query: str, documents: list[str]) -> Scores:
         pairs = [(query, doc) for doc in documents]
         encoded: Any = self._model.tokenizer(pairs, truncation=True, max_length=self.window)
-        with self._lock, self._torch.inference_mode():
-            scores = self._model.predict(pairs, batch_size=32, show_progress_bar=False,
-                                         convert_to_numpy=True)
+        torch = self._torch
+        with self._lock, torch.inference_mode():
+            # The logits first (TEI's raw_scores), then the model's own activation on them.
+            logits = self._model.predict(pairs, batch_size=32, show_progress_bar=False,
+                                         activation_fn=torch.nn.Identity(), convert_to_tensor=True)
+            activation = getattr(self._model, "activation_fn", None) or torch.nn.Sigmoid()
+            scores = activation(logits)
         values = scores.reshape(len(documents), -1)[:, -1].tolist()
-        return Scores([float(v) for v in values], sum(len(ids) for ids in encoded["input_ids"]))
+        raw = logits.reshape(len(documents), -1)[:, -1].tolist()
+        return Scores([float(v) for v in values], sum(len(ids) for ids in encoded["input_ids"]),
+                      [float(v) for v in raw])
 
     def close(self) -> None:
         self.__dict__.pop("_model", None)

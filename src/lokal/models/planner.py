@@ -41,6 +41,8 @@ class EngineDefaults:
     batch_embeddings: bool = True
     queue_size: int = 128
     prompt_cache_mb: int = 0
+    #: tokens a generation may take when neither request nor config limits it (None: no cap)
+    max_tokens: int | None = None
 
 
 @dataclass(frozen=True)

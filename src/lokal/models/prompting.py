@@ -21,6 +21,7 @@ from lokal import templates
 from lokal.errors import BadRequest
 from lokal.models.config import ModelEntry
 from lokal.models.functions import FunctionPlan, FunctionSpecError, plan_functions, prompt_messages
+from lokal.models.planner import EngineDefaults
 from lokal.tasks import ChatTask, CompletionTask, GenerationOptions, ImagePart, Message, Tool
 
 log = logging.getLogger(__name__)
@@ -60,8 +61,14 @@ def _stops(config_stops: list[str], requested: list[str]) -> list[str]:
     return stops
 
 
-def _engine_body(entry: ModelEntry, options: GenerationOptions) -> dict[str, Any]:
-    """The generation options as an engine body, the config's defaults filled in."""
+def _engine_body(entry: ModelEntry, options: GenerationOptions,
+                 defaults: EngineDefaults | None = None) -> dict[str, Any]:
+    """The generation options as an engine body, the config's defaults filled in.
+
+    The token limit is the request's, else the config's, else the server-wide cap
+    (`MAX_TOKENS_DEFAULT`), so that a request without one cannot run on to the end
+    of the context; with none of them the engine stops at end-of-sequence or at
+    the end of the context."""
     sampling = options.sampling
     body: dict[str, Any] = {}
     for name in _SAMPLING:
@@ -72,6 +79,8 @@ def _engine_body(entry: ModelEntry, options: GenerationOptions) -> dict[str, Any
     if config is not None:
         for key, value in config.parameters.request_defaults().items():
             body.setdefault(key, value)
+    if "max_tokens" not in body and defaults is not None and defaults.max_tokens:
+        body["max_tokens"] = defaults.max_tokens
     stops = _stops(config.stopwords if config is not None else [], sampling.stop)
     if stops:
         body["stop"] = stops
@@ -87,6 +96,15 @@ def _engine_body(entry: ModelEntry, options: GenerationOptions) -> dict[str, Any
         else:
             body["response_format"] = {"type": "json_object"}
     return body
+
+
+def _completion_format(body: dict[str, Any]) -> None:
+    """llama.cpp's completions ignore `response_format` (only its chat reads it) and take
+    a top-level `json_schema` instead: the same constraint, in the words it reads."""
+    fmt = body.pop("response_format", None)
+    if fmt is not None and "json_schema" not in body:
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        body["json_schema"] = schema if schema is not None else {"type": "object"}
 
 
 def _render(template: templates.Template, data: dict[str, Any]) -> str:
@@ -250,9 +268,9 @@ def _plan_native(entry: ModelEntry, task: ChatTask, body: dict[str, Any]) -> Eng
     return EngineCall("chat", body, n=task.options.n, parallel_calls=task.parallel_tool_calls is not False)
 
 
-def plan_chat(entry: ModelEntry, task: ChatTask) -> EngineCall:
-    """The engine call for a chat task."""
-    body = _engine_body(entry, task.options)
+def plan_chat(entry: ModelEntry, task: ChatTask, defaults: EngineDefaults | None = None) -> EngineCall:
+    """The engine call for a chat task (defaults: the server's, for the token cap)."""
+    body = _engine_body(entry, task.options, defaults)
     sampling = task.options.sampling
     if sampling.logprobs:
         body["logprobs"] = True
@@ -278,17 +296,30 @@ def plan_chat(entry: ModelEntry, task: ChatTask) -> EngineCall:
         body.pop("logprobs", None)
         body.pop("top_logprobs", None)
         body["prompt"] = prompt
+        _completion_format(body)
         return EngineCall("completion", body, rendered=[prompt], functions=functions, n=task.options.n)
     body["messages"] = _engine_messages(entry, messages)
     return EngineCall("chat", body, functions=functions, n=task.options.n)
 
 
-def plan_completion(entry: ModelEntry, task: CompletionTask) -> EngineCall:
+def plan_completion(entry: ModelEntry, task: CompletionTask,
+                    defaults: EngineDefaults | None = None) -> EngineCall:
     """The engine call for a text completion (prompt: str, list, or token ids)."""
-    body = _engine_body(entry, task.options)
-    if task.logprobs is not None:
-        body["logprobs"] = task.logprobs
+    body = _engine_body(entry, task.options, defaults)
     prompt = task.prompt
+    if task.echo:
+        if not isinstance(prompt, str) and not all(isinstance(p, str) for p in prompt):
+            raise BadRequest("echo needs the prompt as text, and this engine cannot turn token ids "
+                             "back into text: send the prompt as a string, or leave echo out.",
+                             param="echo")
+        if task.logprobs is not None or task.options.sampling.n_probs:
+            raise BadRequest("echo with logprobs asks for the logprobs of the prompt's tokens, which "
+                             "the llama.cpp engine does not compute (only those of generated "
+                             "tokens): leave out echo or logprobs.", param="logprobs")
+    if task.logprobs is not None:
+        # The legacy logprobs: N alternatives per token; the engine gives the sampled
+        # token's logprob only along with at least one alternative.
+        body["n_probs"] = max(1, task.logprobs)
     rendered = None
     if entry.templates.completion is not None:
         if isinstance(prompt, str):
@@ -300,4 +331,5 @@ def plan_completion(entry: ModelEntry, task: CompletionTask) -> EngineCall:
         if rendered is not None:
             log.debug("model %s: rendered completion prompt: %r", entry.name, rendered)
     body["prompt"] = prompt
+    _completion_format(body)
     return EngineCall("completion", body, rendered=rendered, n=task.options.n)

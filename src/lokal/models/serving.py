@@ -26,6 +26,9 @@ class EmbedResult:
 class RerankResult:
     scores: list[float]  # relevance of each document, in document order
     prompt_tokens: int
+    #: a cross-encoder's logits before its activation, when the engine has them;
+    #: for a cosine rerank (and rerankers that give probabilities) the scores themselves
+    raw: list[float] | None = None
 
 
 def shorten(vector: list[float], dimensions: int) -> list[float]:
@@ -57,11 +60,11 @@ async def rerank(registry: ModelRegistry, task: RerankTask) -> RerankResult:
     async with registry.lease(task.model, "rerank") as lease:
         if lease.entry.rerank_by == "cross-encoder":
             ranked = await lease.run(lease.backend.rerank, task.query, task.documents)
-            return RerankResult(ranked.scores, ranked.prompt_tokens)
+            return RerankResult(ranked.scores, ranked.prompt_tokens, ranked.raw or ranked.scores)
         embedded = await lease.embed([task.query, *task.documents])
     query, *documents = embedded.vectors
-    return RerankResult([sum(q * d for q, d in zip(query, doc)) for doc in documents],
-                        embedded.prompt_tokens)
+    scores = [sum(q * d for q, d in zip(query, doc)) for doc in documents]
+    return RerankResult(scores, embedded.prompt_tokens, scores)
 
 
 async def transcribe(registry: ModelRegistry, task: TranscribeTask) -> Transcription:

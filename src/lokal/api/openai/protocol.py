@@ -400,14 +400,40 @@ class RerankDocument(_Request):
 
 
 class RerankRequest(_Request):
-    """Jina/Cohere-style rerank, as LocalAI and Dify send it."""
+    """Jina/Cohere-style rerank (`documents`), as LocalAI and Dify send it, or Hugging Face
+    TEI's (`texts`, `raw_scores`, `return_text`, `truncate`), as TEI clients send it.
+    Which one a request is follows from its fields: `texts` is TEI, `documents` Jina."""
 
-    model: str = Field(min_length=1, max_length=256)
+    # TEI serves one model and its clients may leave this out (see `tei`).
+    model: str | None = Field(None, min_length=1, max_length=256)
     query: str = Field(min_length=1)
-    documents: list[str | RerankDocument] = Field(min_length=1, max_length=MAX_RERANK_DOCUMENTS)
+    documents: list[str | RerankDocument] | None = Field(None, min_length=1, max_length=MAX_RERANK_DOCUMENTS)
     top_n: int | None = Field(None, ge=1)
     return_documents: bool = True
+    # Hugging Face TEI
+    texts: list[str] | None = Field(None, min_length=1, max_length=MAX_RERANK_DOCUMENTS)
+    raw_scores: bool = False
+    return_text: bool = False
+    truncate: bool | None = None
 
-    def to_task(self) -> tasks.RerankTask:
-        texts = [d if isinstance(d, str) else d.text for d in self.documents]
-        return tasks.RerankTask(self.model, self.query, texts, self.top_n)
+    @model_validator(mode="after")
+    def _one_shape(self) -> RerankRequest:
+        if self.documents is not None and self.texts is not None:
+            raise ValueError("send either documents (Jina/Cohere rerank) or texts (Hugging Face TEI "
+                             "rerank), not both")
+        if self.documents is None and self.texts is None:
+            raise ValueError("documents (or TEI's texts) is required")
+        if self.texts is None and self.model is None:
+            raise ValueError("model is required")
+        return self
+
+    @property
+    def tei(self) -> bool:
+        return self.texts is not None
+
+    def to_task(self, model: str) -> tasks.RerankTask:
+        if self.texts is not None:
+            texts = list(self.texts)
+        else:
+            texts = [d if isinstance(d, str) else d.text for d in self.documents or []]
+        return tasks.RerankTask(model, self.query, texts, self.top_n)

@@ -18,12 +18,23 @@ class Shaper:
 
     `kind` is what the client asked for ("chat" or "completion"); with `legacy`
     (OpenAI's `functions`), a tool call is answered as `function_call`.
+
+    Completions only: `echo` holds the prompt text of each prompt, sent before its
+    choices' text (choice i belongs to prompt i // n); logprobs come in the legacy
+    completions shape (`tokens`, `token_logprobs`, `top_logprobs` as {token: logprob}
+    maps of at most `top_logprobs` entries, `text_offset` into the choice's text,
+    echoed prompt included).
     """
 
-    def __init__(self, kind: str, model: str, *, legacy: bool = False) -> None:
+    def __init__(self, kind: str, model: str, *, legacy: bool = False, echo: list[str] | None = None,
+                 n: int = 1, top_logprobs: int | None = None) -> None:
         self.kind = kind
         self.model = model
         self.legacy = legacy
+        self.echo = echo
+        self.n = max(1, n)
+        self.top_logprobs = top_logprobs
+        self._offsets: dict[int, int] = {}  # completions: characters of text sent per choice
         self.id = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
         self.created = int(time.time())
         self.object = "chat.completion.chunk" if kind == "chat" else "text_completion"
@@ -37,11 +48,37 @@ class Shaper:
         return chunk
 
     def _completion_choice(self, delta: Delta) -> dict[str, Any] | None:
-        if not delta.text and delta.finish_reason is None and not delta.logprobs:
+        index, text = delta.index, delta.text
+        if self.echo is not None and index not in self._started:
+            self._started.add(index)
+            text = self.echo[min(index // self.n, len(self.echo) - 1)] + text
+        if not text and delta.finish_reason is None and not delta.logprobs:
             return None
-        return {"index": delta.index, "text": delta.text,
-                "logprobs": {"content": delta.logprobs} if delta.logprobs else None,
-                "finish_reason": delta.finish_reason}
+        start = self._offsets.get(index, 0)
+        # The echoed prompt comes before the tokens this delta's logprobs describe.
+        logprobs = (self._legacy_logprobs(delta.logprobs, start + len(text) - len(delta.text))
+                    if delta.logprobs else None)
+        self._offsets[index] = start + len(text)
+        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": delta.finish_reason}
+
+    def _legacy_logprobs(self, entries: list[dict[str, Any]], offset: int) -> dict[str, Any]:
+        """Engine logprob entries (chat shape) as the legacy completions object."""
+        out: dict[str, list[Any]] = {"tokens": [], "token_logprobs": [], "top_logprobs": [],
+                                     "text_offset": []}
+        limit = self.top_logprobs
+        for entry in entries:
+            token = str(entry.get("token", ""))
+            out["tokens"].append(token)
+            out["token_logprobs"].append(_logprob(entry))
+            top: dict[str, float] = {}
+            for alt in entry.get("top_logprobs") or []:
+                if limit is not None and len(top) >= limit:
+                    break
+                top.setdefault(str(alt.get("token", "")), _logprob(alt))
+            out["top_logprobs"].append(top)
+            out["text_offset"].append(offset)
+            offset += len(token)
+        return out
 
     def shape(self, deltas: list[Delta]) -> list[dict[str, Any]]:
         """The chunks for a batch of deltas: one per delta that says something, and
@@ -98,6 +135,10 @@ class Shaper:
         return self.chunk([], self.usage(usage))
 
 
+def _logprob(entry: dict[str, Any]) -> float:
+    return float(entry.get("logprob") or 0.0)
+
+
 def _tool_call(call: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"index": call.position}
     if call.id is not None:
@@ -129,7 +170,10 @@ class Aggregator:
                     "index": index, "message": {"role": "assistant", "content": None},
                     "logprobs": None, "finish_reason": None})
                 _merge_delta(slot["message"], choice.get("delta") or {})
-            _merge_logprobs(slot, choice.get("logprobs"))
+            if self.shaper.kind == "completion":
+                _merge_legacy_logprobs(slot, choice.get("logprobs"))
+            else:
+                _merge_logprobs(slot, choice.get("logprobs"))
             if choice.get("finish_reason"):
                 slot["finish_reason"] = choice["finish_reason"]
 
@@ -157,6 +201,15 @@ def _merge_logprobs(slot: dict[str, Any], logprobs: Any) -> None:
     if slot["logprobs"] is None:
         slot["logprobs"] = {"content": []}
     slot["logprobs"]["content"].extend(logprobs.get("content") or [])
+
+
+def _merge_legacy_logprobs(slot: dict[str, Any], logprobs: Any) -> None:
+    if not logprobs:
+        return
+    if slot["logprobs"] is None:
+        slot["logprobs"] = {key: [] for key in logprobs}
+    for key, values in logprobs.items():
+        slot["logprobs"][key].extend(values)
 
 
 def _merge_delta(message: dict[str, Any], delta: dict[str, Any]) -> None:

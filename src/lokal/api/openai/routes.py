@@ -87,6 +87,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
 
 @router.post("/completions", summary="Create a text completion")
 async def completions(body: CompletionRequest, request: Request) -> Any:
-    run = await start(request, body.to_task())
-    return await _answer(request, run, Shaper("completion", body.model), stream=body.stream,
-                         include_usage=body.include_usage)
+    task = body.to_task()
+    run = await start(request, task)  # echo of a prompt it cannot read back: 400 before this
+    echo = None
+    if body.echo:
+        echo = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)  # type: ignore[arg-type]
+    top = body.logprobs if body.logprobs is not None else body.n_probs
+    shaper = Shaper("completion", body.model, echo=echo, n=body.n, top_logprobs=top)
+    return await _answer(request, run, shaper, stream=body.stream, include_usage=body.include_usage)

@@ -392,9 +392,18 @@ class CpuWatch:
     @classmethod
     def split(cls, pid: int) -> tuple[float, float]:
         """CPU seconds of a process's engine threads (named by lokal.threadnames) and of
-        the rest (lokal's own: HTTP, JSON, the event loop, the chunk callbacks)."""
+        the rest (lokal's own: HTTP, JSON, the event loop, the chunk callbacks), its
+        child processes included (lokal's engine workers)."""
         engine = other = 0.0
         for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                children = (task / "children").read_text().split()
+            except OSError:
+                children = []
+            for child in children:
+                e, o = cls.split(int(child))
+                engine += e
+                other += o
             try:
                 stat = (task / "stat").read_text()
             except OSError:
@@ -771,9 +780,8 @@ def cpu_per_token(results: dict[str, dict[str, Any]], levels: list[int]) -> list
     Medians over the runs."""
     top = str(8 if 8 in levels else max(levels))
     lines = []
-    for name in ("lokal", "direct"):
-        r = results.get(name)
-        if r is None or "single_runs_cpu" not in r:
+    for name, r in results.items():
+        if "single_runs_cpu" not in r:
             continue
         for label, runs in (("single", r.get("single_runs_cpu", [])),
                             (f"c{top}", [p.get("cpu", {}) for p in r["concurrent"].get(top, {}).get("rounds", [])])):

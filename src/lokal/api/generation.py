@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from fastapi import Request
 
 from lokal.errors import BadRequest, ShuttingDown
@@ -31,10 +31,11 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def sse(data: dict[str, Any] | str, event: str | None = None) -> bytes:
-    payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    """One Server-Sent Event (orjson: compact UTF-8, several times json's speed per token)."""
+    payload = data.encode() if isinstance(data, str) else orjson.dumps(data)
     if event is not None:
-        return f"event: {event}\ndata: {payload}\n\n".encode()
-    return f"data: {payload}\n\n".encode()
+        return b"event: " + event.encode() + b"\ndata: " + payload + b"\n\n"
+    return b"data: " + payload + b"\n\n"
 
 
 async def _watch_disconnect(request: Request, generation: Generation) -> None:

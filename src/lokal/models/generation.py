@@ -60,10 +60,26 @@ async def engine_chunks(run: Callable[[ChunkSink], None], cancel: threading.Even
     loop = asyncio.get_running_loop()
     if queue is None:
         queue = asyncio.Queue()
+    # Chunks the engine thread has made that the event loop has not taken yet. The loop
+    # is woken once for all of them (a wake-up is a syscall and a loop turn): while it
+    # has not run the hand-over, further chunks just join the list.
+    pending: list[Any] = []
+    lock = threading.Lock()
+
+    def hand_over() -> None:
+        with lock:
+            items = pending[:]
+            pending.clear()
+        for item in items:
+            queue.put_nowait(item)
 
     def put(item: Any) -> None:
+        with lock:
+            pending.append(item)
+            if len(pending) > 1:
+                return  # a hand-over is already on its way
         try:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
+            loop.call_soon_threadsafe(hand_over)
         except RuntimeError:  # the loop is gone (shutdown): nobody is listening
             cancel.set()
 

@@ -15,6 +15,8 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
+import orjson
+
 from lokal.errors import ServerError
 from lokal.tasks import Delta, Usage
 
@@ -24,7 +26,7 @@ def now() -> str:
 
 
 def ndjson(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+    return orjson.dumps(obj) + b"\n"
 
 
 class Timer:

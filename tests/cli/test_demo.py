@@ -41,7 +41,7 @@ def test_demo_serves_chat_and_embeddings(tmp_path: Path) -> None:
         assert emb.status_code == 200 and len(emb.json()["data"][0]["embedding"]) == 384
         # Both were preloaded: nothing loaded on these requests.
         text = (tmp_path / "demo.log").read_text()
-        assert text.index("model text-embedding-ada-002 ready") < text.index("lokal: ready")
+        assert text.index("model text-embedding-ada-002 ready") < text.index("lokal.api.app: ready")
     finally:
         proc.terminate()
         proc.wait(timeout=30)

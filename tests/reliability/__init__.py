@@ -45,12 +45,35 @@ def demo_models(folder: Path, chat_extra: str = "") -> Path:
     return folder
 
 
-def envelope_problem(status: int, text: str) -> str | None:
-    """Why a 4xx/5xx body is not OpenAI's error envelope with code == status (None: it is)."""
+def family(path: str) -> str:
+    """The API family a path belongs to, by the envelope its errors come in."""
+    path = path.split("?", 1)[0]
+    if path == "/api" or path.startswith("/api/"):
+        return "ollama"
+    if path.rstrip("/").endswith(("/messages", "/messages/count_tokens")) and "/v1/v1" not in path:
+        return "anthropic"
+    return "openai"
+
+
+def envelope_problem(status: int, text: str, path: str = "") -> str | None:
+    """Why a 4xx/5xx body is not the error envelope of its path's API family (None: it
+    is): OpenAI's with code == status; Ollama's `{"error": "..."}`; Anthropic's
+    `{"type": "error", "error": {"type", "message"}}`."""
     try:
         body = json.loads(text)
     except ValueError:
         return f"not JSON: {text[:200]!r}"
+    kind = family(path)
+    if kind == "ollama":
+        error = body.get("error") if isinstance(body, dict) else None
+        return None if isinstance(error, str) and error else f"no Ollama error string: {text[:200]!r}"
+    if kind == "anthropic":
+        error = body.get("error") if isinstance(body, dict) else None
+        if body.get("type") != "error" or not isinstance(error, dict):
+            return f"no Anthropic error object: {text[:200]!r}"
+        if not isinstance(error.get("type"), str) or not isinstance(error.get("message"), str) or not error["message"]:
+            return f"Anthropic error lacks type or message: {text[:200]!r}"
+        return None
     error = body.get("error") if isinstance(body, dict) else None
     if not isinstance(error, dict):
         return f"no error object: {text[:200]!r}"

@@ -105,7 +105,8 @@ class Tally:
         self.engine_seconds: collections.Counter[str] = collections.Counter()
         self.reached_engine: collections.Counter[str] = collections.Counter()
 
-    def check(self, label: str, case: Any, status: int, text: str, content_type: str, took: float) -> None:
+    def check(self, label: str, case: Any, status: int, text: str, content_type: str, took: float,
+              path: str = "") -> None:
         self.sent += 1
         self.by_status[(label, status)] += 1
         self.latencies.append(took)
@@ -117,7 +118,7 @@ class Tally:
         if status >= 500:
             problem(f"server error {text[:300]!r}")
         elif status >= 400:
-            why = envelope_problem(status, text)
+            why = envelope_problem(status, text, path)
             if why:
                 problem(why)
         elif "text/event-stream" in content_type:
@@ -192,7 +193,7 @@ def test_schema_fuzzing(fuzz_server: LokalServer) -> None:
                     tally.reached_engine[f"{path} {mode.value}"] += 1
             counts[(operation.label, mode.value)] += 1
             tally.check(operation.label, case, response.status_code, response.text,
-                        response.headers.get("content-type", ""), took)
+                        response.headers.get("content-type", ""), took, path)
 
         begun = time.monotonic()
         try:

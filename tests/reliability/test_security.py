@@ -249,9 +249,23 @@ ENGINE_PATHS = [("GET", "/v1/models"), ("GET", "/models"), ("GET", "/api/tags"),
                 ("POST", "/embeddings"), ("POST", "/slots/0?action=erase")]
 
 
+def family(pid: int) -> list[int]:
+    """The process and its descendants (the engine workers, where engines run in them)."""
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            pids.extend(family(int(child)))
+    return pids
+
+
 def test_the_engines_own_port_refuses_requests_without_its_secret(keyed: LokalServer) -> None:
-    ports = [(host, port) for host, port in listening(keyed.proc.pid) if port != keyed.port]
-    assert ports, f"no engine listener found for pid {keyed.proc.pid}: {listening(keyed.proc.pid)}"
+    pids = family(keyed.proc.pid)
+    ports = [(host, port) for pid in pids for host, port in listening(pid) if port != keyed.port]
+    assert ports, f"no engine listener found for pids {pids}"
     body = {"messages": [{"role": "user", "content": "hi"}], "prompt": "hi", "max_tokens": 2, "content": "hi",
             "tokens": [1], "input": "hi"}
     checked = 0

@@ -212,6 +212,9 @@ class WorkerBackend(Backend):
     def rerank(self, query: str, documents: list[str]) -> Scores:
         return self._call("rerank", (query, documents))  # type: ignore[no-any-return]
 
+    def count_tokens(self, body: dict[str, Any]) -> int | None:
+        return self._call("count_tokens", (body,))  # type: ignore[no-any-return]
+
     def transcribe(self, audio: bytes, *, language: str | None = None, prompt: str | None = None,
                    temperature: float = 0.0) -> Transcription:
         return self._call("transcribe", (audio, language, prompt, temperature))  # type: ignore[no-any-return]
@@ -535,6 +538,8 @@ def _serve(backend: Backend, channel: _Channel, message: tuple[Any, ...], cancel
         elif kind == "transcribe":
             audio, language, prompt, temperature = args
             result = backend.transcribe(audio, language=language, prompt=prompt, temperature=temperature)
+        elif kind == "count_tokens":
+            result = backend.count_tokens(*args)
         else:
             raise ValueError(f"unknown call {kind!r}")
         reply: tuple[Any, ...] = ("d", call_id, result)

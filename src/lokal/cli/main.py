@@ -291,6 +291,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"lokal: invalid setting {where}: {error['msg']}", file=sys.stderr)
         return 2
     if args.command == "models" and args.models_command in ("install", "search", "rm"):
-        _setup_logging("error")  # the command reports failures itself
+        logs.setup("error", settings.log_format)  # the command reports failures itself
         return args.handler(settings, args)
     return args.handler(settings)

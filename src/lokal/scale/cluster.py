@@ -430,11 +430,14 @@ class RemoteLease:
     def hold(self) -> Callable[[], None]:
         return lambda: None
 
+    async def admit(self, n: int) -> Callable[[], None]:
+        return lambda: None  # the replica's engine admits its own requests to its slots
+
     def retire(self) -> None:
         pass  # the replica's pool retires its own stuck instances
 
-    async def embed(self, inputs: list[str] | list[list[int]]) -> Embeddings:
-        return await self.backend.unary_async("embed", inputs)
+    async def embed(self, inputs: list[str] | list[list[int]], truncate: bool | None = None) -> Embeddings:
+        return await self.backend.unary_async("embed", inputs, truncate)
 
     async def run(self, function: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.to_thread(function, *args)

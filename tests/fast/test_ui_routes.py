@@ -166,3 +166,18 @@ def test_a_client_gone_while_a_token_is_awaited_is_counted_as_cancelled(fake_ser
             assert 'status="error"' not in client.get("/metrics").text
     finally:
         gate.set()
+
+
+def test_a_crash_looping_model_shows_as_failed_and_a_load_retries_it(fake_server) -> None:
+    server = fake_server()
+    # What the pool records after repeated engine crashes (tests/reliability/test_workers.py
+    # makes real ones): the model is refused until it is loaded again by hand.
+    server.registry.pool.failed[MODEL] = "its engine stopped 3 times in a row (SIGABRT)"
+    with server.client() as client:
+        model = _models(client)[MODEL]
+        assert model["state"] == "failed" and "SIGABRT" in model["error"]
+        assert client.post("/v1/chat/completions", json=chat("hi")).status_code == 500
+        r = client.post(f"/lokal/models/{MODEL}/load")
+        assert r.status_code == 200, r.text
+        assert r.json()["state"] == "loaded" and r.json()["error"] is None
+        assert client.post("/v1/chat/completions", json=chat("hi")).status_code == 200

@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client as httpclient
 import json
 import os
+import re
 import select
 import socket
 import time
@@ -406,12 +407,22 @@ def _routes(server: LokalServer) -> dict[str, set[str]]:
     return routes
 
 
+def _matches(template: str, path: str) -> bool:
+    """Whether a route template (`/models/{model_id}`, `{name:path}` too) matches path."""
+    pattern = re.sub(r"\\{[^}]+\\}", ".+", re.escape(template))  # `{x:path}` takes slashes too
+    return re.fullmatch(pattern, path) is not None
+
+
 def test_every_route_refuses_other_methods_with_405(server: LokalServer) -> None:
     routes = _routes(server)
     assert {"/v1/chat/completions", "/v1/models", "/healthz"} <= set(routes)
     checked = 0
     with httpx.Client(base_url=server.base, timeout=30) as client:
         for path, allowed in sorted(routes.items()):
+            # A concrete path may also match another route's template (HEAD /models/apply
+            # is GET /models/{model_id}: the model named "apply"); that route answers it.
+            allowed = set().union(*(methods for template, methods in routes.items()
+                                    if _matches(template, path)))
             if "GET" in allowed:
                 allowed = allowed | {"HEAD"}  # HEAD is answered as GET (tests/api/test_auth_cors.py)
             for method in ("HEAD", "OPTIONS", "PUT", "DELETE", "PATCH", "GET", "POST"):

@@ -50,8 +50,11 @@ def describe(registry: ModelRegistry, entry: ModelEntry, size: int | None) -> di
     instances = [{"purpose": purpose, "engine": inst.engine, "in_use": inst.in_use,
                   "memory_bytes": inst.size}
                  for (name, purpose), inst in pool.loaded().items() if name == entry.name]
+    failure = registry.failure(entry.name)
     if not entry.ok:
         state = "broken"
+    elif failure is not None:
+        state = "failed"  # its engine crashed again and again: refused until a load clears it
     elif instances:
         state = "loaded"
     elif pool.is_loading(entry.name):
@@ -63,7 +66,7 @@ def describe(registry: ModelRegistry, entry: ModelEntry, size: int | None) -> di
     return {
         "name": entry.name,
         "state": state,
-        "error": entry.error,
+        "error": entry.error or failure,
         "tasks": sorted(entry.tasks),
         "kind": entry.file.kind if entry.file is not None else None,
         "backend": config.backend if config is not None else None,
@@ -96,6 +99,7 @@ async def model(name: str, request: Request) -> dict[str, Any]:
 async def load(name: str, request: Request) -> dict[str, Any]:
     registry = _registry(request)
     entry = registry.entry(name)  # unknown: 404; broken: the lease says why (503)
+    registry.pool.clear_failures(entry.name)  # loading by hand is the retry a failed model waits for
     async with registry.lease(name, main_task(entry)):
         pass
     return describe(registry, registry.entry(name), await asyncio.to_thread(disk_size, entry.model_path))

@@ -165,3 +165,25 @@ def test_waiting_for_a_slot_is_not_a_stuck_engine(fake_server) -> None:
     second.join(5)
     assert [r.status_code for r in results] == [200, 200], [r.text for r in results]
     assert len(server.backends) == 1
+
+
+def test_a_request_that_times_out_waiting_for_a_slot_gives_everything_back(fake_server) -> None:
+    """Timed out before its engine call began: no slot and no hold on the model may stay."""
+    gate = threading.Event()
+
+    def script(request):
+        return [stall(gate), reply("done")] if request.last_user == "first" else [reply("ok")]
+
+    server = fake_server(script, parallel_requests=1, queue_size=2, request_timeout=0.5)
+    results: list[httpx.Response] = []
+    first = _post_in_background(server, chat("first"), results)
+    server.wait(lambda: len(server.calls) == 1, what="the first call")
+    with server.client() as client:
+        r = client.post("/v1/chat/completions", json=chat("second"))
+        assert r.status_code == 408, r.text  # its deadline passed while it waited for the slot
+    gate.set()
+    first.join(5)
+    server.wait(lambda: _in_use(server) == 0, what="the model to be free")
+    with server.client() as client:
+        assert client.post("/v1/chat/completions", json=chat("third")).status_code == 200
+    assert [call.last_user for call in server.calls] == ["first", "third"]

@@ -429,6 +429,12 @@ def test_every_route_refuses_other_methods_with_405(server: LokalServer) -> None
                 if method in allowed:
                     continue
                 r = client.request(method, path, content=b"{}" if method in ("PUT", "PATCH", "POST") else None)
+                if method == "HEAD" and r.status_code == 404:
+                    # A GET route not in the schema may own the path (GET /responses/{id}
+                    # answers that nothing is stored): then HEAD is its GET, not a 405.
+                    got = client.get(path)
+                    if got.status_code == 404 and "Unknown route" not in got.text:
+                        continue
                 assert r.status_code == 405, (method, path, r.status_code, r.text[:200])
                 if method != "HEAD":  # HEAD answers carry no body
                     problem = envelope_problem(405, r.text, path)

@@ -50,7 +50,8 @@ Batch = list[dict[str, Any]]
 
 async def engine_chunks(run: Callable[[ChunkSink], None], cancel: threading.Event,
                         on_done: Callable[[], None] | None = None,
-                        queue: asyncio.Queue[Any] | None = None) -> AsyncIterator[Batch]:
+                        queue: asyncio.Queue[Any] | None = None,
+                        on_start: Callable[[], None] | None = None) -> AsyncIterator[Batch]:
     """Run a blocking engine call on a thread; yield its chunks here, in batches of
     those that arrived since the last one was taken.
 
@@ -104,6 +105,8 @@ async def engine_chunks(run: Callable[[ChunkSink], None], cancel: threading.Even
                 except RuntimeError:  # the loop is gone: nothing left to release
                     pass
 
+    if on_start is not None:
+        on_start()  # from here on, on_done runs when the engine call returns
     threading.Thread(target=work, name="lokal-generate", daemon=True).start()
     try:
         while True:
@@ -199,8 +202,15 @@ class Generation:
             self._give_slots()
             engine_done()
 
+        self._done = done
+        self._engine_started = False
+
+        def started() -> None:
+            self._engine_started = True
+
         self._chunks = guarded(
-            engine_chunks(lambda sink: run(body, sink), self.cancel, on_done=done, queue=self._queue),
+            engine_chunks(lambda sink: run(body, sink), self.cancel, on_done=done, queue=self._queue,
+                          on_start=started),
             self.cancel, timeout=timeout, busy=lease.busy_timeout, on_stuck=lease.retire,
             stopping=stopping, deadline=self._deadline)
         self._closed = False
@@ -261,6 +271,10 @@ class Generation:
             self.cancel.set()
             await self._iter.aclose()
             await self._chunks.aclose()
+            if not self._engine_started:
+                # The engine was never asked (no slot in time, the client left, the deadline
+                # had passed): nothing will call done, so the slots and the model go back now.
+                self._done()
 
     @property
     def usage(self) -> Usage:

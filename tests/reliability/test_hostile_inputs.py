@@ -106,6 +106,29 @@ def raw_get(port: int, target: str) -> tuple[int, bytes]:
 
 # --- Size -------------------------------------------------------------------------
 
+def _read_answer(sock: socket.socket) -> bytes:
+    """The response as far as it comes: the head, then the body its Content-Length
+    names (the head and the body may arrive in separate packets)."""
+    sock.settimeout(10)
+    answer = b""
+    try:
+        while b"\r\n\r\n" not in answer:
+            piece = sock.recv(4096)
+            if not piece:
+                return answer
+            answer += piece
+        head, _, body = answer.partition(b"\r\n\r\n")
+        length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+        while length and len(body) < int(length.group(1)):
+            piece = sock.recv(4096)
+            if not piece:
+                break
+            body += piece
+        return head + b"\r\n\r\n" + body
+    except (ConnectionResetError, TimeoutError):
+        return answer
+
+
 def _push_until_answered(port: int, head: bytes, chunk: bytes, total: int,
                          pid: int, limit_s: float = 60) -> tuple[int, int, float, bytes]:
     """Send head, then chunk after chunk up to total bytes, until the server answers.
@@ -132,11 +155,7 @@ def _push_until_answered(port: int, head: bytes, chunk: bytes, total: int,
             else:
                 select.select([sock], [], [], 1)
             peak = max(peak, rss_mb(pid))
-        sock.settimeout(10)
-        try:
-            answer = sock.recv(4096)
-        except (ConnectionResetError, TimeoutError):
-            answer = b""
+        answer = _read_answer(sock)
     finally:
         sock.close()
     peak = max(peak, rss_mb(pid))

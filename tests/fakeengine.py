@@ -1,7 +1,7 @@
 """A real lokal server on the fake engine: uvicorn on a loopback port, in a thread.
 
 Requests go through real HTTP (middleware, streaming, disconnects as clients see
-them), and the engine is `lokal.backends.fake.FakeBackend`, so a test runs in
+them), and the engine is `lokal.engines.fake.FakeEngine`, so a test runs in
 milliseconds. The only coupling to lokal's internals is `FakeServer._build`: the
 app built the way `lokal serve` builds it, with the fake engine factory.
 """
@@ -17,8 +17,8 @@ from typing import Any
 
 import httpx
 
-from lokal.backends.base import Backend, LoadOptions
-from lokal.backends.fake import FakeBackend, FakeRequest, Script
+from lokal.engines.base import Engine, LoadOptions
+from lokal.engines.fake import FakeEngine, FakeRequest, Script
 from lokal.settings import Settings
 
 # GGUF metadata value types (gguf spec).
@@ -77,7 +77,7 @@ class FakeServer:
                  context_length: int = 4096, chat_template: str | None = None, **settings: Any) -> None:
         self.folder = folder
         self.script = script
-        self.backends: list[FakeBackend] = []
+        self.engines: list[FakeEngine] = []
         write_gguf(folder / f"{MODEL}.gguf", context_length=context_length, chat_template=chat_template)
         (folder / f"{MODEL}.yaml").write_text(f"name: {MODEL}\nparameters:\n  model: {MODEL}.gguf\n" + config)
         for name, text in (files or {}).items():
@@ -101,10 +101,10 @@ class FakeServer:
                 raise RuntimeError("the fake lokal server did not start")
             time.sleep(0.005)
 
-    def _factory(self, engine: str, options: LoadOptions) -> Backend:
-        backend = FakeBackend(options, self.script)
-        self.backends.append(backend)
-        return backend
+    def _factory(self, engine_name: str, options: LoadOptions) -> Engine:
+        engine = FakeEngine(options, self.script)
+        self.engines.append(engine)
+        return engine
 
     def _build(self) -> Any:
         """The app as `lokal serve` builds it, on the fake engine (the one coupling point)."""
@@ -122,15 +122,15 @@ class FakeServer:
     # For tests ------------------------------------------------------------------
 
     @property
-    def backend(self) -> FakeBackend:
+    def engine(self) -> FakeEngine:
         """The most recently loaded engine instance."""
-        assert self.backends, "no model was loaded"
-        return self.backends[-1]
+        assert self.engines, "no model was loaded"
+        return self.engines[-1]
 
     @property
     def calls(self) -> list[FakeRequest]:
         """Every engine call so far, over every engine instance."""
-        return [call for backend in self.backends for call in backend.calls]
+        return [call for engine in self.engines for call in engine.calls]
 
     @property
     def last(self) -> FakeRequest:
@@ -150,8 +150,8 @@ class FakeServer:
             time.sleep(0.002)
 
     def stop(self) -> None:
-        for backend in self.backends:
-            backend.unstick.set()  # stalled engine calls return, so nothing outlives the test
+        for engine in self.engines:
+            engine.unstick.set()  # stalled engine calls return, so nothing outlives the test
         self._server.should_exit = True
         self._thread.join(15)
         self._sock.close()

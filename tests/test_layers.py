@@ -1,6 +1,6 @@
 """The layering, checked on the source: imports flow one way and never in a circle.
 
-cli -> api -> install -> models -> backends -> the bottom (tasks, errors, formats,
+cli -> api -> install -> models -> engines -> the bottom (tasks, errors, formats,
 templates, transfer, metrics, logs, settings). A module may import its own layer
 and the layers below it, never one above. Every import counts, module-level or
 inside a function: a lazy import is still a dependency.
@@ -20,7 +20,7 @@ LAYERS = [
     ("api", ["lokal.api"]),
     ("install", ["lokal.install"]),
     ("models", ["lokal.models", "lokal.scale"]),
-    ("backends", ["lokal.backends"]),
+    ("engines", ["lokal.engines"]),
     ("bottom", ["lokal.tasks", "lokal.errors", "lokal.formats", "lokal.templates", "lokal.transfer", "lokal.threadnames",
                 "lokal.metrics", "lokal.logs", "lokal.settings", "lokal"]),
 ]

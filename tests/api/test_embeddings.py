@@ -1,7 +1,7 @@
 """/v1/embeddings with the real all-MiniLM-L6-v2 and a chat GGUF.
 
 The model's contract (shape, order, batch = alone, semantics, token ids,
-base64, dimensions, truncation) is checked on both backends: the Hugging Face
+base64, dimensions, truncation) is checked on both engines: the Hugging Face
 folder through sentence-transformers, and a GGUF converted from the same folder
 by `lokal models convert` through llama.cpp. Both serve it as LocalAI's
 `embeddings.yaml` does: `backend: bert-embeddings`, `parameters.model: bert`.
@@ -60,7 +60,7 @@ def gguf_emb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LokalServer]:
 
 @pytest.fixture(params=["sentence-transformers", "gguf"])
 def ada(request: pytest.FixtureRequest) -> LokalServer:
-    """A server with text-embedding-ada-002 (and `strict`) on one backend."""
+    """A server with text-embedding-ada-002 (and `strict`) on one engine."""
     server: LokalServer = request.getfixturevalue("emb" if request.param == "sentence-transformers" else "gguf_emb")
     return server
 

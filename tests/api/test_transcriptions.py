@@ -369,10 +369,10 @@ def test_subtitle_timestamps() -> None:
 
 
 def test_missing_extra_names_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from lokal.backends.base import LoadOptions, ModelLoadError
-    from lokal.backends.whisper import WhisperBackend
+    from lokal.engines.base import LoadOptions, ModelLoadError
+    from lokal.engines.whisper import WhisperEngine
 
     monkeypatch.setitem(sys.modules, "faster_whisper", None)  # as if not installed
     options = LoadOptions(model_path=tmp_path / "whisper", context_size=0, threads=1, parallel=1)
     with pytest.raises(ModelLoadError, match=r"lokal\[whisper\]"):
-        WhisperBackend(options)
+        WhisperEngine(options)

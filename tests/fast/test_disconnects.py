@@ -8,7 +8,7 @@ import threading
 import httpx
 import pytest
 
-from lokal.backends.fake import forever, reply, stall
+from lokal.engines.fake import forever, reply, stall
 from tests.fakeengine import chat, completion
 
 
@@ -19,7 +19,7 @@ def _in_flight(server) -> int:
 
 def _then_free(server) -> None:
     """With one slot and no queue, a leaked request would make the next one a 429."""
-    server.wait(lambda: server.backend.active == 0, what="the engine to be idle")
+    server.wait(lambda: server.engine.active == 0, what="the engine to be idle")
     with server.client() as client:
         r = client.post("/v1/chat/completions", json=chat("short"))
     assert r.status_code == 200, r.text
@@ -80,7 +80,7 @@ def test_stop_within_one_token(fake_server) -> None:
 
     worker = threading.Thread(target=first)
     worker.start()
-    server.wait(lambda: len(server.calls) == 1 and server.backend.active == 1, what="the first call")
+    server.wait(lambda: len(server.calls) == 1 and server.engine.active == 1, what="the first call")
     with server.client() as client:
         with pytest.raises(httpx.ReadTimeout):
             client.post("/v1/chat/completions", json=chat("second"), timeout=0.3)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lokal.backends.fake import reply, words
+from lokal.engines.fake import reply, words
 from tests.fakeengine import chat, completion, sse_events
 
 # The LocalAI example's gpt-3.5-turbo config (the mission's models folder), on the fake engine.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lokal.backends.fake import crash, fail, reply, sleep
+from lokal.engines.fake import crash, fail, reply, sleep
 from tests.fakeengine import chat, completion, sse_events
 
 TYPES = {400: "invalid_request_error", 404: "invalid_request_error", 500: "server_error",
@@ -99,7 +99,7 @@ def test_server_keeps_serving_after_engine_errors(fake_server) -> None:
             assert client.post("/v1/chat/completions", json=chat("fail", stream=True)).status_code == 500
         r = client.post("/v1/chat/completions", json=chat("ok"))
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "fine"
-    assert len(server.backends) == 1  # an engine error is the request's, not a reason to reload
+    assert len(server.engines) == 1  # an engine error is the request's, not a reason to reload
 
 
 def test_unknown_model_is_404_and_never_reaches_an_engine(fake_server) -> None:
@@ -107,7 +107,7 @@ def test_unknown_model_is_404_and_never_reaches_an_engine(fake_server) -> None:
     with server.client() as client:
         error = _envelope(client.post("/v1/chat/completions", json=dict(chat(), model="nope")), 404)
     assert error["param"] == "model" and error["type"] == "not_found_error"
-    assert server.backends == []
+    assert server.engines == []
 
 
 def test_n_beyond_the_slots_is_400(fake_server) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from lokal.backends.fake import words
+from lokal.engines.fake import words
 from tests.fakeengine import chat, sse_events
 
 WEATHER = {"name": "get_weather", "description": "Weather for a city",

@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from lokal.backends.fake import forever, reply, sleep, stall
+from lokal.engines.fake import forever, reply, sleep, stall
 from tests.fakeengine import chat, completion, sse_events
 
 
@@ -34,7 +34,7 @@ def test_full_queue_is_429_with_retry_after(fake_server) -> None:
     workers = [_post_in_background(server, chat(f"{i}"), results) for i in range(2)]
     # One generates, one waits (in lokal, for the slot): slot + queue are full.
     server.wait(lambda: _in_use(server) == 2 and len(server.calls) == 1, what="one generating, one waiting")
-    assert server.backend.active == 1
+    assert server.engine.active == 1
     with server.client() as client:
         for path, body in (("/v1/chat/completions", chat("more")), ("/v1/completions", completion()),
                            ("/v1/chat/completions", chat("more", stream=True))):
@@ -49,7 +49,7 @@ def test_full_queue_is_429_with_retry_after(fake_server) -> None:
     for worker in workers:
         worker.join(5)
     assert [r.status_code for r in results] == [200, 200]
-    assert server.backend.peak == 1
+    assert server.engine.peak == 1
     with server.client() as client:  # the queue drained
         assert client.post("/v1/chat/completions", json=chat("again")).status_code == 200
 
@@ -61,12 +61,12 @@ def test_requests_share_the_slots(fake_server) -> None:
     workers = [_post_in_background(server, chat(f"{i}"), results) for i in range(5)]
     server.wait(lambda: _in_use(server) == 5 and len(server.calls) == 2, what="two generating, three waiting")
     time.sleep(0.05)
-    assert server.backend.active == 2 and len(server.calls) == 2  # two generate, three wait for a slot
+    assert server.engine.active == 2 and len(server.calls) == 2  # two generate, three wait for a slot
     gate.set()
     for worker in workers:
         worker.join(5)
     assert [r.status_code for r in results] == [200] * 5
-    assert server.backend.peak == 2
+    assert server.engine.peak == 2
 
 
 def test_request_timeout_is_408_and_frees_the_slot(fake_server) -> None:
@@ -125,11 +125,11 @@ def test_busy_watchdog_ends_a_stuck_request_and_reloads_the_model(fake_server) -
         assert r.status_code == 500, r.text
         error = r.json()["error"]
         assert "WATCHDOG_BUSY_TIMEOUT" in error["message"] and error["type"] == "server_error"
-        stuck = server.backends[0]
+        stuck = server.engines[0]
         assert not stuck.closed  # its engine call has not returned: it cannot be freed yet
         r = client.post("/v1/chat/completions", json=chat("hello"))
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "fresh"
-        assert len(server.backends) == 2 and server.calls[-1] in server.backends[1].calls
+        assert len(server.engines) == 2 and server.calls[-1] in server.engines[1].calls
         stuck.unstick.set()  # the engine comes back: its request was ended, so it stops
         server.wait(lambda: stuck.closed, what="the retired engine to be closed")
         assert stuck.calls[0].stopped
@@ -151,7 +151,7 @@ def test_busy_watchdog_leaves_a_slow_steady_stream_alone(fake_server) -> None:
     with server.client() as client:
         r = client.post("/v1/chat/completions", json=chat())
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "abcdefgh"
-    assert len(server.backends) == 1
+    assert len(server.engines) == 1
 
 
 def test_waiting_for_a_slot_is_not_a_stuck_engine(fake_server) -> None:
@@ -159,12 +159,12 @@ def test_waiting_for_a_slot_is_not_a_stuck_engine(fake_server) -> None:
                          watchdog_busy_timeout=0.3)
     results: list[httpx.Response] = []
     first = _post_in_background(server, chat("first"), results)
-    server.wait(lambda: server.backends and server.backend.active == 1, what="the first call")
+    server.wait(lambda: server.engines and server.engine.active == 1, what="the first call")
     second = _post_in_background(server, chat("second"), results)
     first.join(5)
     second.join(5)
     assert [r.status_code for r in results] == [200, 200], [r.text for r in results]
-    assert len(server.backends) == 1
+    assert len(server.engines) == 1
 
 
 def test_a_request_that_times_out_waiting_for_a_slot_gives_everything_back(fake_server) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from lokal.backends.fake import Chunk, Step, words
+from lokal.engines.fake import Chunk, Step, words
 from tests.fakeengine import chat, sse_events
 
 # Enough of a Hermes / Qwen 2.5 style template for lokal to see that it takes tools.

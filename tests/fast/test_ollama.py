@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from lokal.backends.fake import fail, reply
+from lokal.engines.fake import fail, reply
 
 
 def _lines(text: str) -> list[dict]:

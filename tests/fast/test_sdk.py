@@ -8,7 +8,7 @@ import threading
 import openai
 import pytest
 
-from lokal.backends.fake import fail, reply, stall, words
+from lokal.engines.fake import fail, reply, stall, words
 from tests.fakeengine import MODEL
 
 
@@ -60,7 +60,7 @@ def test_sdk_raises_typed_errors(fake_server) -> None:
     holder = threading.Thread(target=client.chat.completions.create,
                               kwargs={"model": MODEL, "messages": [{"role": "user", "content": "hold"}]})
     holder.start()
-    server.wait(lambda: server.backends and server.backend.active == 1, what="the held request")
+    server.wait(lambda: server.engines and server.engine.active == 1, what="the held request")
     with pytest.raises(openai.RateLimitError):
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}])
     gate.set()

@@ -6,7 +6,7 @@ import json
 import time
 from typing import Any
 
-from lokal.backends.fake import Chunk, reply
+from lokal.engines.fake import Chunk, reply
 from tests.fakeengine import MODEL, chat, completion, sse_events
 
 

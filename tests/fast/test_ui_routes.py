@@ -10,7 +10,7 @@ import threading
 import httpx
 
 from lokal.api.ui.redirect import prefers_html
-from lokal.backends.fake import reply, stall
+from lokal.engines.fake import reply, stall
 from tests.fakeengine import MODEL, chat
 
 BROWSER = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,*/*;q=0.8"
@@ -47,7 +47,7 @@ def test_load_and_unload(fake_server) -> None:
         assert [i["purpose"] for i in r.json()["instances"]] == ["generate"]
         assert _models(client)[MODEL]["state"] == "loaded"
         assert client.post(f"/lokal/models/{MODEL}/load").status_code == 200  # already: fine
-        assert len(server.backends) == 1
+        assert len(server.engines) == 1
         r = client.post(f"/lokal/models/{MODEL}/unload")
         assert r.status_code == 200 and r.json()["unloaded"] is True and r.json()["state"] == "idle"
         r = client.post(f"/lokal/models/{MODEL}/unload")

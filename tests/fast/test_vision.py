@@ -72,8 +72,8 @@ def test_image_reaches_the_engine_as_a_data_uri_part(vision_server: Any) -> None
     assert url.startswith("data:image/png;base64,")
     assert base64.b64decode(url.split(",", 1)[1]) == image
     assert content[1] == {"type": "text", "text": "What is this?"}
-    assert server.backend.options.mmproj_path is not None
-    assert server.backend.options.mmproj_path.name == "mmproj-fake.gguf"
+    assert server.engine.options.mmproj_path is not None
+    assert server.engine.options.mmproj_path.name == "mmproj-fake.gguf"
 
 
 def test_several_images_per_message_and_conversation(vision_server: Any) -> None:
@@ -199,8 +199,8 @@ def test_loose_projector_pairs_by_name(fake_server: Any, tmp_path: Path) -> None
         assert not any(name.startswith("mmproj") for name in models)
         r = http.post("/v1/chat/completions", json=ask(image_part(data_uri(png())), model="eyes-Q4_K_M.gguf"))
         assert r.status_code == 200, r.text
-    assert server.backend.options.mmproj_path is not None
-    assert server.backend.options.mmproj_path.name == "mmproj-eyes-f16.gguf"
+    assert server.engine.options.mmproj_path is not None
+    assert server.engine.options.mmproj_path.name == "mmproj-eyes-f16.gguf"
 
 
 def test_bad_mmproj_configs_are_reported(fake_server: Any, tmp_path: Path) -> None:
@@ -236,7 +236,7 @@ def test_small_context_is_raised_or_refused(fake_server: Any, tmp_path: Path) ->
     server = fake_server(config="mmproj: mmproj-fake.gguf\n", context_length=1024)
     with server.client() as http:
         assert http.post("/v1/chat/completions", json=ask(image_part(data_uri(png())))).status_code == 200
-    assert server.backend.options.context_size == 2048
+    assert server.engine.options.context_size == 2048
     write_projector(tmp_path / "models-1" / "mmproj-fake.gguf")
     server = fake_server(config="mmproj: mmproj-fake.gguf\ncontext_size: 1024\n")
     with server.client() as http:

@@ -89,16 +89,16 @@ def test_gguf_header_declares_what_llama_cpp_needs(ggufs: dict[str, Path]) -> No
 @pytest.mark.parametrize("outtype, floor", [("f16", 0.999), ("q8_0", 0.995)])
 def test_vectors_match_sentence_transformers(ggufs: dict[str, Path], reference: list[list[float]],
                                             outtype: str, floor: float) -> None:
-    from lokal.backends.base import LoadOptions
-    from lokal.backends.llamacpp import LlamaCppBackend
+    from lokal.engines.base import LoadOptions
+    from lokal.engines.llamacpp import LlamaCppEngine
 
-    backend = LlamaCppBackend(LoadOptions(model_path=ggufs[outtype], context_size=512, threads=2,
+    engine = LlamaCppEngine(LoadOptions(model_path=ggufs[outtype], context_size=512, threads=2,
                                           parallel=2, embeddings=True))
     try:
-        vectors = backend.embed(TEXTS, truncate=True).vectors
-        assert backend.dimensions == 384
+        vectors = engine.embed(TEXTS, truncate=True).vectors
+        assert engine.dimensions == 384
     finally:
-        backend.close()
+        engine.close()
     cosines = [_cosine(a, b) for a, b in zip(vectors, reference)]
     # Measured here: f16 min 0.999998; q8_0 min 0.9989, mean 0.9995 (short texts are the worst).
     assert min(cosines) >= floor, [round(c, 5) for c in cosines]

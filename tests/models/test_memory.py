@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from lokal.backends.base import LoadOptions
+from lokal.engines.base import LoadOptions
 from lokal.formats.modelfile import read_gguf
 from lokal.models.memory import MIB, MemoryBudget, estimate
 from tests.conftest import CHAT_FILE, LokalServer, place_model, smollm_gguf
@@ -41,16 +41,16 @@ def test_the_kv_cache_follows_the_models_attention_shape() -> None:
 
 @pytest.mark.parametrize("context,parallel", [(512, 1), (4096, 4)])
 def test_the_estimate_matches_a_real_load(context: int, parallel: int) -> None:
-    from lokal.backends.worker import WorkerFactory
+    from lokal.engines.worker import WorkerFactory
 
     opts = options(context, parallel)
-    backend = WorkerFactory()("llama-cpp", opts)
+    engine = WorkerFactory()("llama-cpp", opts)
     try:
-        backend.chat({"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4},
+        engine.chat({"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4},
                      lambda chunk: False)
-        measured = rss(backend.pid)  # type: ignore[attr-defined]
+        measured = rss(engine.pid)  # type: ignore[attr-defined]
     finally:
-        backend.close()
+        engine.close()
     expected = estimate("llama-cpp", opts).total
     assert abs(measured - expected) <= TOLERANCE * measured, (measured / MIB, expected / MIB)
 

@@ -92,8 +92,8 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_scan_sees_the_template_take_tools_and_the_engine_renders_them(models: Path) -> None:
-    from lokal.backends.base import LoadOptions
-    from lokal.backends.llamacpp import LlamaCppBackend
+    from lokal.engines.base import LoadOptions
+    from lokal.engines.llamacpp import LlamaCppEngine
     from lokal.models.config import scan_models
     from lokal.models.prompting import plan_chat
     from lokal.tasks import ChatTask, Message, Tool, ToolCall
@@ -112,13 +112,13 @@ def test_scan_sees_the_template_take_tools_and_the_engine_renders_them(models: P
             "city": {"type": "string"}}})])
     call = plan_chat(entry, task)
     assert "json_schema" not in call.body and call.body["tools"][0]["function"]["name"] == "get_weather"
-    backend = LlamaCppBackend(LoadOptions(model_path=entry.model_path, context_size=1024, threads=2, parallel=1))
+    engine = LlamaCppEngine(LoadOptions(model_path=entry.model_path, context_size=1024, threads=2, parallel=1))
     try:
-        prompt = backend.render_prompt(call.body)
+        prompt = engine.render_prompt(call.body)
         # The grammar path's prompt for comparison: lokal's own instructions, history as text.
-        grammar_prompt = backend.render_prompt(plan_chat(entries["grammar"], task).body)
+        grammar_prompt = engine.render_prompt(plan_chat(entries["grammar"], task).body)
     finally:
-        backend.close()
+        engine.close()
     assert "<tools>\n{" in prompt and '"name": "get_weather"' in prompt
     assert '"description": "The weather in a city"' in prompt
     assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' in prompt

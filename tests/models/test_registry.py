@@ -11,15 +11,15 @@ import httpx
 import pytest
 
 from lokal.api.app import create_app
-from lokal.backends.base import Backend, LoadOptions
+from lokal.engines.base import Engine, LoadOptions
 from lokal.errors import ModelUnavailableError, UnknownModelError
-from lokal.models.registry import EngineDefaults, ModelRegistry, default_backend_factory
+from lokal.models.registry import EngineDefaults, ModelRegistry, default_engine_factory
 from lokal.settings import Settings
 from tests.conftest import place_model
 
 
 class CountingFactory:
-    """The real backend factory, counting loads and closes, optionally held at a gate."""
+    """The real engine factory, counting loads and closes, optionally held at a gate."""
 
     def __init__(self) -> None:
         self.loads: list[str] = []
@@ -27,18 +27,18 @@ class CountingFactory:
         self.gate = threading.Event()
         self.gate.set()
 
-    def __call__(self, engine: str, options: LoadOptions) -> Backend:
+    def __call__(self, engine_name: str, options: LoadOptions) -> Engine:
         self.gate.wait(30)
         self.loads.append(options.model_path.name)
-        backend = default_backend_factory(engine, options)
-        close = backend.close
+        engine = default_engine_factory(engine_name, options)
+        close = engine.close
 
         def counted_close() -> None:
             self.closed.append(options.model_path.name)
             close()
 
-        backend.close = counted_close  # type: ignore[method-assign]
-        return backend
+        engine.close = counted_close  # type: ignore[method-assign]
+        return engine
 
 
 @pytest.fixture
@@ -57,7 +57,7 @@ async def use(registry: ModelRegistry, name: str) -> None:
 
 def make(models: Path, factory: CountingFactory, **kwargs: object) -> ModelRegistry:
     return ModelRegistry(models, EngineDefaults(threads=2, parallel=2, context_size=512),
-                         backend_factory=factory, **kwargs)  # type: ignore[arg-type]
+                         engine_factory=factory, **kwargs)  # type: ignore[arg-type]
 
 
 def test_concurrent_first_requests_load_once(two_models: Path) -> None:
@@ -68,7 +68,7 @@ def test_concurrent_first_requests_load_once(two_models: Path) -> None:
         async with contextlib.AsyncExitStack() as stack:
             leases = await asyncio.gather(*[stack.enter_async_context(registry.lease("a.gguf", "chat"))
                                             for _ in range(5)])
-            assert len({id(lease.backend) for lease in leases}) == 1
+            assert len({id(lease.engine) for lease in leases}) == 1
         await registry.close()
 
     asyncio.run(main())

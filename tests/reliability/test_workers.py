@@ -97,7 +97,7 @@ def workers(parent: int) -> list[int]:
         except OSError:
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == parent and b"lokal.backends.worker" in cmdline:
+        if ppid == parent and b"lokal.engines.worker" in cmdline:
             found.append(int(entry))
     return found
 

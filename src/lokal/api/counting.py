@@ -17,7 +17,7 @@ async def count_prompt_tokens(request: Request, task: ChatTask) -> tuple[int, bo
     """The task's prompt tokens, and whether the count is exact (not an estimate)."""
     async with request.app.state.registry.lease(task.model, task.task) as lease:
         call = plan_chat(lease.entry, task)
-        count = await lease.run(lease.backend.count_tokens, call.body)
+        count = await lease.run(lease.engine.count_tokens, call.body)
     if count is not None:
         return count, True
     text = call.body.get("prompt") or json.dumps(call.body.get("messages"), ensure_ascii=False)

@@ -117,7 +117,7 @@ async def start(request: Request, task: ChatTask | CompletionTask, family: str =
     observation = app.state.metrics.observe(task.model, family)
     try:
         lease = await stack.enter_async_context(app.state.registry.lease(task.model, task.task))
-        slots = lease.backend.slots
+        slots = lease.engine.slots
         if slots is not None and task.options.n > slots:
             # The choices of one prompt are decoded side by side, each in a slot of its own
             # (several prompts take their turns, so only n is bounded).

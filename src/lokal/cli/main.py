@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from lokal import __version__, logs
 from lokal.settings import Settings, env_names, physical_cores
 
-log = logging.getLogger("lokal")
+log = logging.getLogger(__name__)
 
 
 def _is_bool(annotation: Any) -> bool:
@@ -49,7 +49,7 @@ def cmd_serve(settings: Settings) -> int:
 
     from lokal.api.app import create_app
     from lokal import threadnames
-    from lokal.backends import engine_log
+    from lokal.engines import engine_log
 
     try:
         settings.api_keys  # noqa: B018 - read the key file now, not on the first request
@@ -138,17 +138,17 @@ def registry_options(settings: Settings, threads: int) -> dict[str, Any]:
     )
 
 
-def make_registry(settings: Settings, threads: int, backend_factory: Any = None) -> Any:
+def make_registry(settings: Settings, threads: int, engine_factory: Any = None) -> Any:
     """The registry `lokal serve` runs for settings (tests pass a fake engine factory):
     engines in worker processes unless ENGINE_ISOLATION=inprocess."""
-    from lokal.models.registry import ModelRegistry, default_backend_factory
+    from lokal.models.registry import ModelRegistry, default_engine_factory
 
-    if backend_factory is None and settings.engine_isolation == "process":
-        from lokal.backends.worker import WorkerFactory
+    if engine_factory is None and settings.engine_isolation == "process":
+        from lokal.engines.worker import WorkerFactory
 
-        backend_factory = WorkerFactory()
+        engine_factory = WorkerFactory()
     return ModelRegistry(**registry_options(settings, threads),
-                         backend_factory=backend_factory or default_backend_factory)
+                         engine_factory=engine_factory or default_engine_factory)
 
 
 class _GracefulServer:

@@ -1,1 +1,1 @@
-"""File formats lokal reads, at the bottom of the import graph: models and backends both use them."""
+"""File formats lokal reads, at the bottom of the import graph: models and engines both use them."""

@@ -1,7 +1,7 @@
 """What a model file is, read from its first bytes: GGUF metadata, legacy GGML, folders.
 
 Reading the header ourselves lets lokal refuse broken files with a clear reason
-before an engine sees them, and pick a backend without loading anything.
+before an engine sees them, and pick an engine without loading anything.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from lokal.backends.base import Backend, Embeddings, EngineError
+from lokal.engines.base import Engine, Embeddings, EngineError
 from lokal.errors import BadRequest
 
 log = logging.getLogger(__name__)
@@ -78,9 +78,9 @@ class _Job:
 class EmbeddingBatcher:
     """Runs concurrent embedding requests for one model as shared batches."""
 
-    def __init__(self, backend: Backend, truncate: bool, max_batch: int = MAX_BATCH,
+    def __init__(self, engine: Engine, truncate: bool, max_batch: int = MAX_BATCH,
                  on_batch: Callable[[int], None] | None = None) -> None:
-        self.backend = backend
+        self.engine = engine
         self.on_batch = on_batch or (lambda size: None)  # metrics: inputs per engine call
         self.truncate = truncate
         self.max_batch = max_batch
@@ -115,7 +115,7 @@ class EmbeddingBatcher:
             texts = [text for job in batch for text in job.inputs]
             self.on_batch(len(texts))
             try:
-                result = await asyncio.to_thread(self.backend.embed, texts, self.truncate)
+                result = await asyncio.to_thread(self.engine.embed, texts, self.truncate)
             except EngineError:
                 # Someone's input was refused: run each alone so the error is theirs.
                 for job in batch:
@@ -130,7 +130,7 @@ class EmbeddingBatcher:
     async def _run_one(self, job: _Job) -> None:
         self.on_batch(len(job.inputs))
         try:
-            result = await asyncio.to_thread(self.backend.embed, job.inputs, self.truncate)
+            result = await asyncio.to_thread(self.engine.embed, job.inputs, self.truncate)
         except Exception as exc:  # noqa: BLE001
             _settle(job.future, exc=exc)
         else:

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from lokal import threadnames
-from lokal.backends.base import ChunkSink
+from lokal.engines.base import ChunkSink
 from lokal.errors import EngineStuck, LokalError, RequestTimeout, ShuttingDown
 from lokal.models.functions import EnvelopeReader, new_call_id
 from lokal.models.prompting import EngineCall
@@ -194,7 +194,7 @@ class Generation:
         self._reported = False
         self.prompt_seconds: float | None = None  # the engine's own prompt time, when it says
         self._n = max(1, call.n)
-        run = lease.backend.chat if call.mode == "chat" else lease.backend.complete
+        run = lease.engine.chat if call.mode == "chat" else lease.engine.complete
         body = call.body
         engine_done = lease.hold()
 

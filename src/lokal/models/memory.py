@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from lokal.backends.base import LoadOptions
+from lokal.engines.base import LoadOptions
 from lokal.formats.modelfile import GGUFInfo, ModelFileError, read_gguf
 
 MIB = 1 << 20

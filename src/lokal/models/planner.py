@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from lokal.backends.base import LoadOptions
+from lokal.engines.base import LoadOptions
 from lokal.errors import ModelCapabilityError, ModelUnavailableError
 from lokal.models.config import ModelEntry
 

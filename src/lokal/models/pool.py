@@ -20,8 +20,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from lokal.backends.base import Backend, EngineDied, Embeddings, LoadOptions, ModelLoadError
-from lokal.backends.engines import create_backend
+from lokal.engines.base import Engine, EngineDied, Embeddings, LoadOptions, ModelLoadError
+from lokal.engines.factory import create_engine
 from lokal.errors import InsufficientMemory, ModelBusyError, ModelFailedError, ModelUnavailableError
 from lokal.formats.modelfile import disk_size
 from lokal.metrics import Metrics
@@ -32,15 +32,15 @@ from lokal.models.planner import EngineDefaults, LoadPlan
 
 log = logging.getLogger(__name__)
 
-BackendFactory = Callable[[str, LoadOptions], Backend]
+EngineFactory = Callable[[str, LoadOptions], Engine]
 Key = tuple[str, str]  # model name, instance
 CRASH_LIMIT = 3        # engine crashes of one model within CRASH_WINDOW seconds mark it failed
 CRASH_WINDOW = 300.0
 
 
-def default_backend_factory(engine: str, options: LoadOptions) -> Backend:
+def default_engine_factory(engine_name: str, options: LoadOptions) -> Engine:
     """The engine, in this process (ENGINE_ISOLATION=inprocess)."""
-    return create_backend(engine, options)
+    return create_engine(engine_name, options)
 
 
 class Slots:
@@ -78,12 +78,12 @@ class Slots:
 class Instance:
     """One loaded engine instance and who is using it."""
 
-    def __init__(self, key: Key, backend: Backend, batcher: EmbeddingBatcher | None = None, *,
-                 engine: str = "", size: int | None = None, memory: Estimate | None = None) -> None:
+    def __init__(self, key: Key, engine: Engine, batcher: EmbeddingBatcher | None = None, *,
+                 engine_name: str = "", size: int | None = None, memory: Estimate | None = None) -> None:
         self.key = key
-        self.backend = backend
-        self.batcher = batcher
         self.engine = engine
+        self.batcher = batcher
+        self.engine_name = engine_name
         self.size = size  # its weights' bytes, for the metrics
         self.memory = memory  # what it was estimated to take, for the memory budget
         self.retired = False
@@ -92,7 +92,7 @@ class Instance:
         self.last_used = time.monotonic()
         self.idle = asyncio.Event()
         self.idle.set()
-        self.slots = Slots(backend.slots) if backend.slots else None
+        self.slots = Slots(engine.slots) if engine.slots else None
 
     def take(self) -> None:
         self.in_use += 1
@@ -111,7 +111,7 @@ class Lease:
 
     def __init__(self, pool: Pool, entry: ModelEntry, instance: Instance) -> None:
         self.entry = entry
-        self.backend = instance.backend
+        self.engine = instance.engine
         self.busy_timeout = pool.busy_timeout
         self._pool = pool
         self._instance = instance
@@ -162,7 +162,7 @@ class Lease:
         if batcher is not None and inputs and isinstance(inputs[0], str):
             return await batcher.embed(inputs)  # type: ignore[arg-type]
         metrics.embedding_batch_ran(self.entry.name, len(inputs))
-        return await self.run(self.backend.embed, inputs, truncate)
+        return await self.run(self.engine.embed, inputs, truncate)
 
     async def run(self, function: Callable[..., Any], *args: Any) -> Any:
         """A blocking engine call on a thread, the instance held until it returns."""
@@ -178,7 +178,7 @@ class Pool:
 
     def __init__(self, defaults: EngineDefaults, *, max_active: int = 0,
                  idle_timeout: float | None = None, busy_timeout: float | None = None,
-                 backend_factory: BackendFactory = default_backend_factory,
+                 engine_factory: EngineFactory = default_engine_factory,
                  memory: MemoryBudget | None = None, crash_limit: int = CRASH_LIMIT,
                  crash_window: float = CRASH_WINDOW) -> None:
         self.defaults = defaults
@@ -191,7 +191,7 @@ class Pool:
         self._crashes: dict[str, collections.deque[float]] = {}
         self.idle_timeout = idle_timeout
         self.busy_timeout = busy_timeout
-        self._factory = backend_factory
+        self._factory = engine_factory
         self._loaded: dict[Key, Instance] = {}
         self._locks: dict[Key, asyncio.Lock] = {}
         self._capacity = asyncio.Lock()
@@ -254,7 +254,7 @@ class Pool:
         log.info("loading model %s from %s (%s%s)", entry.name, plan.options.model_path.name, plan.engine,
                  f", about {human(need.total)}" if need is not None else "")
         try:
-            backend = await asyncio.to_thread(self._factory, plan.engine, plan.options)
+            engine = await asyncio.to_thread(self._factory, plan.engine, plan.options)
         except ModelLoadError as exc:
             self.metrics.model_load_failed(entry.name, plan.instance)
             log.error("model %s failed to load: %s", entry.name, exc)
@@ -266,10 +266,10 @@ class Pool:
         batcher = None
         if plan.instance == "embed" and self.defaults.batch_embeddings:
             truncate = entry.config.truncate if entry.config is not None else True
-            batcher = EmbeddingBatcher(backend, truncate, on_batch=functools.partial(
+            batcher = EmbeddingBatcher(engine, truncate, on_batch=functools.partial(
                 self.metrics.embedding_batch_ran, entry.name))
         key = (entry.name, plan.instance)
-        instance = Instance(key, backend, batcher, engine=plan.engine,
+        instance = Instance(key, engine, batcher, engine_name=plan.engine,
                             size=await asyncio.to_thread(disk_size, plan.options.model_path), memory=need)
         self._loaded[key] = instance
         loop = asyncio.get_running_loop()
@@ -280,9 +280,9 @@ class Pool:
             except RuntimeError:  # the loop is gone: shutting down
                 pass
 
-        backend.supervise(entry.name, on_exit)
+        engine.supervise(entry.name, on_exit)
         self.metrics.model_loaded(entry.name, plan.instance, time.monotonic() - started)
-        pid = getattr(backend, "pid", None)
+        pid = getattr(engine, "pid", None)
         log.info("model %s ready in %.1fs%s", entry.name, time.monotonic() - started,
                  f" (worker {pid})" if pid else "")
         return instance
@@ -337,7 +337,7 @@ class Pool:
         self.restarts += 1
         self.metrics.worker_restarted(*instance.key)
         self._crashed(instance.key[0], "its engine stopped responding (WATCHDOG_BUSY_TIMEOUT)")
-        instance.backend.kill("no progress within WATCHDOG_BUSY_TIMEOUT")
+        instance.engine.kill("no progress within WATCHDOG_BUSY_TIMEOUT")
 
     def _drop(self, instance: Instance) -> None:
         """Out of service; closed once its engine calls have returned."""
@@ -348,7 +348,7 @@ class Pool:
 
         async def close_when_idle() -> None:
             await instance.idle.wait()
-            await asyncio.to_thread(instance.backend.close)
+            await asyncio.to_thread(instance.engine.close)
 
         asyncio.get_running_loop().create_task(close_when_idle())
 
@@ -360,7 +360,7 @@ class Pool:
         self.restarts += 1
         self.metrics.worker_restarted(*instance.key)
         failed = self._crashed(instance.key[0], reason)
-        if failed or instance.backend.waiting == 0:
+        if failed or instance.engine.waiting == 0:
             # The next request loads it again (through the memory check); requests that
             # were waiting for a slot restart it in place instead.
             self._drop(instance)
@@ -393,7 +393,7 @@ class Pool:
         instance = self._loaded.pop(key, None)
         if instance is not None:
             self.metrics.model_unloaded(*key)
-            await asyncio.to_thread(instance.backend.close)
+            await asyncio.to_thread(instance.engine.close)
 
     async def unload(self, name: str) -> bool:
         """Unload a model's instances once their requests are done (and clear a failed

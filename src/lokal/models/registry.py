@@ -21,11 +21,11 @@ from lokal.models.catalog import Catalog
 from lokal.models.config import ModelEntry
 from lokal.models.memory import MemoryBudget
 from lokal.models.planner import EngineDefaults, main_task, plan_load
-from lokal.models.pool import BackendFactory, Lease, Pool, default_backend_factory
+from lokal.models.pool import EngineFactory, Lease, Pool, default_engine_factory
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EngineDefaults", "Lease", "ModelRegistry", "default_backend_factory"]
+__all__ = ["EngineDefaults", "Lease", "ModelRegistry", "default_engine_factory"]
 
 
 class ModelRegistry:
@@ -34,13 +34,13 @@ class ModelRegistry:
     def __init__(self, models_path: Path, defaults: EngineDefaults, *,
                  config_file: Path | None = None, max_active: int = 0,
                  idle_timeout: float | None = None, busy_timeout: float | None = None,
-                 backend_factory: BackendFactory = default_backend_factory,
+                 engine_factory: EngineFactory = default_engine_factory,
                  memory: MemoryBudget | None = None) -> None:
         self.models_path = models_path
         self.defaults = defaults
         self.catalog = Catalog(models_path, config_file)
         self.pool = Pool(defaults, max_active=max_active, idle_timeout=idle_timeout,
-                         busy_timeout=busy_timeout, backend_factory=backend_factory, memory=memory)
+                         busy_timeout=busy_timeout, engine_factory=engine_factory, memory=memory)
         self.metrics = Metrics()  # the app's replaces it (lokal.api.app)
 
     @property
@@ -56,8 +56,8 @@ class ModelRegistry:
         state = RegistryState(known=len(self.catalog.entries))
         for (name, instance_kind), instance in self.pool.loaded().items():
             state.loaded.append(ModelState(
-                model=name, purpose=instance_kind, engine=instance.engine,
-                in_use=instance.in_use, slots=instance.backend.slots,
+                model=name, purpose=instance_kind, engine=instance.engine_name,
+                in_use=instance.in_use, slots=instance.engine.slots,
                 memory_bytes=instance.size))
         return state
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from lokal.backends.base import Transcription
+from lokal.engines.base import Transcription
 from lokal.errors import BadRequest
 from lokal.models.embedding import decode_openai_tokens
 from lokal.models.registry import ModelRegistry
@@ -44,7 +44,7 @@ async def embed(registry: ModelRegistry, task: EmbedTask) -> EmbedResult:
         inputs = task.inputs
         if task.token_ids and not (config is not None and config.token_ids == "model"):
             inputs = decode_openai_tokens(inputs)  # type: ignore[arg-type]
-        native = lease.backend.dimensions
+        native = lease.engine.dimensions
         if task.dimensions is not None and native is not None and task.dimensions > native:
             raise BadRequest(f"dimensions must be at most {native} for the model '{task.model}'.",
                              param="dimensions")
@@ -59,7 +59,7 @@ async def rerank(registry: ModelRegistry, task: RerankTask) -> RerankResult:
     """Scores from a cross-encoder, or the cosine of embeddings for an embedding model."""
     async with registry.lease(task.model, "rerank") as lease:
         if lease.entry.rerank_by == "cross-encoder":
-            ranked = await lease.run(lease.backend.rerank, task.query, task.documents)
+            ranked = await lease.run(lease.engine.rerank, task.query, task.documents)
             return RerankResult(ranked.scores, ranked.prompt_tokens, ranked.raw or ranked.scores)
         embedded = await lease.embed([task.query, *task.documents])
     query, *documents = embedded.vectors
@@ -69,5 +69,5 @@ async def rerank(registry: ModelRegistry, task: RerankTask) -> RerankResult:
 
 async def transcribe(registry: ModelRegistry, task: TranscribeTask) -> Transcription:
     async with registry.lease(task.model, "transcribe") as lease:
-        return await lease.run(lambda: lease.backend.transcribe(
+        return await lease.run(lambda: lease.engine.transcribe(
             task.audio, language=task.language, prompt=task.prompt, temperature=task.temperature))

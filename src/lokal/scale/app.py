@@ -32,7 +32,7 @@ from prometheus_client.registry import Collector
 from lokal.scale.cluster import Board, ClusterView, ModelReplica, RayRegistry, expected_files, served_by
 from lokal.settings import Settings
 
-log = logging.getLogger("lokal")
+log = logging.getLogger(__name__)
 
 APP_NAME = "lokal"
 INGRESS, MODELS, BOARD = "lokal-ingress", "lokal-models", "lokal-board"

@@ -9,7 +9,7 @@ has M loaded when one has room.
 
 The ingress keeps HTTP, validation, auth, prompting and rendering: its
 `RayRegistry` answers `lease(model, task)` like the local one (unknown model 404,
-capability 400, from the same catalog) and lends a `RemoteLease` whose backend
+capability 400, from the same catalog) and lends a `RemoteLease` whose engine
 forwards the engine calls: chat and completion chunks stream back in batches as
 the replica's engine makes them, and stopping the sink (client gone, timeout)
 cancels the remote stream, which stops the replica's engine within a token.
@@ -34,14 +34,14 @@ from pathlib import Path
 from typing import Any
 
 from lokal import errors, logs
-from lokal.backends.base import Backend, ChunkSink, Embeddings, Scores, Transcription
+from lokal.engines.base import Engine, ChunkSink, Embeddings, Scores, Transcription
 from lokal.metrics import ModelState, RegistryState
 from lokal.models.config import ModelEntry
 from lokal.models.generation import engine_chunks, guarded
 from lokal.models.planner import plan_load
 from lokal.models.registry import ModelRegistry
 
-log = logging.getLogger("lokal.scale")
+log = logging.getLogger(__name__)
 
 #: how often a replica posts its state to the board, and how old a post may be
 REPORT_INTERVAL = 1.0
@@ -239,7 +239,7 @@ class ModelReplica:
             await self._model(name)  # type: ignore[attr-defined]
             async with self.registry.lease(name, task) as lease:
                 cancel = threading.Event()
-                run = lease.backend.chat if mode == "chat" else lease.backend.complete
+                run = lease.engine.chat if mode == "chat" else lease.engine.complete
                 chunks = guarded(engine_chunks(lambda sink: run(body, sink), cancel, on_done=lease.hold()),
                                  cancel, timeout=None, busy=lease.busy_timeout, on_stuck=lease.retire)
                 try:
@@ -265,15 +265,15 @@ class ModelReplica:
             await self._model(name)  # type: ignore[attr-defined]
             async with self.registry.lease(name, task) as lease:
                 if op == "describe":
-                    value: Any = {"slots": lease.backend.slots, "dimensions": lease.backend.dimensions,
+                    value: Any = {"slots": lease.engine.slots, "dimensions": lease.engine.dimensions,
                                   "busy_timeout": lease.busy_timeout}
                 elif op == "embed":
                     value = await lease.embed(*args)
                 elif op == "rerank":
-                    value = await lease.run(lease.backend.rerank, *args)
+                    value = await lease.run(lease.engine.rerank, *args)
                 elif op == "transcribe":
                     audio, kwargs = args
-                    value = await lease.run(lambda: lease.backend.transcribe(audio, **kwargs))
+                    value = await lease.run(lambda: lease.engine.transcribe(audio, **kwargs))
                 else:
                     raise errors.ServerError(f"unknown replica call {op!r}")
             return ("ok", self.identity, value)
@@ -313,8 +313,8 @@ def _lost(node: dict[str, str] | None, exc: BaseException) -> errors.Unavailable
                               f"({type(exc).__name__}); retry the request.")
 
 
-class RemoteBackend(Backend):
-    """A `Backend` whose calls run on a model replica (blocking: engine calls run on a thread)."""
+class RemoteEngine(Engine):
+    """A `Engine` whose calls run on a model replica (blocking: engine calls run on a thread)."""
 
     def __init__(self, handle: Any, model: str, task: str, *, slots: int | None,
                  dimensions: int | None, on_node: Callable[[dict[str, str]], None]) -> None:
@@ -420,9 +420,9 @@ class RemoteBackend(Backend):
 class RemoteLease:
     """What `RayRegistry.lease` lends: the same surface as a local `Lease`."""
 
-    def __init__(self, entry: ModelEntry, backend: RemoteBackend, busy_timeout: float | None) -> None:
+    def __init__(self, entry: ModelEntry, engine: RemoteEngine, busy_timeout: float | None) -> None:
         self.entry = entry
-        self.backend = backend
+        self.engine = engine
         # The replica's own busy watchdog retires a stuck engine; the ingress waits a
         # little longer before it gives up on a silent replica.
         self.busy_timeout = busy_timeout + 5 if busy_timeout else None
@@ -437,7 +437,7 @@ class RemoteLease:
         pass  # the replica's pool retires its own stuck instances
 
     async def embed(self, inputs: list[str] | list[list[int]], truncate: bool | None = None) -> Embeddings:
-        return await self.backend.unary_async("embed", inputs, truncate)
+        return await self.engine.unary_async("embed", inputs, truncate)
 
     async def run(self, function: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.to_thread(function, *args)
@@ -519,12 +519,12 @@ class RayRegistry(ModelRegistry):
         key = (name, plan.instance)
         described = self._described.get(key)
         if described is None:
-            probe = RemoteBackend(self.models, name, task, slots=None, dimensions=None, on_node=on_node)
+            probe = RemoteEngine(self.models, name, task, slots=None, dimensions=None, on_node=on_node)
             described = await probe.unary_async("describe")
             self._described[key] = described
-        backend = RemoteBackend(self.models, name, task, slots=described["slots"],
+        engine = RemoteEngine(self.models, name, task, slots=described["slots"],
                                 dimensions=described["dimensions"], on_node=on_node)
-        yield RemoteLease(entry, backend, described.get("busy_timeout"))
+        yield RemoteLease(entry, engine, described.get("busy_timeout"))
 
     def is_loaded(self, name: str) -> bool:
         return any(m["model"] == name for r in self.view.replicas for m in r["models"])

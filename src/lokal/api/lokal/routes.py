@@ -47,7 +47,7 @@ def _context(registry: ModelRegistry, entry: ModelEntry) -> tuple[int | None, in
 
 def describe(registry: ModelRegistry, entry: ModelEntry, size: int | None) -> dict[str, Any]:
     pool = registry.pool
-    instances = [{"purpose": purpose, "engine": inst.engine, "in_use": inst.in_use,
+    instances = [{"purpose": purpose, "engine": inst.engine_name, "in_use": inst.in_use,
                   "memory_bytes": inst.size}
                  for (name, purpose), inst in pool.loaded().items() if name == entry.name]
     failure = registry.failure(entry.name)

@@ -12,7 +12,7 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from lokal.api.errors import APIError
-from lokal.backends.base import Transcription
+from lokal.engines.base import Transcription
 from lokal.models import serving
 from lokal.tasks import TranscribeTask
 

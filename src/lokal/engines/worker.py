@@ -2,9 +2,9 @@
 
 A llama.cpp abort (a GGML_ASSERT, a malformed tensor) or the OOM killer ends the
 process it hits. So each loaded model's engine runs in a child process of its
-own, started fresh (`python -m lokal.backends.worker`, never forked from a server
-holding threads), and `WorkerBackend` stands in for it in the server: the same
-`Backend` methods, each a message over a socket pair.
+own, started fresh (`python -m lokal.engines.worker`, never forked from a server
+holding threads), and `WorkerEngine` stands in for it in the server: the same
+`Engine` methods, each a message over a socket pair.
 
 The protocol: length-prefixed pickles (both ends are this module). The server
 sends `("load", engine, options, log level)`, then calls `(kind, id, *args)` and
@@ -43,12 +43,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from lokal.backends import engine_log
-from lokal.backends.base import (Backend, ChunkSink, EngineDied, Embeddings, LoadOptions,
+from lokal.engines import engine_log
+from lokal.engines.base import (Engine, ChunkSink, EngineDied, Embeddings, LoadOptions,
                                  ModelLoadError, Scores, Transcription)
 from lokal.errors import EngineError, EngineStopped
 
-log = logging.getLogger("lokal.worker")
+log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct("!I")
 TAIL_LINES = 20  # engine log lines logged when a worker dies
@@ -115,13 +115,13 @@ class Spawner:
 
 
 class WorkerFactory:
-    """A pool backend factory: every engine in a worker process of its own."""
+    """A pool engine factory: every engine in a worker process of its own."""
 
     def __init__(self) -> None:
         self.spawner = Spawner()
 
-    def __call__(self, engine: str, options: LoadOptions) -> Backend:
-        return WorkerBackend(engine, options, spawner=self.spawner)
+    def __call__(self, engine_name: str, options: LoadOptions) -> Engine:
+        return WorkerEngine(engine_name, options, spawner=self.spawner)
 
 
 def describe_exit(code: int | None) -> str:
@@ -163,11 +163,11 @@ class _Process:
         self.kill_reason: str | None = None
 
 
-class WorkerBackend(Backend):
+class WorkerEngine(Engine):
     """A model whose engine runs in a supervised worker process."""
 
-    def __init__(self, engine: str, options: LoadOptions, *, spawner: Spawner | None = None) -> None:
-        self.engine = engine
+    def __init__(self, engine_name: str, options: LoadOptions, *, spawner: Spawner | None = None) -> None:
+        self.engine_name = engine_name
         self.options = options
         self.name = options.model_path.name
         self._spawner = spawner or Spawner()
@@ -181,7 +181,7 @@ class WorkerBackend(Backend):
         self._process: _Process | None = None
         self._process = self._start()
 
-    # Backend ------------------------------------------------------------------
+    # Engine ------------------------------------------------------------------
 
     def supervise(self, name: str, on_exit: Callable[[str], None]) -> None:
         self.name = name
@@ -298,7 +298,7 @@ class WorkerBackend(Backend):
     def _start(self) -> _Process:
         parent, child = socket.socketpair()
         try:
-            command = [sys.executable, "-m", "lokal.backends.worker", str(child.fileno()), str(os.getpid())]
+            command = [sys.executable, "-m", "lokal.engines.worker", str(child.fileno()), str(os.getpid())]
             # No gdb backtrace on an abort: slow, and it buries the assert in the log tail.
             env = dict(os.environ, GGML_NO_BACKTRACE="1")
             popen = self._spawner.call(lambda: subprocess.Popen(
@@ -311,7 +311,7 @@ class WorkerBackend(Backend):
                          daemon=True).start()
         started = time.monotonic()
         try:
-            process.channel.send(("load", self.engine, self.options, logging.getLogger().getEffectiveLevel()))
+            process.channel.send(("load", self.engine_name, self.options, logging.getLogger().getEffectiveLevel()))
         except OSError:
             pass
         reply = process.channel.recv()
@@ -334,7 +334,7 @@ class WorkerBackend(Backend):
             _wait(popen)
             process.stderr_done.wait(2)
             if from_engine:
-                from lokal.backends.llamacpp import _load_failure
+                from lokal.engines.llamacpp import _load_failure
 
                 reason = _load_failure(process.engine_lines, str(self.options.model_path.parent))
                 if reason:
@@ -436,7 +436,7 @@ class WorkerBackend(Backend):
                     continue
                 if process.loading:
                     process.engine_lines.append(parsed)
-                logging.getLogger("lokal.engine").log(engine_log.level(parsed[0]), "%s", parsed[1])
+                engine_log.log.log(engine_log.level(parsed[0]), "%s", parsed[1])
         except (OSError, ValueError):
             pass
         finally:
@@ -519,7 +519,7 @@ class _ToServer(logging.Handler):
             pass
 
 
-def _serve(backend: Backend, channel: _Channel, message: tuple[Any, ...], cancelled: set[int]) -> None:
+def _serve(engine: Engine, channel: _Channel, message: tuple[Any, ...], cancelled: set[int]) -> None:
     kind, call_id, *args = message
     try:
         if kind in ("chat", "complete"):
@@ -529,24 +529,24 @@ def _serve(backend: Backend, channel: _Channel, message: tuple[Any, ...], cancel
                 channel.send(("c", call_id, chunk))
                 return call_id in cancelled
 
-            getattr(backend, kind)(args[0], sink)
+            getattr(engine, kind)(args[0], sink)
             result: Any = None
         elif kind == "embed":
-            result = backend.embed(*args)
+            result = engine.embed(*args)
         elif kind == "rerank":
-            result = backend.rerank(*args)
+            result = engine.rerank(*args)
         elif kind == "transcribe":
             audio, language, prompt, temperature = args
-            result = backend.transcribe(audio, language=language, prompt=prompt, temperature=temperature)
+            result = engine.transcribe(audio, language=language, prompt=prompt, temperature=temperature)
         elif kind == "count_tokens":
-            result = backend.count_tokens(*args)
+            result = engine.count_tokens(*args)
         else:
             raise ValueError(f"unknown call {kind!r}")
         reply: tuple[Any, ...] = ("d", call_id, result)
     except EngineError as exc:
         reply = ("e", call_id, ("engine", exc.status, exc.message, exc.kind, exc.details))
     except Exception as exc:  # noqa: BLE001 - handed to the server
-        logging.getLogger("lokal.worker").exception("model call %s failed", kind)
+        log.exception("model call %s failed", kind)
         reply = ("e", call_id, ("other", type(exc).__name__, str(exc)))
     finally:
         cancelled.discard(call_id)
@@ -565,12 +565,12 @@ def main(argv: list[str]) -> int:
     message = channel.recv()
     if message is None or message[0] != "load":
         return 1
-    _, engine, options, level = message
+    _, engine_name, options, level = message
     logging.root.setLevel(level)
-    from lokal.backends.engines import create_backend
+    from lokal.engines.factory import create_engine
 
     try:
-        backend = create_backend(engine, options)
+        engine = create_engine(engine_name, options)
     except ModelLoadError as exc:
         from_engine = isinstance(exc.__cause__, (RuntimeError, ValueError))
         channel.send(("load_error", str(exc), from_engine))
@@ -579,7 +579,7 @@ def main(argv: list[str]) -> int:
         channel.send(("load_error", f"{options.model_path.name} failed to load: "
                                     f"{type(exc).__name__}: {exc}", False))
         return 0
-    channel.send(("ready", backend.slots, backend.dimensions))
+    channel.send(("ready", engine.slots, engine.dimensions))
     cancelled: set[int] = set()
     while True:
         message = channel.recv()
@@ -590,9 +590,9 @@ def main(argv: list[str]) -> int:
         elif message[0] == "close":
             break
         else:
-            threading.Thread(target=_serve, args=(backend, channel, message, cancelled),
+            threading.Thread(target=_serve, args=(engine, channel, message, cancelled),
                              name="lokal-call", daemon=True).start()
-    backend.close()
+    engine.close()
     channel.close()
     return 0
 

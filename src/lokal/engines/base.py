@@ -79,7 +79,7 @@ class Transcription:
     segments: list[dict[str, Any]] = field(default_factory=list)  # id, start, end, text
 
 
-class Backend(ABC):
+class Engine(ABC):
     """A loaded model. Methods block the calling thread and may run concurrently.
 
     An engine implements what the instance was loaded for (the planner decides, from

@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Any
 
-from lokal.backends.base import Backend, EngineError, LoadOptions, ModelLoadError, Transcription
+from lokal.engines.base import Engine, EngineError, LoadOptions, ModelLoadError, Transcription
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def _temperatures(temperature: float) -> tuple[float, ...]:
     return tuple(t for t in temps if t <= 1.0) or (1.0,)
 
 
-class WhisperBackend(Backend):
+class WhisperEngine(Engine):
     """A CTranslate2 Whisper model folder, transcribing one file at a time."""
 
 

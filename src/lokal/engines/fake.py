@@ -1,6 +1,6 @@
 """A scripted engine for fast API tests: no model, chunks in xllamacpp's shape.
 
-`FakeBackend` implements `Backend` the way `LlamaCppBackend` behaves (checked
+`FakeEngine` implements `Engine` the way `LlamaCppEngine` behaves (checked
 against xllamacpp 2026.10.11549): chunks in the OpenAI streaming shape (chat: a
 first `delta.role` chunk with `content: null`, one chunk per token, a finish chunk
 with an empty delta, then a `choices: []` usage chunk per choice; completion: one
@@ -18,7 +18,7 @@ or one), `Chunk(raw)`, `sleep(s)` (silent; cancel unnoticed), `fail(status, ...)
 says stop: a generation only a disconnect or timeout ends) and `stall(gate)` (a
 stuck engine: silent, deaf to cancel, until the gate or `unstick` is set)::
 
-    FakeBackend(options, script=lambda req: [reply("Hi", "!")] if "hello" in req.text
+    FakeEngine(options, script=lambda req: [reply("Hi", "!")] if "hello" in req.text
                 else [fail(400, "no")])
 
 Every request is recorded (`calls`) with the body the engine got, the chunks it
@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from lokal.backends.base import (Backend, ChunkSink, Embeddings, EngineError, LoadOptions,
+from lokal.engines.base import (Engine, ChunkSink, Embeddings, EngineError, LoadOptions,
                                  Scores, Transcription)
 
 # Steps ------------------------------------------------------------------------
@@ -97,7 +97,7 @@ class Forever:
 @dataclass(frozen=True)
 class Stall:
     """A stuck engine: nothing emitted, the sink never asked, until `gate` (default: the
-    backend's `unstick` event) is set or `limit` seconds pass; then the script goes on."""
+    engine's `unstick` event) is set or `limit` seconds pass; then the script goes on."""
 
     gate: threading.Event | None = None
     limit: float = 60.0
@@ -216,7 +216,7 @@ class _Stop(Exception):
     """The sink said stop."""
 
 
-class FakeBackend(Backend):
+class FakeEngine(Engine):
     """A scripted stand-in for a loaded GGUF model (see the module docstring)."""
 
     def __init__(self, options: LoadOptions, script: Script = "Hello from the fake engine.", *,
@@ -254,8 +254,8 @@ class FakeBackend(Backend):
 
     def _run(self, mode: str, body: dict[str, Any], sink: ChunkSink) -> None:
         if self.closed:
-            raise RuntimeError("FakeBackend used after close()")
-        # The engine gets a copy with streaming forced on, as LlamaCppBackend sends it.
+            raise RuntimeError("FakeEngine used after close()")
+        # The engine gets a copy with streaming forced on, as LlamaCppEngine sends it.
         body = json.loads(json.dumps(dict(body, stream=True, stream_options={"include_usage": True})))
         request = FakeRequest(mode, body)
         with self._lock:
@@ -314,8 +314,8 @@ class FakeBackend(Backend):
 class _Run:
     """One engine call running its steps; chunk ids and state as the engine keeps them."""
 
-    def __init__(self, backend: FakeBackend, request: FakeRequest, sink: ChunkSink) -> None:
-        self.backend = backend
+    def __init__(self, engine: FakeEngine, request: FakeRequest, sink: ChunkSink) -> None:
+        self.engine = engine
         self.request = request
         self.sink = sink
         self.id = "chatcmpl-" + uuid.uuid4().hex[:32]
@@ -330,7 +330,7 @@ class _Run:
 
     def _chunk(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> dict[str, Any]:
         chunk: dict[str, Any] = {"choices": choices, "created": self.created, "id": self.id,
-                                 "model": str(self.backend.options.model_path),
+                                 "model": str(self.engine.options.model_path),
                                  "system_fingerprint": "b0-fake",
                                  "object": "chat.completion.chunk" if self.request.mode == "chat"
                                  else "text_completion"}
@@ -398,7 +398,7 @@ class _Run:
                     time.sleep(step.interval)
                 raise EngineError(500, f"fake engine: Forever ran {step.limit:g} s without being stopped")
             elif isinstance(step, Stall):
-                gate = step.gate or self.backend.unstick
+                gate = step.gate or self.engine.unstick
                 if not gate.wait(step.limit):
                     raise EngineError(500, f"fake engine: Stall not released within {step.limit:g} s")
             elif isinstance(step, Crash):

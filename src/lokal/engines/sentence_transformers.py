@@ -1,7 +1,7 @@
 """Hugging Face embedding models through sentence-transformers on torch (CPU).
 
 An optional extra: `pip install 'lokal[sentence-transformers]'`. Without it, a
-model that needs this backend fails to load with a message naming the extra.
+model that needs this engine fails to load with a message naming the extra.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import os
 import threading
 from typing import Any
 
-from lokal.backends.base import Backend, Embeddings, EngineError, LoadOptions, ModelLoadError, Scores
+from lokal.engines.base import Engine, Embeddings, EngineError, LoadOptions, ModelLoadError, Scores
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +19,7 @@ EXTRA_HINT = ("this model needs the sentence-transformers backend: "
               "pip install 'lokal[sentence-transformers]' (torch CPU + sentence-transformers)")
 
 
-class SentenceTransformersBackend(Backend):
+class SentenceTransformersEngine(Engine):
     """An embedding model folder (modules.json / config.json + weights), or a
     cross-encoder (reranker) folder when loaded for rerank."""
 

@@ -18,8 +18,8 @@ import threading
 from typing import Any
 
 from lokal import threadnames
-from lokal.backends import engine_log
-from lokal.backends.base import (Backend, ChunkSink, Embeddings, EngineError, LoadOptions,
+from lokal.engines import engine_log
+from lokal.engines.base import (Engine, ChunkSink, Embeddings, EngineError, LoadOptions,
                                  ModelLoadError, Scores)
 from lokal.formats.modelfile import GGUFInfo, ModelFileError, read_gguf
 
@@ -133,7 +133,7 @@ def _engine_params(xllamacpp: Any, options: LoadOptions, info: GGUFInfo, loopbac
     return params
 
 
-class LlamaCppBackend(Backend):
+class LlamaCppEngine(Engine):
     """A GGUF model served by one in-process llama.cpp server engine."""
 
     def __init__(self, options: LoadOptions) -> None:

@@ -1,7 +1,7 @@
 """llama.cpp writes its log, load failures included, straight to file descriptor 2.
 
 `install()` puts a pipe under fd 2 and reads it on a thread: engine lines go to
-the `lokal.engine` logger (errors as warnings, the rest at debug level), other
+this module's logger (`lokal.engines.engine_log`) (errors as warnings, the rest at debug level), other
 lines pass through to the real stderr, and recent engine lines are kept so that
 a failed load can tell the user why. Process-wide by nature; installed once.
 """
@@ -20,7 +20,7 @@ import threading
 _LINE = re.compile(r"^\d+\.\d+\.\d+\.\d+ ([DIWE]) (.*)$")
 _LEVELS = {"E": logging.WARNING, "W": logging.DEBUG, "I": logging.DEBUG, "D": logging.DEBUG}
 
-log = logging.getLogger("lokal.engine")
+log = logging.getLogger(__name__)
 
 
 class EngineLog:

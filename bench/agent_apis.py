@@ -2,19 +2,25 @@
 through /v1/chat/completions, on one lokal server, in one run.
 
 The same prompt, greedy (temperature 0), the same token limit: all three ask the
-engine for the same tokens. For each API a streamed request is read and its text
-deltas counted between the first and the last one, divided by the time between
-them (time to first token excluded); the median of --repeats runs per API, the
-APIs taking turns so the machine's drift hits them alike. Prints tokens/s per API
-and the ratios to chat completions (target >= 0.97).
+engine for the same tokens. For each API a streamed request is read; its decode
+speed is the completion tokens the answer reports (chat's `usage`, Responses'
+`response.completed` or `.incomplete`, Messages' `message_delta`) after the first, divided by the
+time from the first text event to the last (time to first token excluded). Tokens,
+not events, are counted: chat completions coalesces tokens that are ready together
+into one chunk, Messages and Responses send an event per delta. The median of
+--repeats runs per API, the order rotated every round so the machine's drift hits
+each API in each position. Also printed: the server process's CPU time per token
+for each API (lokal's own cost, the engine's worker process not included). Ratios
+to chat completions, target >= 0.97.
 
-    python bench/agent_apis.py [--max-tokens 128] [--repeats 5]
+    python bench/agent_apis.py [--max-tokens 256] [--repeats 7]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -32,7 +38,8 @@ def bodies(max_tokens: int) -> dict[str, tuple[str, dict, str]]:
     messages = [{"role": "user", "content": PROMPT}]
     return {
         "chat": ("/v1/chat/completions", {"model": "smol", "messages": messages, "max_tokens": max_tokens,
-                                          "temperature": 0, "stream": True}, "chat"),
+                                          "temperature": 0, "stream": True,
+                                          "stream_options": {"include_usage": True}}, "chat"),
         "responses": ("/v1/responses", {"model": "smol", "input": PROMPT, "max_output_tokens": max_tokens,
                                         "temperature": 0, "stream": True}, "response.output_text.delta"),
         "messages": ("/v1/messages", {"model": "smol", "messages": messages, "max_tokens": max_tokens,
@@ -40,8 +47,21 @@ def bodies(max_tokens: int) -> dict[str, tuple[str, dict, str]]:
     }
 
 
-def speed(client: httpx.Client, path: str, body: dict, kind: str) -> float:
+def _tokens(kind: str, data: dict) -> int | None:
+    """The completion tokens an event reports, if it is the one that reports them."""
+    if kind == "chat":
+        return (data.get("usage") or {}).get("completion_tokens")
+    if data.get("type") in ("response.completed", "response.incomplete"):
+        return data["response"]["usage"]["output_tokens"]
+    if data.get("type") == "message_delta":
+        return data["usage"]["output_tokens"]
+    return None
+
+
+def speed(client: httpx.Client, path: str, body: dict, kind: str) -> tuple[float, int]:
+    """Decode tokens/s and the completion tokens of one streamed answer."""
     stamps: list[float] = []
+    tokens = 0
     with client.stream("POST", path, json=body) as answer:
         for line in answer.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
@@ -53,15 +73,21 @@ def speed(client: httpx.Client, path: str, body: dict, kind: str) -> float:
                 hit = data.get("type") == kind
             if hit:
                 stamps.append(time.perf_counter())
-    if len(stamps) < 3:
-        raise SystemExit(f"{path}: too few tokens to time ({len(stamps)})")
-    return (len(stamps) - 1) / (stamps[-1] - stamps[0])
+            tokens = _tokens(kind, data) or tokens
+    if len(stamps) < 3 or tokens < 3:
+        raise SystemExit(f"{path}: too few tokens to time ({len(stamps)} events, {tokens} tokens)")
+    return (tokens - 1) / (stamps[-1] - stamps[0]), tokens
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     import tempfile
@@ -73,16 +99,26 @@ def main() -> None:
         with LokalServer(folder, "--preload-models", "smol", "--parallel-requests", "1",
                          "--threads", str(args.threads)) as server:
             server.wait_ready()
-            runs: dict[str, list[float]] = {name: [] for name in bodies(args.max_tokens)}
+            apis = list(bodies(args.max_tokens).items())
+            runs: dict[str, list[float]] = {name: [] for name, _ in apis}
+            cpu: dict[str, float] = {name: 0.0 for name, _ in apis}
+            tokens: dict[str, int] = {name: 0 for name, _ in apis}
             with httpx.Client(base_url=server.base, timeout=600) as client:
-                for path, body, kind in bodies(args.max_tokens).values():  # warm-up: cache the prompt
+                for _, (path, body, kind) in apis:  # warm-up: cache the prompt
                     speed(client, path, body, kind)
-                for _ in range(args.repeats):
-                    for name, (path, body, kind) in bodies(args.max_tokens).items():
-                        runs[name].append(speed(client, path, body, kind))
+                for round_ in range(args.repeats):
+                    shift = round_ % len(apis)
+                    for name, (path, body, kind) in apis[shift:] + apis[:shift]:
+                        before = cpu_seconds(server.proc.pid)
+                        rate, count = speed(client, path, body, kind)
+                        cpu[name] += cpu_seconds(server.proc.pid) - before
+                        runs[name].append(rate)
+                        tokens[name] += count
     medians = {name: statistics.median(values) for name, values in runs.items()}
     for name, value in medians.items():
-        print(f"{name:10s} {value:7.1f} tok/s  (runs: {', '.join(f'{v:.1f}' for v in runs[name])})")
+        per_token = 1000 * cpu[name] / tokens[name]
+        print(f"{name:10s} {value:7.1f} tok/s  server CPU {per_token:.3f} ms/token  "
+              f"(runs: {', '.join(f'{v:.1f}' for v in runs[name])})")
     for name in ("responses", "messages"):
         ratio = medians[name] / medians["chat"]
         print(f"{name} / chat = {ratio:.3f}  {'PASS' if ratio >= 0.97 else 'FAIL'} (target >= 0.97)")

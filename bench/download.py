@@ -1,7 +1,7 @@
 """Download throughput: lokal's downloader vs curl, same file, same loopback fixture, same run;
 and the CPU cost of the terminal progress display.
 
-    PYTHONPATH=src:. python bench/download.py [--mb 256] [--runs 3]
+    python bench/download.py [--mb 256] [--runs 5]
 
 Prints MB/s for each and the ratio lokal/curl (target >= 0.9), then the process CPU
 seconds of a download with and without the progress bar drawing to a (fake) terminal.
@@ -20,10 +20,13 @@ import threading
 import time
 from pathlib import Path
 
-from lokal.cli.install import ProgressDisplay
-from lokal.transfer.downloader import Downloader
-from lokal.install.manager import ProgressEvent
-from tests.install.conftest import Fixture, blob, policy_for
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT)]  # lokal from this checkout, and the tests' fixture
+
+from lokal.cli.install import ProgressDisplay  # noqa: E402
+from lokal.transfer.downloader import Downloader  # noqa: E402
+from lokal.install.manager import ProgressEvent  # noqa: E402
+from tests.install.conftest import Fixture, blob, policy_for  # noqa: E402
 
 
 def lokal_fetch(fixture: Fixture, url: str, folder: Path, display: ProgressDisplay | None = None) -> float:
@@ -56,7 +59,7 @@ def cpu_of(fn) -> float:  # noqa: ANN001
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mb", type=int, default=256)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
     size = args.mb << 20
     # The fixture serves from its own process, so it competes with neither client for the GIL.

@@ -10,7 +10,11 @@ are read line by line with httpx, so the client costs the same per line.
 
 Target, printed PASS/FAIL: median(/api/chat) / median(/v1/chat/completions) >= 0.97.
 
-    python bench/ollama_chat.py                 # 5 rounds of 256 tokens
+Also printed: the server process's CPU time per token on each API (lokal's own
+cost; the engine's worker process is not included), a measure the machine's
+drift moves far less than speed.
+
+    python bench/ollama_chat.py                 # 7 rounds of 256 tokens
     python bench/ollama_chat.py --rounds 3 --max-tokens 128
 
 All traffic stays on 127.0.0.1; the server is stopped when the run ends.
@@ -42,6 +46,11 @@ def _port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _model() -> Path:
@@ -94,7 +103,7 @@ def ollama_stream(http: httpx.Client, max_tokens: int, seed: int) -> float | Non
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -124,10 +133,13 @@ def main() -> int:
             openai_stream(http, 16, 0)
             ollama_stream(http, 16, 0)
             speeds: dict[str, list[float]] = {"openai": [], "ollama": []}
+            cpu: dict[str, float] = {"openai": 0.0, "ollama": 0.0}
             for round_ in range(args.rounds):
                 order = [("openai", openai_stream), ("ollama", ollama_stream)]
                 for name, run in order if round_ % 2 == 0 else order[::-1]:
+                    before = cpu_seconds(server.pid)
                     speed = run(http, args.max_tokens, 1000 + round_)
+                    cpu[name] += cpu_seconds(server.pid) - before
                     if speed is not None:
                         speeds[name].append(speed)
                 print(f"round {round_ + 1}: /v1 {speeds['openai'][-1:]} tok/s, /api/chat {speeds['ollama'][-1:]} tok/s",
@@ -142,6 +154,9 @@ def main() -> int:
         return 1
     v1, api = statistics.median(speeds["openai"]), statistics.median(speeds["ollama"])
     ratio = api / v1
+    per_token = {name: 1000 * cpu[name] / (args.rounds * args.max_tokens) for name in cpu}
+    print(f"server CPU per token (answers of up to {args.max_tokens}): /v1 {per_token['openai']:.3f} ms, "
+          f"/api/chat {per_token['ollama']:.3f} ms")
     print(f"/v1/chat/completions median {v1:.1f} tok/s; /api/chat median {api:.1f} tok/s; "
           f"ratio {ratio:.3f} -> {'PASS' if ratio >= 0.97 else 'FAIL'} (target >= 0.97)")
     return 0

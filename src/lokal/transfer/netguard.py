@@ -36,6 +36,7 @@ from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 import httpx
 
 from lokal.errors import BadRequest
+from lokal.transfer.wide import WideTransport
 
 Resolver = Callable[[str, int], list[str]]
 
@@ -210,7 +211,8 @@ class OutboundPolicy:
         """An httpx client with this policy's timeouts (redirects are followed by `open`)."""
         timeout = httpx.Timeout(connect=self.connect_timeout, read=self.stall_timeout,
                                 write=self.stall_timeout, pool=self.connect_timeout)
-        return httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False)
+        return httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False,
+                            transport=WideTransport())
 
     def _auth_for(self, host: str) -> dict[str, str]:
         endpoint_host = (urlsplit(self.hf_endpoint).hostname or "").lower()

@@ -48,6 +48,10 @@ REPORT_INTERVAL = 1.0
 STALE_AFTER = 6.0
 #: tries for a request whose replica died before it answered anything
 ATTEMPTS = 3
+#: A replica sends a generation's chunks at most this often (the first batch at once):
+#: every item of a Ray stream is an object that crosses processes, a cost in CPU on both
+#: sides paid per item, so tokens that arrive within the interval travel together.
+STREAM_INTERVAL = 0.02
 
 
 class ReplicaSetupError(RuntimeError):
@@ -196,13 +200,21 @@ class ModelReplica:
     `_model`, whose bound is a setting)."""
 
     async def __init__(self, options: dict[str, Any], expected: dict[str, dict[str, Any]],
-                       board: Any) -> None:
+                       board: Any, isolation: str = "process") -> None:
         from ray import serve
 
         self.identity = node_identity()
         self.identity["replica"] = serve.get_replica_context().replica_id.unique_id
         check_model_files(Path(options["models_path"]), expected, self.identity["node"])
-        self.registry = ModelRegistry(**options)
+        # ENGINE_ISOLATION holds on every node: an engine in a worker process of the replica
+        # (a crash costs a restart, not the replica), and its token callbacks never wait
+        # on the GIL that Ray's own threads in the replica hold.
+        factory: dict[str, Any] = {}
+        if isolation == "process":
+            from lokal.engines.worker import WorkerFactory
+
+            factory["engine_factory"] = WorkerFactory()
+        self.registry = ModelRegistry(**options, **factory)
         self.registry.start_watchdog()
         self._board = board
         self._active = 0
@@ -240,11 +252,22 @@ class ModelReplica:
             async with self.registry.lease(name, task) as lease:
                 cancel = threading.Event()
                 run = lease.engine.chat if mode == "chat" else lease.engine.complete
-                chunks = guarded(engine_chunks(lambda sink: run(body, sink), cancel, on_done=lease.hold()),
+                finished = asyncio.Event()
+                release = lease.hold()
+
+                def done() -> None:
+                    finished.set()
+                    release()
+
+                chunks = guarded(engine_chunks(lambda sink: run(body, sink), cancel, on_done=done),
                                  cancel, timeout=None, busy=lease.busy_timeout, on_stuck=lease.retire)
                 try:
                     async for batch in chunks:
                         yield ("chunks", batch)
+                        # The engine goes on and its chunks gather, until the interval is up
+                        # or the answer is complete (its end is never held back).
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(finished.wait(), STREAM_INTERVAL)
                 finally:
                     cancel.set()  # a cancelled stream (client gone) stops the engine here
                     await chunks.aclose()

@@ -89,14 +89,35 @@ def _system_ticks() -> tuple[int, int]:
     return total, total - idle
 
 
+def _with_descendants(pids: list[int]) -> list[int]:
+    """pids and every process under them (lokal's engine workers are its children)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    family = set(pids)
+    grew = True
+    while grew:
+        grew = False
+        for pid, ppid in parents.items():
+            if ppid in family and pid not in family:
+                family.add(pid)
+                grew = True
+    return sorted(family)
+
+
 class ForeignCPU:
-    """Share of the machine's CPU time used by processes other than ours while measuring."""
+    """Share of the machine's CPU time used by processes other than ours (and their
+    children: an engine worker process is ours) while measuring."""
 
     def __init__(self, pids: list[int]) -> None:
         self.pids = pids
 
     def __enter__(self) -> Self:
         self.share: float | None = None
+        self.pids = _with_descendants(self.pids)
         try:
             self._start = (_system_ticks(), sum(_proc_ticks(p) for p in self.pids))
         except (OSError, ValueError):

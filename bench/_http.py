@@ -9,7 +9,56 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
+
+import httpx
+
+HOST = "127.0.0.1"
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+@contextmanager
+def serve(models: Path, log_path: Path, *args: str, ready: str = "/readyz",
+          timeout: float = 120) -> Iterator[int]:
+    """`lokal serve` on a free loopback port for models (args added), its output in
+    log_path; yields the port once `ready` answers 200, stops the server after."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port = sock.getsockname()[1]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "lokal", "serve", "--models-path", str(models),
+                                 "--address", f"{HOST}:{port}", *args],
+                                stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    if httpx.get(f"http://{HOST}:{port}{ready}", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"lokal did not become ready; see {log_path}")
+                time.sleep(0.2)
+            yield port
+        finally:
+            proc.terminate()
+            proc.wait(30)
 
 
 async def post(host: str, port: int, path: str, body: dict[str, Any],

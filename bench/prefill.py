@@ -26,17 +26,13 @@ import argparse
 import asyncio
 import importlib.util
 import json
-import os
 import random
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
 
 import _http  # bench/_http.py, beside this script
 
@@ -44,12 +40,6 @@ HOST = "127.0.0.1"
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 WORDS = ("river stone lantern orchard copper meadow harbor violet thunder willow ember canyon "
          "glacier saffron marble falcon juniper quartz tundra cobalt walnut prairie beacon").split()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
 
 
 def system_prompt(tokens: int, seed: int) -> str:
@@ -99,29 +89,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="lokal-prefill-") as tmp:
         models = Path(tmp) / "models"
         models.mkdir()
-        try:
-            os.link(source, models / MODEL_FILE)
-        except OSError:
-            (models / MODEL_FILE).write_bytes(source.read_bytes())
+        _http.link_or_copy(source, models / MODEL_FILE)
         (models / "smollm2.yaml").write_text(
             f"name: smollm2\nparameters:\n  model: {MODEL_FILE}\ncontext_size: {max(2048, 2 * args.prefix_tokens)}\n")
-        port = free_port()
-        log = open(Path(tmp) / "lokal.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "lokal", "serve", "--models-path", str(models),
-                                 "--address", f"{HOST}:{port}", "--threads", str(args.threads),
-                                 "--parallel-requests", "1", "--preload-models", "smollm2"],
-                                stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(f"http://{HOST}:{port}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.2)
-            else:
-                raise RuntimeError("lokal did not become ready")
+        with _http.serve(models, Path(tmp) / "lokal.log", "--threads", str(args.threads),
+                         "--parallel-requests", "1", "--preload-models", "smollm2") as port:
             colds, warms, cached = [], [], []
             for r in range(args.rounds):
                 system = system_prompt(args.prefix_tokens, seed=1000 + r)
@@ -132,10 +104,6 @@ def main() -> int:
                 cached.append(hit)
                 print(f"round {r + 1}: cold {1000 * cold:.0f} ms, warm {1000 * warm:.0f} ms "
                       f"({hit} prompt tokens from the cache), warm/cold {warm / cold:.3f}", flush=True)
-        finally:
-            proc.terminate()
-            proc.wait(30)
-            log.close()
     cold, warm = statistics.median(colds), statistics.median(warms)
     ratio = warm / cold
     print(f"\nmedian over {args.rounds} rounds, ~{args.prefix_tokens}-token system prompt: cold TTFT "

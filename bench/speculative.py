@@ -21,16 +21,12 @@ import argparse
 import asyncio
 import importlib.util
 import json
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
 
 import _http  # bench/_http.py, beside this script
 
@@ -77,30 +73,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="lokal-spec-") as tmp:
         models = Path(tmp) / "models"
         models.mkdir()
-        try:
-            os.link(source, models / MODEL_FILE)
-        except OSError:
-            (models / MODEL_FILE).write_bytes(source.read_bytes())
+        _http.link_or_copy(source, models / MODEL_FILE)
         for mode in modes:
             extra = "" if mode == "none" else f"speculative:\n  type: {mode}\n"
             (models / f"{mode}.yaml").write_text(
                 f"name: {mode}\nparameters:\n  model: {MODEL_FILE}\ncontext_size: 2048\n{extra}")
-        with socket.socket() as sock:
-            sock.bind((HOST, 0))
-            port = sock.getsockname()[1]
-        log = open(Path(tmp) / "lokal.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "lokal", "serve", "--models-path", str(models),
-                                 "--address", f"{HOST}:{port}", "--threads", str(args.threads),
-                                 "--parallel-requests", "1", "--max-active-backends", "1"],
-                                stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(f"http://{HOST}:{port}/healthz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.2)
+        with _http.serve(models, Path(tmp) / "lokal.log", "--threads", str(args.threads),
+                         "--parallel-requests", "1", "--max-active-backends", "1", ready="/healthz") as port:
             for mode in modes:
                 asyncio.run(decode_speed(port, mode, PROMPTS["free"], 8))  # load it, warm up
                 results[mode] = {}
@@ -110,10 +89,6 @@ def main() -> int:
                     results[mode][name] = statistics.median(speeds)
                     print(f"{mode:<14} {name}: {results[mode][name]:6.1f} tok/s "
                           f"(runs {', '.join(f'{s:.1f}' for s in speeds)})", flush=True)
-        finally:
-            proc.terminate()
-            proc.wait(30)
-            log.close()
     if "none" in results:
         print("\nratio to no speculation (above 1: it pays here):")
         for mode in modes:

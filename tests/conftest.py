@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -34,6 +35,21 @@ def place_model(folder: Path, name: str = CHAT_FILE) -> Path:
     except OSError:
         shutil.copyfile(smollm_gguf(), target)
     return target
+
+
+SMOL_GREEDY = "name: smol\nparameters:\n  model: smol.gguf\n  temperature: 0\ncontext_size: 2048\n"
+
+
+@contextmanager
+def smol_server(tmp_path_factory: pytest.TempPathFactory, name: str, *args: str) -> Iterator[LokalServer]:
+    """A ready server with SmolLM2 as `smol` (greedy, 2048 context), preloaded; args go to
+    `lokal serve`."""
+    folder = tmp_path_factory.mktemp(name) / "models"
+    place_model(folder, "smol.gguf")
+    (folder / "smol.yaml").write_text(SMOL_GREEDY)
+    with LokalServer(folder, "--preload-models", "smol", *args) as server:
+        server.wait_ready()
+        yield server
 
 
 def package_path(module: str, relative: str, dist: str) -> Path:

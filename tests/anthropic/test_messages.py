@@ -13,7 +13,7 @@ import anthropic
 import httpx
 import pytest
 
-from tests.conftest import LokalServer, place_model
+from tests.conftest import LokalServer, smol_server
 from tests.fast.test_vision import png
 
 MODEL = "smol"
@@ -24,13 +24,8 @@ WEATHER = {"name": "get_weather", "description": "Weather in a city",
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LokalServer]:
-    folder = tmp_path_factory.mktemp("anthropic") / "models"
-    place_model(folder, "smol.gguf")
-    (folder / "smol.yaml").write_text("name: smol\nparameters:\n  model: smol.gguf\n  temperature: 0\n"
-                                      "context_size: 2048\n")
-    with LokalServer(folder, "--preload-models", MODEL, "--parallel-requests", "1",
+    with smol_server(tmp_path_factory, "anthropic", "--parallel-requests", "1",
                      "--model-aliases", '{"claude-*": "smol"}', "--api-key", "sk-test") as srv:
-        srv.wait_ready()
         yield srv
 
 

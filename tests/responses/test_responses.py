@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import LokalServer, place_model
+from tests.conftest import LokalServer, smol_server
 
 MODEL = "smol"
 WEATHER = {"type": "function", "name": "get_weather", "description": "Weather in a city",
@@ -25,13 +25,8 @@ WEATHER = {"type": "function", "name": "get_weather", "description": "Weather in
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LokalServer]:
-    folder = tmp_path_factory.mktemp("responses") / "models"
-    place_model(folder, "smol.gguf")
-    (folder / "smol.yaml").write_text("name: smol\nparameters:\n  model: smol.gguf\n  temperature: 0\n"
-                                      "context_size: 2048\n")
-    with LokalServer(folder, "--preload-models", MODEL, "--parallel-requests", "2",
+    with smol_server(tmp_path_factory, "responses", "--parallel-requests", "2",
                      "--model-aliases", '{"gpt-5*": "smol"}', "--upload-limit", "1") as srv:
-        srv.wait_ready()
         yield srv
 
 

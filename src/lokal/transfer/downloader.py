@@ -297,81 +297,98 @@ class Downloader:
             if meta.get("etag"):
                 headers["If-Range"] = meta["etag"]
         with self.policy.open(client, url, headers=headers) as response:
-            status = response.status_code
-            if status == 416 and have and have == meta.get("total"):
+            if response.status_code == 416 and have and have == meta.get("total"):
                 return self._finish(transfer, name, url, partial, meta, sha256)
-            if status == 206 and have:
-                match = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
-                total = int(match.group(3)) if match and match.group(3) != "*" else None
-                if (match is None or int(match.group(1)) != have
-                        or (meta.get("total") and total != meta.get("total"))):
-                    log.info("%s: the server answered the resume with another range; starting over", name)
-                    _truncate(partial)
-                    meta.pop("etag", None)
-                    raise _Retry("the server's range did not fit the partial file")
-                mode = "ab"
-            elif status == 200:
-                if have:
-                    log.info("%s: the server cannot resume (HTTP 200 to a Range request); "
-                             "starting from zero", name)
-                have = 0
-                declared = response.headers.get("content-length")
-                total = int(declared) if declared and declared.isdigit() else None
-                mode = "wb"
-            elif status in (408, 425, 429) or status >= 500:
-                raise _Retry(f"HTTP {status}")
-            elif status == 416:
-                _truncate(partial)
-                raise _Retry("HTTP 416 to a resume; starting over")
-            else:
-                raise DownloadError(f"downloading {name} from {_shown(url)} failed: HTTP {status}")
-            if size is not None and total is not None and total != size:
-                raise URLRefused(url, f"the file is {total} bytes, not the {size} its source "
-                                      "declares (the entry's size is its size cap); not kept")
+            mode, have, total = self._resume_or_restart(response, url, name, partial, meta, have)
             expected_total = total if total is not None else size
-            cap = self.policy.max_bytes
-            if cap is not None and expected_total is not None and expected_total > cap:
-                raise URLRefused(url, f"the file is {human(expected_total)}, over the size cap of "
-                                      f"{human(cap)} (MAX_DOWNLOAD_SIZE or the entry's size)")
-            need = (expected_total - have) if expected_total is not None else 0
-            free = self.free_bytes(partial.parent)
-            if need and free < need + DISK_RESERVE:
-                raise InsufficientStorage(
-                    f"not enough disk space for {name}: {need} bytes needed (plus a "
-                    f"{DISK_RESERVE >> 20} MB reserve), {free} bytes free in {partial.parent}")
+            self._check_room(url, name, partial, expected_total, total, size, have)
             meta.update(url=url, etag=response.headers.get("etag"), total=expected_total, complete=False)
             _write_meta(partial, meta)
             digest = _hash_prefix(partial) if mode == "ab" else hashlib.sha256()
-            received = have
-            transfer.report(received, expected_total)
-            last = time.monotonic()
-            with partial.open(mode) as out:
-                for chunk in response.iter_raw():
-                    if transfer.abandoned:
-                        out.flush()
-                        raise Cancelled(name)
-                    out.write(chunk)
-                    digest.update(chunk)
-                    received += len(chunk)
-                    if cap is not None and received > cap:
-                        out.close()
-                        _discard(partial)
-                        raise URLRefused(url, f"the file grew over the size cap of {human(cap)}")
-                    if expected_total is not None and received > expected_total:
-                        out.close()
-                        _discard(partial)
-                        raise DownloadError(f"{name} from {_shown(url)} sent more bytes than it "
-                                            f"declared ({expected_total}); not kept")
-                    now = time.monotonic()
-                    if now - last >= 0.1:
-                        last = now
-                        transfer.report(received, expected_total)
-            transfer.report(received, expected_total)
+            received = self._receive(response, transfer, url, name, partial, mode, digest, have,
+                                     expected_total)
             if expected_total is not None and received < expected_total:
                 raise _Retry(f"the connection ended after {received} of {expected_total} bytes")
             if expected_total is None:
                 meta["total"] = received
         return self._finish(transfer, name, url, partial, meta, sha256, digest.hexdigest())
+
+    @staticmethod
+    def _resume_or_restart(response: httpx.Response, url: str, name: str, partial: Path, meta: dict,
+                           have: int) -> tuple[str, int, int | None]:
+        """From the answer's status: append to the partial file ("ab") or write it anew
+        ("wb"), the bytes already there, and the whole file's size if the server says it."""
+        status = response.status_code
+        if status == 206 and have:
+            match = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
+            total = int(match.group(3)) if match and match.group(3) != "*" else None
+            if (match is None or int(match.group(1)) != have
+                    or (meta.get("total") and total != meta.get("total"))):
+                log.info("%s: the server answered the resume with another range; starting over", name)
+                _truncate(partial)
+                meta.pop("etag", None)
+                raise _Retry("the server's range did not fit the partial file")
+            return "ab", have, total
+        if status == 200:
+            if have:
+                log.info("%s: the server cannot resume (HTTP 200 to a Range request); "
+                         "starting from zero", name)
+            declared = response.headers.get("content-length")
+            return "wb", 0, int(declared) if declared and declared.isdigit() else None
+        if status in (408, 425, 429) or status >= 500:
+            raise _Retry(f"HTTP {status}")
+        if status == 416:
+            _truncate(partial)
+            raise _Retry("HTTP 416 to a resume; starting over")
+        raise DownloadError(f"downloading {name} from {_shown(url)} failed: HTTP {status}")
+
+    def _check_room(self, url: str, name: str, partial: Path, expected_total: int | None,
+                    total: int | None, size: int | None, have: int) -> None:
+        """The file's size against its source's declaration, the size cap and the free disk."""
+        if size is not None and total is not None and total != size:
+            raise URLRefused(url, f"the file is {total} bytes, not the {size} its source "
+                                  "declares (the entry's size is its size cap); not kept")
+        cap = self.policy.max_bytes
+        if cap is not None and expected_total is not None and expected_total > cap:
+            raise URLRefused(url, f"the file is {human(expected_total)}, over the size cap of "
+                                  f"{human(cap)} (MAX_DOWNLOAD_SIZE or the entry's size)")
+        need = (expected_total - have) if expected_total is not None else 0
+        free = self.free_bytes(partial.parent)
+        if need and free < need + DISK_RESERVE:
+            raise InsufficientStorage(
+                f"not enough disk space for {name}: {need} bytes needed (plus a "
+                f"{DISK_RESERVE >> 20} MB reserve), {free} bytes free in {partial.parent}")
+
+    def _receive(self, response: httpx.Response, transfer: _Transfer, url: str, name: str,
+                 partial: Path, mode: str, digest: Any, have: int, expected_total: int | None) -> int:
+        """The body into the partial file and the digest; the bytes the file holds after."""
+        cap = self.policy.max_bytes
+        received = have
+        transfer.report(received, expected_total)
+        last = time.monotonic()
+        with partial.open(mode) as out:
+            for chunk in response.iter_raw():
+                if transfer.abandoned:
+                    out.flush()
+                    raise Cancelled(name)
+                out.write(chunk)
+                digest.update(chunk)
+                received += len(chunk)
+                if cap is not None and received > cap:
+                    out.close()
+                    _discard(partial)
+                    raise URLRefused(url, f"the file grew over the size cap of {human(cap)}")
+                if expected_total is not None and received > expected_total:
+                    out.close()
+                    _discard(partial)
+                    raise DownloadError(f"{name} from {_shown(url)} sent more bytes than it "
+                                        f"declared ({expected_total}); not kept")
+                now = time.monotonic()
+                if now - last >= 0.1:
+                    last = now
+                    transfer.report(received, expected_total)
+        transfer.report(received, expected_total)
+        return received
 
     def _finish(self, transfer: _Transfer, name: str, url: str, partial: Path, meta: dict,
                 sha256: str | None, actual: str | None = None) -> bool:

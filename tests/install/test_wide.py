@@ -10,7 +10,7 @@ from typing import Any
 import httpcore
 
 from lokal.transfer.downloader import Downloader
-from lokal.transfer.wide import READ_SIZE, WideBackend, WideTransport
+from lokal.transfer.wide import READ_SIZE, WideBackend, WideStream, WideTransport
 from tests.install.conftest import Fixture, blob, policy_for
 
 
@@ -69,3 +69,30 @@ def test_wide_streams_ask_the_socket_for_read_size(fixture: Fixture) -> None:
     with httpcore.ConnectionPool(network_backend=plain) as pool:
         assert pool.request("GET", url).content == data
     assert max(plain.asked) < READ_SIZE
+
+
+def test_tls_streams_read_as_httpcore_reads_them() -> None:
+    """Over TLS a read returns one record whatever it asks for: no wide reads there."""
+
+    class Inner(httpcore.NetworkStream):
+        def __init__(self) -> None:
+            self.asked: list[int] = []
+            self.tls: Inner | None = None
+
+        def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+            self.asked.append(max_bytes)
+            return b""
+
+        def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
+                      timeout: float | None = None) -> httpcore.NetworkStream:
+            self.tls = Inner()
+            return self.tls
+
+    plain = Inner()
+    wide = WideStream(plain)
+    wide.read(65536)
+    assert plain.asked == [READ_SIZE]
+    secure = wide.start_tls(ssl_context=None, server_hostname="example.org")
+    assert secure is plain.tls and not isinstance(secure, WideStream)
+    secure.read(65536)
+    assert plain.tls is not None and plain.tls.asked == [65536]

@@ -47,7 +47,7 @@ def test_the_estimate_matches_a_real_load(context: int, parallel: int) -> None:
     engine = WorkerFactory()("llama-cpp", opts)
     try:
         engine.chat({"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4},
-                     lambda chunk: False)
+                    lambda chunk: False)
         measured = rss(engine.pid)  # type: ignore[attr-defined]
     finally:
         engine.close()

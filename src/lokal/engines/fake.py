@@ -19,7 +19,7 @@ says stop: a generation only a disconnect or timeout ends) and `stall(gate)` (a
 stuck engine: silent, deaf to cancel, until the gate or `unstick` is set)::
 
     FakeEngine(options, script=lambda req: [reply("Hi", "!")] if "hello" in req.text
-                else [fail(400, "no")])
+               else [fail(400, "no")])
 
 Every request is recorded (`calls`) with the body the engine got, the chunks it
 emitted, and how it ended, so tests assert what the engine was asked and whether
@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 from lokal.engines.base import (Engine, ChunkSink, Embeddings, EngineError, LoadOptions,
-                                 Scores, Transcription)
+                                Scores, Transcription)
 
 # Steps ------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from typing import Any
 from lokal import threadnames
 from lokal.engines import engine_log
 from lokal.engines.base import (Engine, ChunkSink, Embeddings, EngineError, LoadOptions,
-                                 ModelLoadError, Scores)
+                                ModelLoadError, Scores)
 from lokal.formats.modelfile import GGUFInfo, ModelFileError, read_gguf
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from lokal.engines.base import Engine, Embeddings, EngineError, LoadOptions, Mod
 
 log = logging.getLogger(__name__)
 
-EXTRA_HINT = ("this model needs the sentence-transformers backend: "
+EXTRA_HINT = ("this model needs the sentence-transformers engine: "
               "pip install 'lokal[sentence-transformers]' (torch CPU + sentence-transformers)")
 
 

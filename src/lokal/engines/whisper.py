@@ -22,7 +22,7 @@ from lokal.engines.base import Engine, EngineError, LoadOptions, ModelLoadError,
 
 log = logging.getLogger(__name__)
 
-EXTRA_HINT = ("this model needs the whisper backend: pip install 'lokal[whisper]' "
+EXTRA_HINT = ("this model needs the whisper engine: pip install 'lokal[whisper]' "
               "(faster-whisper: CTranslate2 + PyAV)")
 
 SUPPORTED = "supported: mp3, wav, m4a, mp4, ogg, opus, flac, webm, aac"

@@ -45,10 +45,11 @@ from typing import Any
 
 from lokal.engines import engine_log
 from lokal.engines.base import (Engine, ChunkSink, EngineDied, Embeddings, LoadOptions,
-                                 ModelLoadError, Scores, Transcription)
+                                ModelLoadError, Scores, Transcription)
 from lokal.errors import EngineError, EngineStopped
 
-log = logging.getLogger(__name__)
+# Named, not __name__: the worker runs as `python -m lokal.engines.worker` (__main__).
+log = logging.getLogger("lokal.engines.worker")
 
 _HEADER = struct.Struct("!I")
 TAIL_LINES = 20  # engine log lines logged when a worker dies

@@ -186,14 +186,16 @@ def build_application(settings: Settings, registry_options: Callable[[Settings, 
     quiet = {"logging_config": {"enable_access_log": False}}  # lokal logs its own access lines
     board = serve.deployment(name=BOARD, num_replicas=1, ray_actor_options={"num_cpus": 0},
                              **quiet)(Board).bind()
-    # A replica takes twice as many requests as its model has slots: the second half wait
-    # in its own pool, so a slot that frees starts the next request at once. Held to the
+    # A replica takes as many requests as its model has slots and as many again (at most
+    # QUEUE_SIZE, what its own pool lets wait): those wait in the pool, so a slot that
+    # frees starts the next request at once. Held to the
     # slots alone, the rest waited at Ray's router, which polls full replicas with a
     # back-off: bench/ray_scale.py lost 12-15% of one replica's throughput to the gaps.
     # Past that, requests wait at the router (up to QUEUE_SIZE), preferring a replica
     # that holds the model.
     models = serve.deployment(
-        name=MODELS, max_ongoing_requests=2 * settings.parallel_requests,
+        name=MODELS,
+        max_ongoing_requests=settings.parallel_requests + min(settings.parallel_requests, settings.queue_size),
         max_queued_requests=settings.queue_size or -1,
         ray_actor_options={"num_cpus": cpus}, health_check_period_s=2, health_check_timeout_s=10,
         graceful_shutdown_timeout_s=settings.shutdown_grace, **scaling, **quiet,

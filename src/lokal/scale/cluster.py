@@ -337,7 +337,7 @@ def _lost(node: dict[str, str] | None, exc: BaseException) -> errors.Unavailable
 
 
 class RemoteEngine(Engine):
-    """A `Engine` whose calls run on a model replica (blocking: engine calls run on a thread)."""
+    """An `Engine` whose calls run on a model replica (blocking: engine calls run on a thread)."""
 
     def __init__(self, handle: Any, model: str, task: str, *, slots: int | None,
                  dimensions: int | None, on_node: Callable[[dict[str, str]], None]) -> None:
@@ -546,7 +546,7 @@ class RayRegistry(ModelRegistry):
             described = await probe.unary_async("describe")
             self._described[key] = described
         engine = RemoteEngine(self.models, name, task, slots=described["slots"],
-                                dimensions=described["dimensions"], on_node=on_node)
+                              dimensions=described["dimensions"], on_node=on_node)
         yield RemoteLease(entry, engine, described.get("busy_timeout"))
 
     def is_loaded(self, name: str) -> bool:

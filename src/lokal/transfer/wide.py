@@ -68,13 +68,17 @@ class WideBackend(httpcore.NetworkBackend):
 
 
 class WideTransport(httpx.HTTPTransport):
-    """httpx's transport (no proxy, no environment) over a WideBackend pool.
+    """httpx's transport (no proxy, no environment, httpx's default limits) over a WideBackend pool.
 
     httpx takes no network backend, so the pool it built is replaced by an equal one
     that has it (tests/install/test_wide.py checks that it still reads wide)."""
 
     def __init__(self) -> None:
         super().__init__(trust_env=False)
+        limits = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=5.0)
         self._pool = httpcore.ConnectionPool(ssl_context=httpx.create_ssl_context(trust_env=False),
+                                             max_connections=limits.max_connections,
+                                             max_keepalive_connections=limits.max_keepalive_connections,
+                                             keepalive_expiry=limits.keepalive_expiry,
                                              network_backend=WideBackend())
 

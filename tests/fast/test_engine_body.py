@@ -189,3 +189,25 @@ def test_llamacpp_names_reach_the_engine(fake_server) -> None:
     # The legacy logprobs: 0 still wants the sampled tokens' logprobs, which the engine
     # gives only with at least one alternative.
     assert logprobs_body["n_probs"] == 1 and "logprobs" not in logprobs_body
+
+
+def test_the_engine_is_told_whether_the_client_streams(fake_server) -> None:
+    """Every API family says whether its client reads the answer as it is made (a remote
+    engine then sends a whole answer in fewer pieces)."""
+    server = fake_server()
+    asked = [("/v1/chat/completions", chat("hi"), False),
+             ("/v1/chat/completions", chat("hi", stream=True), True),
+             ("/v1/completions", completion(), False),
+             ("/v1/completions", completion(stream=True), True),
+             ("/api/chat", {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "stream": False},
+              False),
+             ("/api/generate", {"model": "fake", "prompt": "hi"}, True),  # Ollama streams by default
+             ("/v1/responses", {"model": "fake", "input": "hi"}, False),
+             ("/v1/messages", {"model": "fake", "max_tokens": 8, "stream": True,
+                               "messages": [{"role": "user", "content": "hi"}]}, True)]
+    with server.client() as client:
+        for path, body, streamed in asked:
+            answer = client.post(path, json=body)
+            answer.read()
+            assert answer.status_code == 200, (path, answer.text)
+            assert server.last.streamed is streamed, (path, body)

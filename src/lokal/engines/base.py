@@ -89,12 +89,15 @@ class Engine(ABC):
     #: sequences the model can generate at once (None: no such limit)
     slots: int | None = None
 
-    def chat(self, body: dict[str, Any], sink: ChunkSink) -> None:
-        """Stream a chat completion for an OpenAI-style body into sink."""
+    def chat(self, body: dict[str, Any], sink: ChunkSink, *, streamed: bool = True) -> None:
+        """Stream a chat completion for an OpenAI-style body into sink.
+
+        `streamed` says whether the client reads the answer as it is made; when not, an
+        engine may deliver the same chunks later and in fewer pieces (a remote one does)."""
         raise EngineError(400, "this model cannot chat")
 
-    def complete(self, body: dict[str, Any], sink: ChunkSink) -> None:
-        """Stream a text completion for an OpenAI-style body into sink."""
+    def complete(self, body: dict[str, Any], sink: ChunkSink, *, streamed: bool = True) -> None:
+        """Stream a text completion for an OpenAI-style body into sink (`streamed`: see chat)."""
         raise EngineError(400, "this model cannot complete text")
 
     def embed(self, inputs: list[str] | list[list[int]], truncate: bool) -> Embeddings:

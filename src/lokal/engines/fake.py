@@ -154,6 +154,7 @@ class FakeRequest:
 
     mode: str  # "chat" or "completion"
     body: dict[str, Any]
+    streamed: bool = True  # whether the client reads the answer as it is made
     chunks: list[dict[str, Any]] = field(default_factory=list)
     stopped: bool = False  # the sink said stop
     error: EngineError | None = None
@@ -238,11 +239,11 @@ class FakeEngine(Engine):
 
     # Generation -------------------------------------------------------------
 
-    def chat(self, body: dict[str, Any], sink: ChunkSink) -> None:
-        self._run("chat", body, sink)
+    def chat(self, body: dict[str, Any], sink: ChunkSink, *, streamed: bool = True) -> None:
+        self._run("chat", body, sink, streamed)
 
-    def complete(self, body: dict[str, Any], sink: ChunkSink) -> None:
-        self._run("completion", body, sink)
+    def complete(self, body: dict[str, Any], sink: ChunkSink, *, streamed: bool = True) -> None:
+        self._run("completion", body, sink, streamed)
 
     def _steps(self, request: FakeRequest) -> list[Step]:
         script = self.script
@@ -252,12 +253,12 @@ class FakeEngine(Engine):
             return list(script(request))
         return list(script)
 
-    def _run(self, mode: str, body: dict[str, Any], sink: ChunkSink) -> None:
+    def _run(self, mode: str, body: dict[str, Any], sink: ChunkSink, streamed: bool = True) -> None:
         if self.closed:
             raise RuntimeError("FakeEngine used after close()")
         # The engine gets a copy with streaming forced on, as LlamaCppEngine sends it.
         body = json.loads(json.dumps(dict(body, stream=True, stream_options={"include_usage": True})))
-        request = FakeRequest(mode, body)
+        request = FakeRequest(mode, body, streamed)
         with self._lock:
             self.calls.append(request)
         self._slots.acquire()

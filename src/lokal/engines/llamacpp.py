@@ -182,10 +182,10 @@ class LlamaCppEngine(Engine):
         if error is not None:
             raise EngineError.from_dict(error)
 
-    def chat(self, body: dict[str, Any], sink: ChunkSink) -> None:
+    def chat(self, body: dict[str, Any], sink: ChunkSink, *, streamed: bool = True) -> None:
         self._stream(self._server.handle_chat_completions, body, sink)
 
-    def complete(self, body: dict[str, Any], sink: ChunkSink) -> None:
+    def complete(self, body: dict[str, Any], sink: ChunkSink, *, streamed: bool = True) -> None:
         self._stream(self._server.handle_completions, body, sink)
 
     def count_tokens(self, body: dict[str, Any]) -> int | None:

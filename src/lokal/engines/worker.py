@@ -201,10 +201,10 @@ class WorkerEngine(Engine):
     def dimensions(self) -> int | None:
         return self._dimensions
 
-    def chat(self, body: dict[str, Any], sink: ChunkSink) -> None:
+    def chat(self, body: dict[str, Any], sink: ChunkSink, *, streamed: bool = True) -> None:
         self._call("chat", (body,), sink, _slots_for(body, self.slots))
 
-    def complete(self, body: dict[str, Any], sink: ChunkSink) -> None:
+    def complete(self, body: dict[str, Any], sink: ChunkSink, *, streamed: bool = True) -> None:
         self._call("complete", (body,), sink, _slots_for(body, self.slots))
 
     def embed(self, inputs: list[str] | list[list[int]], truncate: bool) -> Embeddings:

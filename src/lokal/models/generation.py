@@ -196,6 +196,7 @@ class Generation:
         self._n = max(1, call.n)
         run = lease.engine.chat if call.mode == "chat" else lease.engine.complete
         body = call.body
+        streamed = call.streamed
         engine_done = lease.hold()
 
         def done() -> None:  # on the event loop, once the engine call has returned
@@ -209,8 +210,8 @@ class Generation:
             self._engine_started = True
 
         self._chunks = guarded(
-            engine_chunks(lambda sink: run(body, sink), self.cancel, on_done=done, queue=self._queue,
-                          on_start=started),
+            engine_chunks(lambda sink: run(body, sink, streamed=streamed), self.cancel, on_done=done,
+                          queue=self._queue, on_start=started),
             self.cancel, timeout=timeout, busy=lease.busy_timeout, on_stuck=lease.retire,
             stopping=stopping, deadline=self._deadline)
         self._closed = False

@@ -47,6 +47,7 @@ class EngineCall:
     #: native tool calls: several calls in one turn, or only the first (the engine lets a
     #: model's own format make more even with `parallel_tool_calls: false`)
     parallel_calls: bool = True
+    streamed: bool = True  # the client reads the answer as it is made
 
 
 _SAMPLING = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty",
@@ -265,7 +266,8 @@ def _plan_native(entry: ModelEntry, task: ChatTask, body: dict[str, Any]) -> Eng
         body["parallel_tool_calls"] = task.parallel_tool_calls is not False
     _check_arguments(task.messages)
     body["messages"] = _engine_messages(entry, task.messages, native=True)
-    return EngineCall("chat", body, n=task.options.n, parallel_calls=task.parallel_tool_calls is not False)
+    return EngineCall("chat", body, n=task.options.n, parallel_calls=task.parallel_tool_calls is not False,
+                      streamed=task.options.stream)
 
 
 def plan_chat(entry: ModelEntry, task: ChatTask, defaults: EngineDefaults | None = None) -> EngineCall:
@@ -297,9 +299,10 @@ def plan_chat(entry: ModelEntry, task: ChatTask, defaults: EngineDefaults | None
         body.pop("top_logprobs", None)
         body["prompt"] = prompt
         _completion_format(body)
-        return EngineCall("completion", body, rendered=[prompt], functions=functions, n=task.options.n)
+        return EngineCall("completion", body, rendered=[prompt], functions=functions, n=task.options.n,
+                          streamed=task.options.stream)
     body["messages"] = _engine_messages(entry, messages)
-    return EngineCall("chat", body, functions=functions, n=task.options.n)
+    return EngineCall("chat", body, functions=functions, n=task.options.n, streamed=task.options.stream)
 
 
 def plan_completion(entry: ModelEntry, task: CompletionTask,
@@ -332,4 +335,5 @@ def plan_completion(entry: ModelEntry, task: CompletionTask,
             log.debug("model %s: rendered completion prompt: %r", entry.name, rendered)
     body["prompt"] = prompt
     _completion_format(body)
-    return EngineCall("completion", body, rendered=rendered, n=task.options.n)
+    return EngineCall("completion", body, rendered=rendered, n=task.options.n,
+                      streamed=task.options.stream)

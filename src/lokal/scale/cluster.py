@@ -52,6 +52,9 @@ ATTEMPTS = 3
 #: every item of a Ray stream is an object that crosses processes, a cost in CPU on both
 #: sides paid per item, so tokens that arrive within the interval travel together.
 STREAM_INTERVAL = 0.02
+#: ... and for a client that reads the answer whole: it only needs the end (the ingress's
+#: busy watchdog hears from the replica at least this often; the end is never held back).
+WHOLE_INTERVAL = 1.0
 
 
 class ReplicaSetupError(RuntimeError):
@@ -239,9 +242,11 @@ class ModelReplica:
                 await self._board.report.remote(self.state())
             await asyncio.sleep(REPORT_INTERVAL)
 
-    async def generate(self, task: str, mode: str, body: dict[str, Any]) -> AsyncIterator[tuple[str, Any]]:
-        """Chunks of one chat or completion, in batches as the engine makes them; first
-        this replica's identity, an ("error", data) item for a failure."""
+    async def generate(self, task: str, mode: str, body: dict[str, Any],
+                       streamed: bool = True) -> AsyncIterator[tuple[str, Any]]:
+        """Chunks of one chat or completion, in batches as the engine makes them (every
+        STREAM_INTERVAL, or WHOLE_INTERVAL when the client is not streaming); first this
+        replica's identity, an ("error", data) item for a failure."""
         from ray import serve
 
         yield ("node", self.identity)
@@ -267,7 +272,8 @@ class ModelReplica:
                         # The engine goes on and its chunks gather, until the interval is up
                         # or the answer is complete (its end is never held back).
                         with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(finished.wait(), STREAM_INTERVAL)
+                            await asyncio.wait_for(finished.wait(),
+                                                   STREAM_INTERVAL if streamed else WHOLE_INTERVAL)
                 finally:
                     cancel.set()  # a cancelled stream (client gone) stops the engine here
                     await chunks.aclose()
@@ -353,16 +359,16 @@ class RemoteEngine(Engine):
     def dimensions(self) -> int | None:
         return self._dimensions
 
-    def chat(self, body: dict[str, Any], sink: ChunkSink) -> None:
-        self._generate("chat", body, sink)
+    def chat(self, body: dict[str, Any], sink: ChunkSink, *, streamed: bool = True) -> None:
+        self._generate("chat", body, sink, streamed)
 
-    def complete(self, body: dict[str, Any], sink: ChunkSink) -> None:
-        self._generate("complete", body, sink)
+    def complete(self, body: dict[str, Any], sink: ChunkSink, *, streamed: bool = True) -> None:
+        self._generate("complete", body, sink, streamed)
 
-    def _generate(self, mode: str, body: dict[str, Any], sink: ChunkSink) -> None:
+    def _generate(self, mode: str, body: dict[str, Any], sink: ChunkSink, streamed: bool) -> None:
         for attempt in range(ATTEMPTS):
             answered = False
-            stream = self._stream.generate.remote(self._task, mode, body)
+            stream = self._stream.generate.remote(self._task, mode, body, streamed)
             try:
                 for kind, payload in stream:
                     if kind == "node":

@@ -300,8 +300,7 @@ class Downloader:
             if response.status_code == 416 and have and have == meta.get("total"):
                 return self._finish(transfer, name, url, partial, meta, sha256)
             mode, have, total = self._resume_or_restart(response, url, name, partial, meta, have)
-            expected_total = total if total is not None else size
-            self._check_room(url, name, partial, expected_total, total, size, have)
+            expected_total = self._check_room(url, name, partial, total, size, have)
             meta.update(url=url, etag=response.headers.get("etag"), total=expected_total, complete=False)
             _write_meta(partial, meta)
             digest = _hash_prefix(partial) if mode == "ab" else hashlib.sha256()
@@ -342,9 +341,11 @@ class Downloader:
             raise _Retry("HTTP 416 to a resume; starting over")
         raise DownloadError(f"downloading {name} from {_shown(url)} failed: HTTP {status}")
 
-    def _check_room(self, url: str, name: str, partial: Path, expected_total: int | None,
-                    total: int | None, size: int | None, have: int) -> None:
-        """The file's size against its source's declaration, the size cap and the free disk."""
+    def _check_room(self, url: str, name: str, partial: Path, total: int | None, size: int | None,
+                    have: int) -> int | None:
+        """The file's size (the server's word, else its source's) checked against its source's
+        declaration, the size cap and the free disk; returned when known."""
+        expected_total = total if total is not None else size
         if size is not None and total is not None and total != size:
             raise URLRefused(url, f"the file is {total} bytes, not the {size} its source "
                                   "declares (the entry's size is its size cap); not kept")
@@ -358,6 +359,7 @@ class Downloader:
             raise InsufficientStorage(
                 f"not enough disk space for {name}: {need} bytes needed (plus a "
                 f"{DISK_RESERVE >> 20} MB reserve), {free} bytes free in {partial.parent}")
+        return expected_total
 
     def _receive(self, response: httpx.Response, transfer: _Transfer, url: str, name: str,
                  partial: Path, mode: str, digest: Any, have: int, expected_total: int | None) -> int:

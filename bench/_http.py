@@ -1,4 +1,5 @@
-"""The benches' bare HTTP/1.1 client: the least CPU a client can spend.
+"""What the benches share: starting a lokal server, a process's CPU time, and a bare
+HTTP/1.1 client (the least CPU a client can spend).
 
 Clients share the machine with the server under test, and pooled httpx spent
 enough CPU per token or request to set the pace itself on two cores. Each call
@@ -32,18 +33,28 @@ def link_or_copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
 def serve(models: Path, log_path: Path, *args: str, ready: str = "/readyz",
-          timeout: float = 120) -> Iterator[int]:
+          timeout: float = 120, stop_timeout: float = 30) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     """`lokal serve` on a free loopback port for models (args added), its output in
-    log_path; yields the port once `ready` answers 200, stops the server after."""
+    log_path, none of the caller's lokal settings in its environment; yields the port and
+    the process once `ready` answers 200, stops the server after (SIGTERM, then SIGKILL
+    past stop_timeout)."""
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("API_KEY", "MODELS_PATH", "ADDRESS") and not k.startswith("LOCALAI_")}
     with log_path.open("wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "lokal", "serve", "--models-path", str(models),
                                  "--address", f"{HOST}:{port}", *args],
-                                stdout=log, stderr=subprocess.STDOUT)
+                                stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
             deadline = time.monotonic() + timeout
             while True:
@@ -55,10 +66,14 @@ def serve(models: Path, log_path: Path, *args: str, ready: str = "/readyz",
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"lokal did not become ready; see {log_path}")
                 time.sleep(0.2)
-            yield port
+            yield port, proc
         finally:
             proc.terminate()
-            proc.wait(30)
+            try:
+                proc.wait(stop_timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 async def post(host: str, port: int, path: str, body: dict[str, Any],

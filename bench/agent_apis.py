@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -30,6 +29,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.conftest import LokalServer, place_model  # noqa: E402
+
+import _http  # noqa: E402 - bench/_http.py, beside this script
 
 PROMPT = "Write a long story about a lighthouse keeper and a storm."
 
@@ -79,11 +80,6 @@ def speed(client: httpx.Client, path: str, body: dict, kind: str) -> tuple[float
     return (tokens - 1) / (stamps[-1] - stamps[0]), tokens
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max-tokens", type=int, default=256)
@@ -109,9 +105,9 @@ def main() -> None:
                 for round_ in range(args.repeats):
                     shift = round_ % len(apis)
                     for name, (path, body, kind) in apis[shift:] + apis[:shift]:
-                        before = cpu_seconds(server.proc.pid)
+                        before = _http.cpu_seconds(server.proc.pid)
                         rate, count = speed(client, path, body, kind)
-                        cpu[name] += cpu_seconds(server.proc.pid) - before
+                        cpu[name] += _http.cpu_seconds(server.proc.pid) - before
                         runs[name].append(rate)
                         tokens[name] += count
     medians = {name: statistics.median(values) for name, values in runs.items()}

@@ -25,11 +25,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
-import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,20 +33,11 @@ from pathlib import Path
 
 import httpx
 
+import _http  # bench/_http.py, beside this script
+
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPT = "Write a long story about a lighthouse keeper."
 SAMPLING = {"temperature": 0.7, "top_p": 0.95, "top_k": 40, "min_p": 0.05, "repeat_penalty": 1.0}
-
-
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _model() -> Path:
@@ -107,29 +94,15 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    folder = Path(tempfile.mkdtemp(prefix="lokal-bench-ollama-"))
-    models = folder / "models"
-    models.mkdir()
-    shutil.copyfile(_model(), models / MODEL_FILE)
-    (models / "smollm2.yaml").write_text(f"name: smollm2\nparameters:\n  model: {MODEL_FILE}\ncontext_size: 2048\n")
-    port = _port()
-    env = {k: v for k, v in os.environ.items() if k not in ("API_KEY", "MODELS_PATH", "ADDRESS")}
-    log = (folder / "lokal.log").open("wb")
-    server = subprocess.Popen([sys.executable, "-m", "lokal", "serve", "--models-path", str(models),
-                               "--address", f"127.0.0.1:{port}", "--threads", str(args.threads),
-                               "--preload-models", "smollm2"], stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600) as http:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if http.get("/readyz").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline or server.poll() is not None:
-                    sys.exit(f"lokal did not start; see {folder / 'lokal.log'}")
-                time.sleep(0.2)
+    with tempfile.TemporaryDirectory(prefix="lokal-bench-ollama-") as tmp:
+        models = Path(tmp) / "models"
+        models.mkdir()
+        _http.link_or_copy(_model(), models / MODEL_FILE)
+        (models / "smollm2.yaml").write_text(f"name: smollm2\nparameters:\n  model: {MODEL_FILE}\n"
+                                             "context_size: 2048\n")
+        with _http.serve(models, Path(tmp) / "lokal.log", "--threads", str(args.threads),
+                         "--preload-models", "smollm2") as (port, server), \
+                httpx.Client(base_url=f"http://{_http.HOST}:{port}", timeout=600) as http:
             openai_stream(http, 16, 0)
             ollama_stream(http, 16, 0)
             speeds: dict[str, list[float]] = {"openai": [], "ollama": []}
@@ -137,18 +110,13 @@ def main() -> int:
             for round_ in range(args.rounds):
                 order = [("openai", openai_stream), ("ollama", ollama_stream)]
                 for name, run in order if round_ % 2 == 0 else order[::-1]:
-                    before = cpu_seconds(server.pid)
+                    before = _http.cpu_seconds(server.pid)
                     speed = run(http, args.max_tokens, 1000 + round_)
-                    cpu[name] += cpu_seconds(server.pid) - before
+                    cpu[name] += _http.cpu_seconds(server.pid) - before
                     if speed is not None:
                         speeds[name].append(speed)
                 print(f"round {round_ + 1}: /v1 {speeds['openai'][-1:]} tok/s, /api/chat {speeds['ollama'][-1:]} tok/s",
                       flush=True)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
-        shutil.rmtree(folder, ignore_errors=True)
     if not speeds["openai"] or not speeds["ollama"]:
         print("no measurement (answers too short?)")
         return 1

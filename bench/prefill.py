@@ -93,7 +93,7 @@ def main() -> int:
         (models / "smollm2.yaml").write_text(
             f"name: smollm2\nparameters:\n  model: {MODEL_FILE}\ncontext_size: {max(2048, 2 * args.prefix_tokens)}\n")
         with _http.serve(models, Path(tmp) / "lokal.log", "--threads", str(args.threads),
-                         "--parallel-requests", "1", "--preload-models", "smollm2") as port:
+                         "--parallel-requests", "1", "--preload-models", "smollm2") as (port, _):
             colds, warms, cached = [], [], []
             for r in range(args.rounds):
                 system = system_prompt(args.prefix_tokens, seed=1000 + r)

@@ -28,24 +28,17 @@ import argparse
 import asyncio
 import importlib.util
 import os
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
+import _http  # bench/_http.py, beside this script
+
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL = "smol.gguf"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def models_folder(root: Path) -> Path:
@@ -58,31 +51,10 @@ def models_folder(root: Path) -> Path:
     return folder
 
 
-def start(models: Path, log: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    command = [sys.executable, "-m", "lokal", "serve", "--models-path", str(models), "--address",
-               f"127.0.0.1:{port}", "--threads", "1", "--parallel-requests", "4", *extra]
-    proc = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"lokal exited; see {log}")
-        try:
-            if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"lokal did not get ready; see {log}")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+def lokal(models: Path, log: Path, *extra: str) -> Any:
+    """`lokal serve` as every system here runs it (1 thread, 4 slots); yields its base URL."""
+    return _http.serve(models, log, "--threads", "1", "--parallel-requests", "4", *extra,
+                       timeout=300, stop_timeout=60)
 
 
 async def load(base: str, clients: int, seconds: float, max_tokens: int) -> tuple[float, dict[str, int]]:
@@ -124,21 +96,19 @@ def main() -> int:
     models = models_folder(root)
     results: dict[str, float] = {}
 
-    proc, base = start(models, root / "plain.log")
-    try:
+    with lokal(models, root / "plain.log") as (port, _):
+        base = f"http://{_http.HOST}:{port}"
         results["plain"], nodes = asyncio.run(load(base, args.clients, args.seconds, args.max_tokens))
         print(f"plain  {results['plain']:7.1f} tokens/s  {nodes}", flush=True)
-    finally:
-        stop(proc)
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     cluster.add_node(num_cpus=1)
     try:
         for replicas in (1, 2):
             name = f"ray-{replicas}"
-            proc, base = start(models, root / f"{name}.log", "--ray", cluster.address,
-                               "--ray-replicas", str(replicas))
-            try:
+            with lokal(models, root / f"{name}.log", "--ray", cluster.address,
+                       "--ray-replicas", str(replicas)) as (port, _):
+                base = f"http://{_http.HOST}:{port}"
                 deadline = time.monotonic() + 120
                 while len(httpx.get(f"{base}/readyz", timeout=10).json()["replicas"]) < replicas:
                     if time.monotonic() > deadline:
@@ -146,8 +116,6 @@ def main() -> int:
                     time.sleep(0.5)
                 results[name], nodes = asyncio.run(load(base, args.clients, args.seconds, args.max_tokens))
                 print(f"{name}  {results[name]:7.1f} tokens/s  requests by node: {nodes}", flush=True)
-            finally:
-                stop(proc)
     finally:
         cluster.shutdown()
     print(f"ray-2 / ray-1 = {results['ray-2'] / results['ray-1']:.2f}  (target >= 1.5)")

@@ -79,7 +79,7 @@ def main() -> int:
             (models / f"{mode}.yaml").write_text(
                 f"name: {mode}\nparameters:\n  model: {MODEL_FILE}\ncontext_size: 2048\n{extra}")
         with _http.serve(models, Path(tmp) / "lokal.log", "--threads", str(args.threads),
-                         "--parallel-requests", "1", "--max-active-backends", "1", ready="/healthz") as port:
+                         "--parallel-requests", "1", "--max-active-backends", "1", ready="/healthz") as (port, _):
             for mode in modes:
                 asyncio.run(decode_speed(port, mode, PROMPTS["free"], 8))  # load it, warm up
                 results[mode] = {}

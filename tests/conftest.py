@@ -90,6 +90,10 @@ def free_port() -> int:
 class LokalServer:
     """`lokal serve` in a subprocess, its log in a file."""
 
+    #: how long it may take to answer /healthz, and how often that is asked (seconds)
+    start_timeout = 60.0
+    start_poll = 0.1
+
     def __init__(self, models: Path, *args: str, env: dict[str, str] | None = None,
                  cwd: Path | None = None, host: str = "127.0.0.1") -> None:
         self.port = free_port()
@@ -110,17 +114,17 @@ class LokalServer:
         self._wait_alive()
 
     def _wait_alive(self) -> None:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"lokal exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                if httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.base}/healthz", timeout=max(1.0, 4 * self.start_poll)).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
-            time.sleep(0.1)
-        raise RuntimeError(f"lokal did not start:\n{self.log()}")
+            time.sleep(self.start_poll)
+        raise RuntimeError(f"lokal did not start within {self.start_timeout:g} s:\n{self.log()}")
 
     def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout

@@ -28,18 +28,8 @@ A, B = "smol-a.gguf", "smol-b.gguf"
 class RayLokal(LokalServer):
     """`lokal serve --ray`: Serve takes a while to place its actors on a busy machine."""
 
-    def _wait_alive(self) -> None:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"lokal exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.base}/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"lokal did not start on Ray:\n{self.log()}")
+    start_timeout = 240.0
+    start_poll = 0.5
 
 
 @pytest.fixture(scope="module")

@@ -32,8 +32,8 @@ from fastapi.responses import StreamingResponse
 from lokal.api.admin import require_admin
 from lokal.api.ollama import models as catalog
 from lokal.api.ollama.protocol import CopyRequest, DeleteRequest, PullRequest
-from lokal.api.ollama.render import ndjson
-from lokal.api.ollama.routes import NDJSON, read_body
+from lokal.api.ollama.routes import read_body
+from lokal.api.respond import ndjson
 from lokal.errors import Conflict, LokalError
 from lokal.install.manager import InstallManager, Job
 from lokal.transfer.paths import check_model_name
@@ -103,7 +103,7 @@ async def pull(request: Request) -> Any:
         if not body.stream:
             return {"status": "success"}
         return StreamingResponse(iter([ndjson({"status": "pulling manifest"}), ndjson({"status": "success"})]),
-                                 media_type=NDJSON)
+                                 media_type="application/x-ndjson")
     job = _installer(request).start(_reference(body.target))
     await job.planned(timeout=PLAN_WAIT)  # errors found while planning: the HTTP answer
     if not body.stream:
@@ -113,7 +113,7 @@ async def pull(request: Request) -> Any:
         if job.cancelled:
             raise Conflict("the pull was cancelled")
         return {"status": "success"}
-    return StreamingResponse(_lines(job), media_type=NDJSON)
+    return StreamingResponse(_lines(job), media_type="application/x-ndjson")
 
 
 @router.delete("/delete", summary="Ollama: delete a model")

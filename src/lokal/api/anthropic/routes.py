@@ -13,18 +13,13 @@ from fastapi import APIRouter, Request
 from pydantic import Field
 
 from lokal.api.anthropic.protocol import MessagesRequest
-from lokal.api.anthropic.render import MessageRenderer, anthropic_envelope
+from lokal.api.anthropic.render import MessageRenderer
 from lokal.api.counting import count_prompt_tokens
-from lokal.api.errors import register_envelope
 from lokal.api.generation import start
 from lokal.api.images import loader_for
 from lokal.api.respond import respond
 
 router = APIRouter()
-
-for _prefix in ("/v1/messages", "/messages"):
-    register_envelope(_prefix, anthropic_envelope)
-
 
 class CountTokensRequest(MessagesRequest):
     max_tokens: int | None = Field(None, ge=1)  # type: ignore[assignment]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lokal.api.errors import ENVELOPES, register_envelope
+from lokal.api.family import Family, Mount
 from lokal.errors import LokalError
 
 PREFIX = "/api"
@@ -17,7 +17,10 @@ def ollama_envelope(err: LokalError) -> dict[str, Any]:
     return {"error": err.message}
 
 
-def register() -> None:
-    """Answer errors under /api in Ollama's envelope (once per process)."""
-    if not any(prefix == PREFIX for prefix, _ in ENVELOPES):
-        register_envelope(PREFIX, ollama_envelope)
+# The routes import this package's modules (models, protocol), so they come last.
+from lokal.api.ollama import manage, routes  # noqa: E402
+
+FAMILY = Family("ollama", mounts=(Mount(routes.router, PREFIX, ("Ollama",)),
+                                  Mount(manage.router, PREFIX, ("Ollama",)),
+                                  Mount(routes.root, schema=False)),
+                prefixes=(PREFIX,), envelope=ollama_envelope)

@@ -30,7 +30,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
 from lokal.api.admin import require_admin
-from lokal.api.ollama import models as catalog
+import lokal.api.ollama.models as catalog
 from lokal.api.ollama.protocol import CopyRequest, DeleteRequest, PullRequest
 from lokal.api.ollama.routes import read_body
 from lokal.api.respond import ndjson

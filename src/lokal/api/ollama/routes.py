@@ -21,7 +21,7 @@ from starlette.background import BackgroundTask
 from lokal import __version__
 from lokal.api.generation import start
 from lokal.api.images import loader_for
-from lokal.api.ollama import models as catalog
+import lokal.api.ollama.models as catalog
 from lokal.api.ollama.protocol import ChatRequest, EmbeddingsRequest, EmbedRequest, GenerateRequest, ShowRequest
 from lokal.api.ollama.render import OllamaRenderer, Timer, now
 from lokal.api.respond import respond

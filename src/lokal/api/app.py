@@ -15,6 +15,8 @@ from lokal import __version__
 from lokal.api.admin import log_admin_posture
 from lokal.api.errors import install_handlers
 from lokal.api.localai import models as localai_models
+from lokal.api.localai import speech as localai_speech
+from lokal.api import elevenlabs
 from lokal.api.lokal import routes as lokal_routes
 from lokal.api.middleware import (AuthMiddleware, BodyLimitMiddleware, DecompressMiddleware,
                                   NormalizeMiddleware)
@@ -23,7 +25,7 @@ from lokal.api import ollama
 from lokal.api.ollama import manage as ollama_manage
 from lokal.api.ollama import routes as ollama_routes
 from lokal.api import anthropic, responses
-from lokal.api.openai import audio, embeddings, rerank
+from lokal.api.openai import audio, embeddings, rerank, speech
 from lokal.api.openai import routes as openai
 from lokal.api.routes import health, metrics
 from lokal.api.ui import routes as ui
@@ -76,6 +78,10 @@ def create_app(settings: Settings, registry: ModelRegistry) -> FastAPI:
     app.include_router(embeddings.router, include_in_schema=False)
     app.include_router(audio.router, prefix="/v1", tags=["OpenAI"])
     app.include_router(audio.router, include_in_schema=False)
+    app.include_router(speech.router, prefix="/v1", tags=["OpenAI"])
+    app.include_router(speech.router, include_in_schema=False)
+    app.include_router(localai_speech.router)
+    app.include_router(elevenlabs.router)
     app.include_router(rerank.router, prefix="/v1", tags=["Rerank"])
     app.include_router(rerank.router, include_in_schema=False)
     ollama.register()
@@ -103,7 +109,8 @@ def create_app(settings: Settings, registry: ModelRegistry) -> FastAPI:
                            expose_headers=["X-Request-ID"])
     app.add_middleware(BrowserRedirectMiddleware)  # outside auth: browsers at / go to /ui/
     routes = [getattr(r, "path", "") for router in (app.router, health.router, metrics.router,
-              openai.router, embeddings.router, audio.router, rerank.router) for r in router.routes]
+              openai.router, embeddings.router, audio.router, speech.router, localai_speech.router,
+              elevenlabs.router, rerank.router) for r in router.routes]
     app.add_middleware(ObservabilityMiddleware, metrics=app.state.metrics,
                        routes=[path for path in routes if path])
     app.add_middleware(NormalizeMiddleware)

@@ -6,7 +6,8 @@
 voices cannot follow them), `stream_format` `audio` (default: the file's bytes,
 sent sentence by sentence as they are made) or `sse` (`speech.audio.delta` events
 with base64 audio, then `speech.audio.done` with the usage: lokal counts the input's
-characters as its input tokens; speech has no output tokens here).
+characters as its input tokens; speech has no output tokens here). LocalAI's
+`language` is read too.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class SpeechRequest(BaseModel):
     speed: float = 1.0
     instructions: str | None = None
     stream_format: str = "audio"
+    language: str | None = None  # LocalAI's extension (its /v1/audio/speech is its /tts)
 
     @field_validator("voice")
     @classmethod
@@ -111,6 +113,7 @@ async def create_speech(body: SpeechRequest, request: Request) -> Response:
     else:
         renderer = AudioRenderer(body.response_format, rate=rate)
     # `instructions` is accepted and not followed: Piper and Kokoro voices take no style prompt.
-    task = SpeakTask(body.model.strip(), body.input, voice=body.voice, speed=body.speed)
+    task = SpeakTask(body.model.strip(), body.input, voice=body.voice, speed=body.speed,
+                     language=body.language or None)
     started = await synthesis.speak(request.app.state.registry, task)
     return await respond(request, started, renderer, stream=True, text=body.input)

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from lokal import __version__
-from lokal.api import anthropic, localai, lokal, ollama, openai, responses, routes, ui
+from lokal.api import anthropic, elevenlabs, localai, lokal, ollama, openai, responses, routes, ui
 from lokal.api.admin import log_admin_posture
 from lokal.api.errors import install_handlers
 from lokal.api.family import Families, Family
@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 #: The API families a server speaks, in the order their routes are matched (LocalAI's
 #: /models/... paths before OpenAI's /models/{id}).
 FAMILIES: tuple[Family, ...] = (routes.HEALTH, routes.METRICS, localai.FAMILY, openai.FAMILY, openai.RERANK,
-                                ollama.FAMILY, responses.FAMILY, anthropic.FAMILY, lokal.FAMILY, ui.FAMILY)
+                                ollama.FAMILY, responses.FAMILY, anthropic.FAMILY, elevenlabs.FAMILY, lokal.FAMILY,
+                                ui.FAMILY)
 
 
 def create_app(settings: Settings, registry: ModelRegistry,

@@ -17,11 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from lokal import templates
 from lokal.formats.modelfile import GGUFInfo, ModelFile, ModelFileError, inspect, is_cross_encoder, read_gguf
-from lokal.models import download
+from lokal.models import download, speech
 
 log = logging.getLogger(__name__)
 
-MODEL_SUFFIXES = (".gguf", ".bin")  # .bin: old GGML downloads, reported as legacy
+MODEL_SUFFIXES = (".gguf", ".bin", ".onnx")  # .bin: old GGML downloads, reported as legacy; .onnx: speech
 # LocalAI backend names that lokal serves, and the engine each one maps to.
 BACKEND_ALIASES = {
     "llama": "llama-cpp",
@@ -37,6 +37,10 @@ BACKEND_ALIASES = {
     "rerankers": "sentence-transformers",
     "whisper": "whisper",
     "faster-whisper": "whisper",
+    # Speech (lokal.models.speech): text to speech and voice activity detection.
+    "piper": "piper",
+    "kokoro": "kokoro",
+    "silero-vad": "silero-vad",
 }
 _NAME = re.compile(r"^[^/\\\x00-\x1f\x7f]{1,256}$")
 
@@ -212,7 +216,7 @@ class ModelConfig(BaseModel):
 
     @property
     def unknown_fields(self) -> list[str]:
-        return sorted(self.model_extra or {})
+        return sorted(k for k in (self.model_extra or {}) if k not in speech.CONFIG_FIELDS)
 
 
 @dataclass
@@ -252,6 +256,8 @@ class ModelEntry:
     vision: bool = False
     # Whether the GGUF's own chat template knows tools (read from its header once).
     native_tools: bool = False
+    # A speech model's voice pack (Kokoro: config `tts.voices`), in the folder.
+    voices_path: Path | None = None
 
     @property
     def tool_format(self) -> Literal["native", "grammar"]:
@@ -381,6 +387,11 @@ def _entry_from_config(models_path: Path, config: ModelConfig, source: Path) -> 
             fetched = any(d.path == entry.mmproj_path for d in entry.downloads)
             if not entry.mmproj_path.is_file() and not fetched:
                 raise ConfigError(f"mmproj file {config.mmproj!r} does not exist in the models folder")
+        voices = speech.tts_config(config).voices
+        if voices is not None:
+            entry.voices_path = confine(models_path, voices, what="voice pack (tts.voices)")
+            if not entry.voices_path.is_file() and all(d.path != entry.voices_path for d in entry.downloads):
+                raise ConfigError(f"voice pack {voices!r} (tts.voices) does not exist in the models folder")
         if config.function_calling == "native" and (config.template.chat or config.template.chat_message) \
                 and not config.template.use_tokenizer_template:
             raise ConfigError("function_calling: native needs the model's own chat template, but this config "
@@ -595,6 +606,11 @@ def describe(entry: ModelEntry) -> None:
     if entry.error is not None or entry.model_path is None or not entry.model_path.exists():
         return
     try:
+        engine = entry.config.engine if entry.config is not None else None
+        speech_file = speech.describe(entry.model_path, engine, entry.voices_path)
+        if speech_file is not None:  # text to speech, voice activity detection
+            entry.file, entry.tasks = speech_file, speech.tasks_of(speech_file)
+            return
         entry.file = inspect(entry.model_path)
     except (ModelFileError, OSError) as exc:
         entry.error = str(exc)

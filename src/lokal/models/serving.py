@@ -69,5 +69,7 @@ async def rerank(registry: ModelRegistry, task: RerankTask) -> RerankResult:
 
 async def transcribe(registry: ModelRegistry, task: TranscribeTask) -> Transcription:
     async with registry.lease(task.model, "transcribe") as lease:
+        # vad_filter is passed only when asked for, so engines without it (a Ray replica) serve the rest.
+        vad = {"vad_filter": True} if task.vad_filter else {}
         return await lease.run(lambda: lease.engine.transcribe(
-            task.audio, language=task.language, prompt=task.prompt, temperature=task.temperature))
+            task.audio, language=task.language, prompt=task.prompt, temperature=task.temperature, **vad))

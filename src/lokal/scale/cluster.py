@@ -438,9 +438,9 @@ class RemoteEngine(Engine):
         return self.unary("rerank", query, documents)
 
     def transcribe(self, audio: bytes, *, language: str | None = None, prompt: str | None = None,
-                   temperature: float = 0.0) -> Transcription:
+                   temperature: float = 0.0, vad_filter: bool = False) -> Transcription:
         return self.unary("transcribe", audio, {"language": language, "prompt": prompt,
-                                                "temperature": temperature})
+                                                "temperature": temperature, "vad_filter": vad_filter})
 
     def close(self) -> None:
         pass

@@ -74,6 +74,7 @@ def describe(registry: ModelRegistry, entry: ModelEntry, size: int | None) -> di
         "trained_context": trained,
         "instances": instances,
         "pending_downloads": [d.path.name for d in entry.pending_downloads],
+        "voices": list(entry.file.speech.voices) if entry.file is not None and entry.file.speech else [],
     }
 
 

@@ -16,8 +16,8 @@ from lokal.api.admin import log_admin_posture
 from lokal.api.errors import install_handlers
 from lokal.api.localai import models as localai_models
 from lokal.api.lokal import routes as lokal_routes
-from lokal.api.middleware import (AuthMiddleware, BodyLimitMiddleware, DecompressMiddleware,
-                                  NormalizeMiddleware)
+from lokal.api import keys as api_keys
+from lokal.api.middleware import BodyLimitMiddleware, DecompressMiddleware, NormalizeMiddleware
 from lokal.api.observability import ObservabilityMiddleware
 from lokal.api import ollama
 from lokal.api.ollama import manage as ollama_manage
@@ -29,9 +29,11 @@ from lokal.api.routes import health, metrics
 from lokal.api.ui import routes as ui
 from lokal.api.ui.redirect import BrowserRedirectMiddleware
 from lokal.install.manager import InstallManager
+from lokal.keys import Keyring, KeysFile
 from lokal.metrics import Metrics
 from lokal.models.registry import ModelRegistry
 from lokal.settings import Settings
+from lokal.usage import UsageLedger
 
 log = logging.getLogger(__name__)
 
@@ -87,15 +89,19 @@ def create_app(settings: Settings, registry: ModelRegistry) -> FastAPI:
     app.include_router(anthropic.router, prefix="/v1", tags=["Anthropic Messages"])
     app.include_router(anthropic.router, include_in_schema=False)
     app.include_router(lokal_routes.router)
+    app.include_router(api_keys.router)
     app.include_router(ui.router)
 
-    # Added innermost first: requests meet Normalize, Observability, CORS, Auth, BodyLimit,
-    # Decompress in that order (answers of Auth and BodyLimit get request ids and are counted).
+    # Added innermost first: requests meet Normalize, Observability, CORS, Keys, BodyLimit,
+    # Decompress in that order (answers of Keys and BodyLimit get request ids and are counted).
     app.add_middleware(DecompressMiddleware, limit_bytes=settings.upload_limit_bytes)
     app.add_middleware(BodyLimitMiddleware, limit_bytes=settings.upload_limit_bytes)
     open_paths = OPEN_PATHS + ui.OPEN_PATHS + (("/metrics",) if settings.metrics_open else ())
-    keys = settings.api_keys + settings.admin_keys if settings.api_keys else []  # admin key works too
-    app.add_middleware(AuthMiddleware, keys=keys, open_paths=open_paths)
+    keys_file = KeysFile(settings.api_keys_file) if settings.api_keys_file is not None else None
+    app.state.keys = Keyring(settings.api_keys, settings.admin_keys, keys_file)  # admin key works too
+    app.state.usage = UsageLedger()
+    app.add_middleware(api_keys.KeysMiddleware, keyring=app.state.keys, open_paths=open_paths,
+                       ledger=app.state.usage, metrics=app.state.metrics)
     if settings.cors:
         origins = settings.cors_origins
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"],

@@ -448,9 +448,10 @@ def test_one_keys_burst_does_not_hold_another_keys_request_back(fake_server, key
     lock = threading.Lock()
     failures: list[str] = []
 
+    client = server.client(timeout=60, limits=httpx.Limits(max_connections=64))  # shared by the threads
+
     def send(key: str, text: str) -> None:
-        with server.client(timeout=60) as client:
-            r = client.post("/v1/chat/completions", json=chat(text), headers=auth(key))
+        r = client.post("/v1/chat/completions", json=chat(text), headers=auth(key))
         with lock:
             finished.append(text)
             if r.status_code != 200:
@@ -472,6 +473,7 @@ def test_one_keys_burst_does_not_hold_another_keys_request_back(fake_server, key
         gate.set()
     for thread in [*senders, late]:
         thread.join(30)
+    client.close()
     assert not failures and len(finished) == 41
 
 
@@ -479,10 +481,11 @@ def test_without_named_keys_the_queue_is_first_come_first_served(fake_server) ->
     gates = {f"r{i}": threading.Event() for i in range(8)}
     server = fake_server(lambda req: [stall(gates[req.last_user]), reply("x")], parallel_requests=1)
     threads = []
+    client = server.client(timeout=30)  # shared by the threads
+    statuses: list[int] = []
 
     def send(text: str) -> None:
-        with server.client(timeout=30) as client:
-            assert client.post("/v1/chat/completions", json=chat(text)).status_code == 200
+        statuses.append(client.post("/v1/chat/completions", json=chat(text)).status_code)
 
     for i in range(8):
         thread = threading.Thread(target=send, args=(f"r{i}",))
@@ -494,4 +497,6 @@ def test_without_named_keys_the_queue_is_first_come_first_served(fake_server) ->
         gates[server.calls[i].last_user].set()
     for thread in threads:
         thread.join(10)
+    client.close()
+    assert statuses == [200] * 8
     assert [call.last_user for call in server.calls] == [f"r{i}" for i in range(8)]

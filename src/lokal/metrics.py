@@ -208,6 +208,21 @@ class Metrics:
                                  ["model", "status"], registry=r)
         self.download_bytes = Counter("lokal_download_bytes", "Bytes of model files downloaded",
                                       ["model"], registry=r)
+        # Usage per API key (its name, "" for none or an unnamed one) and model.
+        usage = ["key", "model"]
+        self.key_requests = Counter("lokal_key_requests", "Requests that used a model, by API key "
+                                    "name and model", usage, registry=r)
+        self.key_prompt_tokens = Counter("lokal_key_prompt_tokens", "Prompt (input) tokens, as the "
+                                         "answers reported them, by API key name and model", usage, registry=r)
+        self.key_completion_tokens = Counter("lokal_key_completion_tokens", "Completion (output) tokens, "
+                                             "by API key name and model", usage, registry=r)
+        self.key_audio_seconds = Counter("lokal_key_audio_seconds", "Seconds of audio transcribed or "
+                                         "spoken, by API key name and model", usage, registry=r)
+        self.key_images = Counter("lokal_key_images", "Images made, by API key name and model",
+                                  usage, registry=r)
+        self.key_refusals = Counter("lokal_key_limited", "Requests refused because their API key "
+                                    "was over a limit (429), by key name and limit", ["key", "limit"],
+                                    registry=r)
         self._state = _StateCollector()
         r.register(self._state)
 
@@ -248,6 +263,20 @@ class Metrics:
             self.cached_tokens.labels(model).inc(cached)
         if generated:
             self.generated_tokens.labels(model).inc(generated)
+
+    def key_usage(self, key: str, model: str, *, prompt: int = 0, completion: int = 0,
+                  audio_seconds: float = 0.0, images: int = 0) -> None:
+        """One request of the key (its name) that used model, and what it used."""
+        self.key_requests.labels(key, model).inc()
+        self.key_prompt_tokens.labels(key, model).inc(prompt)
+        self.key_completion_tokens.labels(key, model).inc(completion)
+        if audio_seconds:
+            self.key_audio_seconds.labels(key, model).inc(audio_seconds)
+        if images:
+            self.key_images.labels(key, model).inc(images)
+
+    def key_refused(self, key: str, limit: str) -> None:
+        self.key_refusals.labels(key, limit).inc()
 
     # Models ----------------------------------------------------------------
 

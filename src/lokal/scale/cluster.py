@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lokal import errors, logs
+from lokal import errors, keys, logs
 from lokal.engines.base import Engine, ChunkSink, Embeddings, Scores, Transcription
 from lokal.metrics import ModelState, RegistryState
 from lokal.models.config import ModelEntry
@@ -535,10 +535,14 @@ class RayRegistry(ModelRegistry):
 
     @contextlib.asynccontextmanager
     async def lease(self, name: str, task: str) -> AsyncIterator[RemoteLease]:  # type: ignore[override]
+        self.permit(name)  # a model the request's key may not use: 403
         logs.annotate(model=name)
         entry = self.catalog.entry(name)  # unknown: 404, never another model
         await self.catalog.ready(entry)
         plan = plan_load(entry, task, self.defaults)  # a task the model cannot do: 400
+        caller = keys.current_caller()
+        if caller is not None:
+            caller.admit()  # the key's limits (429); replicas queue their slots without keys
         box = served_by.get()
 
         def on_node(node: dict[str, str]) -> None:

@@ -1,7 +1,8 @@
 """lokal's own model routes: every catalog entry with its state, and load/unload.
 
 `GET /lokal/models` lists every configured model (broken ones too, with the reason):
-state (`loaded`, `loading`, `idle` or `broken`), its loaded instances, tasks, engine
+state (`loaded`, `loading`, `idle` or `broken`), its loaded instances (with their
+worker process's pid under ENGINE_ISOLATION=process), tasks, engine
 file name and size, and the context size a load would use. Any client the auth
 middleware lets through may read it (as `/v1/models`).
 
@@ -46,7 +47,7 @@ def _context(registry: ModelRegistry, entry: ModelEntry) -> tuple[int | None, in
 def describe(registry: ModelRegistry, entry: ModelEntry, size: int | None) -> dict[str, Any]:
     pool = registry.pool
     instances = [{"purpose": purpose, "engine": inst.engine_name, "in_use": inst.in_use,
-                  "memory_bytes": inst.size}
+                  "memory_bytes": inst.size, "pid": getattr(inst.engine, "pid", None)}
                  for (name, purpose), inst in pool.loaded().items() if name == entry.name]
     failure = registry.failure(entry.name)
     if not entry.ok:

@@ -22,7 +22,6 @@ from lokal.api.observability import ObservabilityMiddleware
 from lokal.api.ui.redirect import BrowserRedirectMiddleware
 from lokal.install.manager import InstallManager
 from lokal.keys import Keyring, KeysFile
-from lokal.metrics import Metrics
 from lokal.models.registry import ModelRegistry
 from lokal.settings import Settings
 from lokal.usage import UsageLedger
@@ -36,10 +35,10 @@ FAMILIES: tuple[Family, ...] = (routes.HEALTH, routes.METRICS, localai.FAMILY, o
                                 ui.FAMILY)
 
 
-def create_app(settings: Settings, registry: ModelRegistry,
-               families: tuple[Family, ...] = FAMILIES) -> FastAPI:
-    """The server for one registry, speaking families. Nothing global: two apps can live
-    side by side."""
+def create_app(settings: Settings, registry: ModelRegistry, families: tuple[Family, ...] = FAMILIES, *,
+               installer: InstallManager | None = None) -> FastAPI:
+    """The server for one registry, speaking families, installing models with installer
+    (default: one for settings). Nothing global: two apps can live side by side."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -55,18 +54,15 @@ def create_app(settings: Settings, registry: ModelRegistry,
                   description="OpenAI- and LocalAI-compatible API for local models.",
                   docs_url="/docs", redoc_url=None)
     app.state.registry = registry
-    registry.catalog.aliases = dict(settings.model_aliases)
     app.state.settings = settings
     app.state.started = int(time.time())
     app.state.ready = asyncio.Event()
     app.state.stopping = asyncio.Event()  # set when shutdown's grace period is over
     install_handlers(app)
-    app.state.metrics = Metrics()
-    app.state.installer = InstallManager.from_settings(settings, on_change=registry.scan)
-    registry.catalog.fetch_file = app.state.installer.fetch_for_registry
+    app.state.metrics = registry.metrics  # the registry's loads, unloads and embeddings count there too
+    app.state.installer = installer or InstallManager.from_settings(settings, on_change=registry.scan)
     log_admin_posture(settings)
     app.state.metrics.track(registry.snapshot)
-    registry.metrics = app.state.metrics  # its load, unload and embedding counters
     app.state.families = Families.of(families)
     for family in families:
         family.install(app)

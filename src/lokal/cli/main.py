@@ -77,7 +77,11 @@ def cmd_serve(settings: Settings) -> int:
     log.info("models path: %s", settings.models_path.resolve())
     if not settings.models_path.is_dir():
         log.warning("models path %s does not exist: no models to serve", settings.models_path)
-    registry = make_registry(settings, threads)
+    from lokal.install.manager import InstallManager, policy_from_settings
+    from lokal.transfer.downloader import Downloader
+
+    downloader = Downloader(policy_from_settings(settings))  # one transfer per file, installs included
+    registry = make_registry(settings, threads, downloader=downloader)
     log.info("engines: %s; memory budget: %s", "a worker process per model"
              if settings.engine_isolation == "process" else "in the server process",
              settings.memory_limit if settings.memory_limit != "auto"
@@ -95,7 +99,8 @@ def cmd_serve(settings: Settings) -> int:
         log.warning("listening on %s without an API key: anyone who can reach this address can "
                     "use the models. Set API_KEY, or bind to 127.0.0.1.", settings.address)
     log.info("listening on http://%s:%d", settings.host, settings.port)
-    app = create_app(settings, registry)
+    installer = InstallManager.from_settings(settings, on_change=registry.scan, downloader=downloader)
+    app = create_app(settings, registry, installer=installer)
     # lokal writes its own access line per request (lokal.api.observability).
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
                             access_log=False,
@@ -142,16 +147,23 @@ def registry_options(settings: Settings, threads: int) -> dict[str, Any]:
     )
 
 
-def make_registry(settings: Settings, threads: int, engine_factory: Any = None) -> Any:
+def make_registry(settings: Settings, threads: int, engine_factory: Any = None, *,
+                  downloader: Any = None) -> Any:
     """The registry `lokal serve` runs for settings (tests pass a fake engine factory):
-    engines in worker processes unless ENGINE_ISOLATION=inprocess."""
-    from lokal.models.registry import ModelRegistry, default_engine_factory
+    engines in worker processes unless ENGINE_ISOLATION=inprocess; `downloader` fetches
+    the files configs name on first use."""
+    import functools
+
+    from lokal.models import download
+    from lokal.models.registry import default_engine_factory, local_registry
 
     if engine_factory is None and settings.engine_isolation == "process":
         from lokal.engines.worker import WorkerFactory
 
         engine_factory = WorkerFactory()
-    return ModelRegistry(**registry_options(settings, threads),
+    fetch = functools.partial(download.fetch, downloader=downloader) if downloader is not None else None
+    return local_registry(**registry_options(settings, threads), aliases=dict(settings.model_aliases),
+                          fetch_file=fetch,
                          engine_factory=engine_factory or default_engine_factory)
 
 

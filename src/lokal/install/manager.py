@@ -302,11 +302,12 @@ class InstallManager:
 
     @classmethod
     def from_settings(cls, settings: Any, *, on_change: Callable[[], Any] | None = None,
-                      allow_file: bool = False) -> InstallManager:
-        """A manager for a server (or a CLI run) from its settings."""
+                      allow_file: bool = False, downloader: Downloader | None = None) -> InstallManager:
+        """A manager for a server (or a CLI run) from its settings; `downloader`: one shared
+        with the server's first-use downloads (one transfer per file)."""
         return cls(settings.models_path, policy_from_settings(settings),
                    parse_galleries(settings.galleries), on_change=on_change,
-                   config_file=settings.config_file, allow_file=allow_file)
+                   config_file=settings.config_file, allow_file=allow_file, downloader=downloader)
 
     # Jobs ---------------------------------------------------------------------------
 
@@ -331,13 +332,6 @@ class InstallManager:
         except KeyError:
             raise NotFound(f"no job {uuid!r} (jobs are kept until the server restarts)",
                            param="uuid") from None
-
-    def fetch_for_registry(self, item: Any) -> bool:
-        """`lokal.models.download.fetch` with this manager's downloader and policy (shared
-        transfers with install jobs); for the registry's first-use downloads."""
-        from lokal.models import download
-
-        return download.fetch(item, downloader=self.downloader)
 
     async def _run(self, job: Job, ref: str, name: str | None, force: bool,
                    overrides: dict[str, Any], files: list[dict[str, Any]]) -> None:

@@ -54,6 +54,7 @@ class LoadPlan:
     engine: str
     instance: str  # generate, embed, rerank, transcribe, speak, vad
     options: LoadOptions
+    task: str = "chat"  # the task it was planned for
 
 
 def instance_for(entry: ModelEntry, task: str) -> str:
@@ -127,7 +128,7 @@ def plan_load(entry: ModelEntry, task: str, defaults: EngineDefaults) -> LoadPla
         mmproj_path=entry.mmproj_path if vision else None,
         voices_path=entry.voices_path,
     )
-    return LoadPlan(engine, instance, options)
+    return LoadPlan(engine, instance, options, task)
 
 
 def check_draft(entry: ModelEntry) -> None:

@@ -27,6 +27,7 @@ from lokal.formats.modelfile import disk_size
 from lokal.metrics import Metrics
 from lokal.models.config import ModelEntry
 from lokal.models.embedding import EmbeddingBatcher
+from lokal.models.leasing import InstanceStatus, PoolStatus
 from lokal.models.fairshare import FairQueue, Share
 from lokal.models.memory import Estimate, MemoryBudget, estimate, human
 from lokal.models.planner import EngineDefaults, LoadPlan
@@ -99,9 +100,10 @@ class Instance:
 
 
 class Lease:
-    """A loaded model held for one request (see `Pool.lease`)."""
+    """A loaded model held for one request (see `LocalPool.lease`; the `models.leasing.Lease`
+    protocol)."""
 
-    def __init__(self, pool: Pool, entry: ModelEntry, instance: Instance, share: Share | None = None) -> None:
+    def __init__(self, pool: LocalPool, entry: ModelEntry, instance: Instance, share: Share | None = None) -> None:
         self.entry = entry
         self.share = share  # whose request it is, for a fair turn at the slots
         self.engine = instance.engine
@@ -166,14 +168,15 @@ class Lease:
             release()
 
 
-class Pool:
-    """Engine instances of the catalog's models, loaded on demand."""
+class LocalPool:
+    """Engine instances of the catalog's models, loaded on demand on this machine (the
+    `models.leasing.Pool` protocol)."""
 
     def __init__(self, defaults: EngineDefaults, *, max_active: int = 0,
                  idle_timeout: float | None = None, busy_timeout: float | None = None,
                  engine_factory: EngineFactory = default_engine_factory,
                  memory: MemoryBudget | None = None, crash_limit: int = CRASH_LIMIT,
-                 crash_window: float = CRASH_WINDOW) -> None:
+                 crash_window: float = CRASH_WINDOW, metrics: Metrics | None = None) -> None:
         self.defaults = defaults
         self.max_active = max_active
         self.memory = memory  # None: no memory check (MEMORY_LIMIT=off)
@@ -189,22 +192,22 @@ class Pool:
         self._locks: dict[Key, asyncio.Lock] = {}
         self._capacity = asyncio.Lock()
         self._watchdog: asyncio.Task[None] | None = None
-        self.metrics = Metrics()  # the registry's replaces it
+        self.metrics = metrics or Metrics()
 
-    @property
-    def loaded_count(self) -> int:
-        return len(self._loaded)
+    def status(self) -> PoolStatus:
+        now = time.monotonic()
+        instances = [InstanceStatus(model=name, purpose=purpose, engine=i.engine_name, in_use=i.in_use,
+                                    slots=i.engine.slots, memory_bytes=i.size, idle_seconds=now - i.last_used,
+                                    pid=getattr(i.engine, "pid", None))
+                     for (name, purpose), i in self._loaded.items()]
+        loading = frozenset(k[0] for k, lock in self._locks.items() if lock.locked() and k not in self._loaded)
+        return PoolStatus(instances, loading, dict(self.failed), self.restarts, self.idle_timeout)
 
     def loaded(self) -> dict[Key, Instance]:
         return dict(self._loaded)
 
     def is_loaded(self, name: str, instance: str | None = None) -> bool:
         return any(k[0] == name and instance in (None, k[1]) for k in self._loaded)
-
-    def is_loading(self, name: str) -> bool:
-        """Whether an instance of the model is being loaded now."""
-        return any(k[0] == name and lock.locked() and k not in self._loaded
-                   for k, lock in self._locks.items())
 
     @contextlib.asynccontextmanager
     async def lease(self, entry: ModelEntry, plan: LoadPlan, share: Share | None = None) -> AsyncIterator[Lease]:

@@ -45,18 +45,17 @@ def _context(registry: ModelRegistry, entry: ModelEntry) -> tuple[int | None, in
 
 
 def describe(registry: ModelRegistry, entry: ModelEntry, size: int | None) -> dict[str, Any]:
-    pool = registry.pool
-    instances = [{"purpose": purpose, "engine": inst.engine_name, "in_use": inst.in_use,
-                  "memory_bytes": inst.size, "pid": getattr(inst.engine, "pid", None)}
-                 for (name, purpose), inst in pool.loaded().items() if name == entry.name]
-    failure = registry.failure(entry.name)
+    status = registry.status()
+    instances = [{"purpose": i.purpose, "engine": i.engine, "in_use": i.in_use, "memory_bytes": i.memory_bytes,
+                  "pid": i.pid} | ({"node": i.node} if i.node else {}) for i in status.of(entry.name)]
+    failure = status.failed.get(entry.name)
     if not entry.ok:
         state = "broken"
     elif failure is not None:
         state = "failed"  # its engine crashed again and again: refused until a load clears it
     elif instances:
         state = "loaded"
-    elif pool.is_loading(entry.name):
+    elif entry.name in status.loading:
         state = "loading"
     else:
         state = "idle"
@@ -99,7 +98,7 @@ async def model(name: str, request: Request) -> dict[str, Any]:
 async def load(name: str, request: Request) -> dict[str, Any]:
     registry = _registry(request)
     entry = registry.entry(name)  # unknown: 404; broken: the lease says why (503)
-    registry.pool.clear_failures(entry.name)  # loading by hand is the retry a failed model waits for
+    registry.retry(entry.name)  # loading by hand is the retry a failed model waits for
     async with registry.lease(name, main_task(entry)):
         pass
     return describe(registry, registry.entry(name), await asyncio.to_thread(disk_size, entry.model_path))

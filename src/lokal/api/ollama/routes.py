@@ -79,7 +79,7 @@ def _registry(request: Request) -> ModelRegistry:
 
 async def _load(registry: ModelRegistry, entry: ModelEntry, task: str) -> int:
     """Load the model for task if it is not loaded yet; the nanoseconds it took."""
-    if registry.pool.is_loaded(entry.name, instance_for(entry, task)):
+    if registry.is_loaded(entry.name, instance_for(entry, task)):
         return 0
     started = time.perf_counter_ns()
     async with registry.lease(entry.name, task):
@@ -189,17 +189,18 @@ async def show(request: Request) -> dict[str, Any]:
 @router.get("/ps", summary="Ollama: the models loaded now")
 async def ps(request: Request) -> dict[str, Any]:
     registry = _registry(request)
-    pool = registry.pool
-    by_name: dict[str, float] = {}
-    for (name, _instance), loaded in pool.loaded().items():
-        by_name[name] = max(by_name.get(name, 0.0), loaded.last_used)
+    status = registry.status()
+    idle_by_name: dict[str, float] = {}
+    for instance in status.instances:
+        seen = idle_by_name.get(instance.model)
+        idle_by_name[instance.model] = instance.idle_seconds if seen is None else min(seen, instance.idle_seconds)
     out = []
     for entry in registry.entries:
-        if entry.name not in by_name:
+        if entry.name not in idle_by_name:
             continue
-        idle = time.monotonic() - by_name[entry.name]
-        if pool.idle_timeout:
-            expires = datetime.now(timezone.utc) + timedelta(seconds=max(0.0, pool.idle_timeout - idle))
+        idle = idle_by_name[entry.name]
+        if status.idle_timeout:
+            expires = datetime.now(timezone.utc) + timedelta(seconds=max(0.0, status.idle_timeout - idle))
         else:  # never unloaded for idleness: as Ollama shows keep_alive -1
             expires = datetime.now(timezone.utc) + timedelta(days=365 * 292)
         row = catalog.listing(entry)

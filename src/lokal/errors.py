@@ -114,7 +114,6 @@ class ModelUnavailableError(ServerError):
     def __init__(self, name: str, reason: str) -> None:
         super().__init__(f"model {name!r} cannot be loaded: {reason}", param="model")
         self.name = name
-        self.reason = reason
 
 
 class ModelBusyError(Busy):

@@ -18,7 +18,7 @@ imports nothing of lokal but the request context it fills in for the access log.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,13 +79,12 @@ class RequestObservation:
     Cheap: a clock read and one histogram observation per token.
     """
 
-    __slots__ = ("_metrics", "model", "family", "started", "_last", "_first", "_itl",
+    __slots__ = ("_metrics", "model", "started", "_last", "_first", "_itl",
                  "tokens_seen", "_prompt_seconds", "_done")
 
-    def __init__(self, metrics: Metrics, model: str, family: str) -> None:
+    def __init__(self, metrics: Metrics, model: str) -> None:
         self._metrics = metrics
         self.model = model
-        self.family = family
         self.started = time.perf_counter()
         self._last = 0.0
         self._first: float | None = None
@@ -112,21 +111,6 @@ class RequestObservation:
         for _ in range(n_tokens):
             observe(gap)
         self._last = now
-
-    def batch(self, chunks: Iterable[dict[str, Any]]) -> None:
-        """Engine chunks (OpenAI streaming shape) that arrived together: counts the ones
-        that carry a token, and picks up the engine's timings when it sends them."""
-        n = 0
-        for chunk in chunks:
-            for choice in chunk.get("choices") or ():
-                delta = choice.get("delta")
-                if (delta and (delta.get("content") or delta.get("reasoning_content")
-                               or delta.get("tool_calls"))) or choice.get("text"):
-                    n += 1
-            timings = chunk.get("timings")
-            if timings and timings.get("prompt_ms") is not None:
-                self.prompt_seconds(float(timings["prompt_ms"]) / 1000)
-        self.chunk(n)
 
     def prompt_seconds(self, seconds: float) -> None:
         """How long the engine spent on the prompt (the rest of the time to the first
@@ -243,9 +227,9 @@ class Metrics:
         self.requests.labels(family, route, model, str(status)).inc()
         self.request_seconds.labels(family, route, model).observe(seconds)
 
-    def observe(self, model: str, family: str = "openai") -> RequestObservation:
+    def observe(self, model: str) -> RequestObservation:
         """The observation of one generation request, started now."""
-        return RequestObservation(self, model, family)
+        return RequestObservation(self, model)
 
     def first_token(self, model: str, seconds: float) -> None:
         self.ttft.labels(model).observe(seconds)

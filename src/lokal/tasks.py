@@ -137,13 +137,6 @@ class CompletionTask:
     logprobs: int | None = None
     task: Task = "complete"
 
-    @property
-    def prompt_count(self) -> int:
-        prompt = self.prompt
-        if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
-            return len(prompt)
-        return 1
-
 
 @dataclass(slots=True)
 class EmbedTask:

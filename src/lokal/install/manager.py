@@ -51,8 +51,7 @@ from lokal.transfer.downloader import (DISK_RESERVE, Cancelled, Downloader, file
 from lokal.install.gallery import (Entry, Galleries, GallerySource, load_yaml, parse_galleries,
                                    read_source)
 from lokal.transfer.netguard import OutboundPolicy, URLRefused
-from lokal.transfer.paths import (STATE_DIR, UnsafePath, check_model_name, check_relative,
-                                 confined_target)
+from lokal.transfer.paths import STATE_DIR, UnsafePath, check_model_name, check_relative, confine
 from lokal.models.config import BACKEND_ALIASES, ModelConfig, scan_models
 
 log = logging.getLogger(__name__)
@@ -400,8 +399,8 @@ class InstallManager:
         files = self._file_specs(file_items, config)
         templates = self._templates(prompt_templates)
         self._check_config(config, files, templates)
-        config_path = confined_target(self.models_path, f"{name}.yaml", what="config name",
-                                      allow_config=True)
+        config_path = confine(self.models_path, f"{name}.yaml", what="config name", write=True,
+                              allow_config=True)
         plan = Plan(name=name, config=config, config_path=config_path, files=files,
                     templates=templates, source=ref.text)
         with self._claim_lock:
@@ -576,7 +575,7 @@ class InstallManager:
                     or not isinstance(item.get("uri"), str):
                 raise BadRequest(f"each file needs a filename and a uri: {str(item)[:200]}", param="files")
             filename = item["filename"].strip()
-            target = confined_target(self.models_path, filename)
+            target = confine(self.models_path, filename, write=True)
             url = self.policy.map(item["uri"])
             self.policy.check(url)  # scheme, host, address rules now, before any byte
             sha = item.get("sha256")
@@ -626,7 +625,7 @@ class InstallManager:
                 raise BadRequest("each prompt template needs a name and a content", param="id")
             filename = item["name"].strip()
             filename = filename if filename.endswith(".tmpl") else f"{filename}.tmpl"
-            confined_target(self.models_path, filename, what="template name")
+            confine(self.models_path, filename, what="template name", write=True)
             out[filename] = item["content"]
         return out
 
@@ -648,7 +647,7 @@ class InstallManager:
         for field_name, value in [("parameters.model", model)] + [
                 (f, config.get(f)) for f in FILE_FIELDS if isinstance(config.get(f), str)]:
             check_relative(value, what=field_name)
-            target = confined_target(self.models_path, value, what=field_name)
+            target = confine(self.models_path, value, what=field_name, write=True)
             if value not in names and not any(n.startswith(value.rstrip("/") + "/") for n in names) \
                     and not target.exists():
                 raise BadRequest(f"{field_name} names {value!r}, which is neither among the files to "
@@ -757,7 +756,7 @@ class InstallManager:
                 if not spec.skip:
                     self.downloader.place(spec.target)
             for template, content in plan.templates.items():
-                _write_atomic(confined_target(self.models_path, template, what="template name"),
+                _write_atomic(confine(self.models_path, template, what="template name", write=True),
                               content.encode())
             text = yaml.safe_dump(plan.config, sort_keys=False, allow_unicode=True)
             _write_atomic(plan.config_path, text.encode())
@@ -845,7 +844,7 @@ class InstallManager:
         job = Job(name, name=name, deletion=True)
         for rel in dict.fromkeys(candidates):
             try:
-                target = confined_target(self.models_path, rel, what="recorded file")
+                target = confine(self.models_path, rel, what="recorded file", write=True)
             except UnsafePath as exc:
                 job.kept.append(f"{rel} ({exc.rule})")
                 continue

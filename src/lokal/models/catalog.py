@@ -64,14 +64,6 @@ class Catalog:
     def entries(self) -> list[ModelEntry]:
         return list(self._entries.values())
 
-    @property
-    def servable(self) -> list[ModelEntry]:
-        return [e for e in self._entries.values() if e.ok]
-
-    @property
-    def broken(self) -> list[ModelEntry]:
-        return [e for e in self._entries.values() if not e.ok]
-
     def entry(self, name: str) -> ModelEntry:
         """The entry a request's model name means: its own, else its alias's; unknown: 404.
         Ollama's `NAME:latest` is NAME (apps list /api/tags, then call /v1 with it)."""

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from lokal import templates
 from lokal.formats.modelfile import GGUFInfo, ModelFile, ModelFileError, inspect, is_cross_encoder, read_gguf
 from lokal.models import download, speech
+from lokal.transfer import paths
 
 log = logging.getLogger(__name__)
 
@@ -283,19 +284,12 @@ class ModelEntry:
 
 
 def confine(models_path: Path, relative: str, what: str = "model file") -> Path:
-    """Resolve a path named by a config inside the models folder, or refuse it."""
-    if not relative or "\x00" in relative:
-        raise ConfigError(f"{what} name is empty or invalid")
-    candidate = Path(relative)
-    if candidate.is_absolute() or relative.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", relative):
-        raise ConfigError(f"{what} {relative!r} must be a path relative to the models folder, not absolute")
-    if ".." in candidate.parts or "\\" in relative:
-        raise ConfigError(f"{what} {relative!r} may not contain '..' or backslashes")
-    root = models_path.resolve()
-    resolved = (root / candidate).resolve()
-    if resolved != root and root not in resolved.parents:
-        raise ConfigError(f"{what} {relative!r} points outside the models folder (symlink?)")
-    return resolved
+    """Resolve a path named by a config inside the models folder, or refuse it (the one
+    set of rules: `lokal.transfer.paths.confine`)."""
+    try:
+        return paths.confine(models_path, relative, what=what)
+    except paths.UnsafePath as exc:
+        raise ConfigError(exc.message) from None
 
 
 def load_templates(models_path: Path, config: ModelConfig) -> ChatTemplates:

@@ -25,7 +25,7 @@ from lokal.models.catalog import Catalog
 from lokal.models.config import ModelEntry
 from lokal.models.fairshare import Share
 from lokal.models.memory import MemoryBudget
-from lokal.models.planner import EngineDefaults, main_task, plan_load
+from lokal.models.planner import EngineDefaults, LoadPlan, main_task, plan_load
 from lokal.models.leasing import Lease, Pool, PoolStatus
 from lokal.models.pool import EngineFactory, LocalPool, default_engine_factory
 
@@ -43,6 +43,8 @@ class ModelRegistry:
         self.pool = pool
         self.defaults = defaults
         self.metrics = metrics
+        # One load plan per entry and task (its warnings logged once); a rescan makes new entries.
+        self._plans: dict[tuple[str, str], tuple[ModelEntry, LoadPlan]] = {}
 
     @property
     def models_path(self) -> Path:
@@ -124,7 +126,7 @@ class ModelRegistry:
         entry = self.catalog.entry(name)
         logs.annotate(model=entry.name)  # for the access log and request metrics (known names only)
         await self.catalog.ready(entry)
-        plan = plan_load(entry, task, self.defaults)
+        plan = self.plan(entry, task)
         share = None
         if caller is not None:
             caller.admit()  # the key's limits (429), once per request
@@ -132,6 +134,16 @@ class ModelRegistry:
                 share = Share(caller.name, caller.weight)
         async with self.pool.lease(entry, plan, share) as lease:
             yield lease
+
+    def plan(self, entry: ModelEntry, task: str) -> LoadPlan:
+        """The load plan for task on entry, computed once per entry (ModelCapabilityError,
+        ModelUnavailableError when the entry cannot serve task)."""
+        cached = self._plans.get((entry.name, task))
+        if cached is not None and cached[0] is entry:
+            return cached[1]
+        plan = plan_load(entry, task, self.defaults)
+        self._plans[(entry.name, task)] = (entry, plan)
+        return plan
 
     def is_loaded(self, name: str, purpose: str | None = None) -> bool:
         return any(i.model == name and purpose in (None, i.purpose) for i in self.status().instances)

@@ -6,5 +6,5 @@ from __future__ import annotations
 from lokal.api.elevenlabs.routes import PREFIX, elevenlabs_envelope, router
 from lokal.api.family import Family, Mount
 
-FAMILY = Family("elevenlabs", mounts=(Mount(router),), prefixes=(PREFIX.removeprefix("/v1"),),
+FAMILY = Family("elevenlabs", mounts=(Mount(router, "/v1", ("ElevenLabs",), also_bare=True),), prefixes=(PREFIX,),
                 envelope=elevenlabs_envelope)

@@ -28,7 +28,7 @@ from lokal.tasks import SpeakTask
 
 router = APIRouter(tags=["ElevenLabs"])
 
-PREFIX = "/v1/text-to-speech"
+PREFIX = "/text-to-speech"  # under /v1 (and bare, as every route)
 _OUTPUT = re.compile(r"^(mp3|pcm|opus|wav|flac)_(\d{4,6})(?:_(\d{1,3}))?$")
 
 

@@ -22,7 +22,7 @@ from fastapi import APIRouter, Depends, Request
 from lokal.api.admin import require_admin
 from lokal.formats.modelfile import disk_size
 from lokal.models.config import ModelEntry
-from lokal.models.planner import main_task, plan_load
+from lokal.models.planner import main_task
 from lokal.models.registry import ModelRegistry
 
 router = APIRouter(prefix="/lokal", tags=["lokal"])
@@ -38,7 +38,7 @@ def _context(registry: ModelRegistry, entry: ModelEntry) -> tuple[int | None, in
         return None, None
     trained = entry.file.gguf.context_length
     try:
-        planned = plan_load(entry, main_task(entry), registry.defaults).options.context_size
+        planned = registry.plan(entry, main_task(entry)).options.context_size
     except Exception:  # noqa: BLE001 - a model that cannot plan shows no context; its load says why
         planned = None
     return planned, trained

@@ -28,7 +28,7 @@ from lokal.api.respond import respond
 from lokal.errors import BadRequest, ModelUnavailableError
 from lokal.models import serving
 from lokal.models.config import ModelEntry
-from lokal.models.planner import instance_for, plan_load
+from lokal.models.planner import instance_for
 from lokal.models.registry import ModelRegistry
 from lokal.tasks import EmbedTask
 
@@ -99,7 +99,7 @@ async def _generate(request: Request, body: ChatRequest | GenerateRequest, entry
     registry = _registry(request)
     task = await body.to_task_with_images(entry.name, loader_for(request))
     timer.load_ns = await _load(registry, entry, task.task)
-    run = await start(request, task, family="ollama")
+    run = await start(request, task)
     if not body.stream:
         timer.first_token()  # the first deltas have arrived (a stream's renderer marks them)
     after = _after(registry, entry, body.keep_alive_seconds)
@@ -208,7 +208,7 @@ async def ps(request: Request) -> dict[str, Any]:
         row.pop("capabilities", None)
         task = "chat" if "chat" in entry.tasks else next(iter(sorted(entry.tasks)), "chat")
         try:
-            context = plan_load(entry, task, registry.defaults).options.context_size
+            context = registry.plan(entry, task).options.context_size
         except Exception:  # noqa: BLE001 - a model that loaded plans; this is only a report
             context = None
         row.update({"expires_at": expires.astimezone().isoformat(), "size_vram": 0,

@@ -23,4 +23,8 @@ def create_engine(engine: str, options: LoadOptions) -> Engine:
         from lokal.engines.whisper import WhisperEngine
 
         return WhisperEngine(options)
+    if engine == "whisper-cpp":
+        from lokal.engines.whisper_cpp import WhisperCppEngine
+
+        return WhisperCppEngine(options)
     raise ModelLoadError(f"the {engine!r} engine is not available in this version of lokal")

@@ -604,7 +604,7 @@ def describe_projector(path: Path, model: GGUFInfo | None) -> GGUFInfo:
 def abilities(model_file: ModelFile, embeddings: bool) -> tuple[frozenset[str], str | None]:
     """The tasks a model file serves and how it reranks; `embeddings` is the
     config's flag that lets a chat GGUF embed too."""
-    if model_file.kind == "whisper-ct2":
+    if model_file.kind in ("whisper-ct2", "whisper-ggml"):
         return frozenset({"transcribe"}), None
     if model_file.kind == "hf":
         if is_cross_encoder(model_file.hf_config):

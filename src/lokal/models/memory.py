@@ -24,7 +24,8 @@ MIB = 1 << 20
 GIB = 1 << 30
 # A worker process with Python, lokal and the engine library, before any model (measured: ~56 MiB
 # for llama.cpp with a small model; torch-based engines import far more).
-PROCESS_OVERHEAD = {"llama-cpp": 56 * MIB, "sentence-transformers": 450 * MIB, "whisper": 200 * MIB}
+PROCESS_OVERHEAD = {"llama-cpp": 56 * MIB, "sentence-transformers": 450 * MIB, "whisper": 200 * MIB,
+                    "whisper-cpp": 60 * MIB}
 DEFAULT_UBATCH = 512
 
 

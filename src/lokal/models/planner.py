@@ -22,12 +22,14 @@ DEFAULT_CONTEXT = 4096
 #: llama.cpp's multimodal path needs at least this much context per slot.
 VISION_MIN_CONTEXT = 2048
 
-_FILE_ENGINES = {"gguf": "llama-cpp", "hf": "sentence-transformers", "whisper-ct2": "whisper"}
+_FILE_ENGINES = {"gguf": "llama-cpp", "hf": "sentence-transformers", "whisper-ct2": "whisper",
+                 "whisper-ggml": "whisper-cpp"}
 _WRONG_ENGINE = {
     "gguf": "a GGUF file (use backend llama-cpp)",
     "hf": "a Hugging Face model folder (use backend sentence-transformers, or convert it with "
           "`lokal models convert`)",
     "whisper-ct2": "a Whisper model (use backend whisper)",
+    "whisper-ggml": "a whisper.cpp model (use backend whisper)",
 }
 
 
@@ -81,6 +83,8 @@ def plan_load(entry: ModelEntry, task: str, defaults: EngineDefaults) -> LoadPla
     assert config is not None and entry.model_path is not None and model_file is not None
     file_engine = _FILE_ENGINES[model_file.kind]
     engine = config.engine or file_engine
+    if file_engine == "whisper-cpp" and (config.backend or "").strip().lower() == "whisper":
+        engine = file_engine  # LocalAI's `whisper` backend is whisper.cpp; its GGML files run there
     if engine != file_engine:
         raise ModelUnavailableError(entry.name, f"backend {config.backend!r} cannot serve "
                                                 f"{entry.model_path.name}: it is {_WRONG_ENGINE[model_file.kind]}")

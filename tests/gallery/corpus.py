@@ -95,6 +95,12 @@ class Outcome:
     tasks: tuple[str, ...] = ()
     usecases: tuple[str, ...] | None = None
     ignored: tuple[str, ...] = ()
+    #: refused: "not-servable" (a kind lokal does not serve, said at planning) or "other"
+    refusal: str = ""
+    #: whether the entry's own files hold what its config names (False: broken in LocalAI too)
+    consistent: bool = True
+    #: fields accepted and left to issue #30 (KV cache, flash attention)
+    pending: tuple[str, ...] = ()
 
 
 @dataclass
@@ -132,23 +138,39 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _backend_of(corpus: Path, entry: dict[str, Any]) -> str:
-    """The entry's backend as its config says (read leniently: for grouping only)."""
+def _entry_config(corpus: Path, entry: dict[str, Any]) -> dict[str, Any]:
+    """The entry's config as its base and overrides make it (read leniently: for grouping
+    and for checking the entry itself)."""
     config: dict[str, Any] = {}
     url = entry.get("url")
     if isinstance(url, str) and "/" in url:
         path = corpus / url.rsplit("/", 1)[-1].split("@")[0]
         try:
-            base = yaml.safe_load(path.read_text()) or {}
+            from lokal.install.gallery import load_yaml
+
+            base = load_yaml(path.read_bytes(), "base") or {}
             raw = base.get("config_file") or {}
-            config = yaml.safe_load(raw) if isinstance(raw, str) else dict(raw)
-        except (OSError, yaml.YAMLError):
+            config = load_yaml(raw.encode(), "config_file") if isinstance(raw, str) else dict(raw)
+        except (OSError, LokalError):
             text = path.read_text() if path.is_file() else ""
             for line in text.splitlines():
                 if line.strip().startswith("backend:"):
                     config = {"backend": line.split(":", 1)[1].strip().strip("\"'")}
-    config = _merge(config or {}, entry.get("overrides") or {})
-    return str(config.get("backend") or "(none)")
+    return _merge(config or {}, entry.get("overrides") or {})
+
+
+def consistent(config: dict[str, Any], entry: dict[str, Any]) -> bool:
+    """Whether the files an entry lists hold the model (and projector) its config names."""
+    names = {str(f.get("filename")) for f in entry.get("files") or [] if isinstance(f, dict)}
+    model = (config.get("parameters") or {}).get("model")
+    if not isinstance(model, str) or not model:
+        return False
+    backend = str(config.get("backend") or "").lower()
+    hf_named = backend in ("sentencetransformers", "sentence-transformers", "transformers", "rerankers")
+    if model not in names and "://" not in model and not hf_named:
+        return False
+    mmproj = config.get("mmproj")
+    return not (isinstance(mmproj, str) and mmproj not in names and "://" not in mmproj)
 
 
 _WHISPER_GGML = struct.pack("<I", 0x67676D6C)
@@ -172,7 +194,10 @@ def write_stub(path: Path, config: dict[str, Any]) -> None:
         else:
             write_gguf(path, chat_template="{% for m in messages %}{{ m.content }}{% endfor %}")
     elif name.endswith(".bin") and str(config.get("backend", "")).lower() == "whisper":
-        path.write_bytes(_WHISPER_GGML + b"\x00" * 64)
+        # whisper.cpp's header: vocabulary, audio context, width, heads, layers (x2), mel bands
+        path.write_bytes(_WHISPER_GGML + struct.pack("<11i", 51865, 1500, 384, 6, 4, 448, 384, 6, 4, 80, 1))
+    elif name.endswith(".bin") and str(config.get("backend", "llama-cpp")).lower() in ("llama-cpp", "llama"):
+        write_gguf(path, chat_template="{% for m in messages %}{{ m.content }}{% endfor %}")  # GGUF named .bin
     elif name == "config.json":
         path.write_text(json.dumps({"architectures": ["BertModel"], "model_type": "bert"}))
     elif name == "modules.json":
@@ -199,11 +224,17 @@ def run_corpus(corpus: Path, work: Path, *, names: list[str] | None = None) -> R
         models.mkdir(parents=True)
         manager = CorpusManager(models, policy, [source], allow_file=True)
         manager.galleries = galleries
-        backend = _backend_of(corpus, raw)
+        try:
+            merged = _entry_config(corpus, raw)
+        except yaml.YAMLError:
+            merged = {}
+        backend = str(merged.get("backend") or "(none)")
         try:
             plan = manager._plan(Job(f"localai@{name}"), f"localai@{name}", None, False, {}, [])
         except LokalError as exc:
-            report.outcomes.append(Outcome(name, backend, "refused", exc.message))
+            kind = "not-servable" if type(exc).__name__ == "NotServable" else "other"
+            report.outcomes.append(Outcome(name, backend, "refused", exc.message, refusal=kind,
+                                           consistent=consistent(merged, raw)))
             continue
         for spec in plan.files:
             write_stub(spec.target, plan.config)
@@ -211,6 +242,7 @@ def run_corpus(corpus: Path, work: Path, *, names: list[str] | None = None) -> R
         entries = [e for e in model_config.scan_models(models) if e.name == plan.name]
         usecases = plan.config.get("known_usecases")
         ignored = tuple(_ignored_fields(plan.config))
+        pending = tuple(_pending_fields(plan.config))
         if not entries:
             report.outcomes.append(Outcome(name, backend, "broken", "not found at scan", ignored=ignored))
             continue
@@ -220,7 +252,7 @@ def run_corpus(corpus: Path, work: Path, *, names: list[str] | None = None) -> R
             continue
         report.outcomes.append(Outcome(name, backend, "accepted", tasks=tuple(sorted(entry.tasks)),
                                        usecases=tuple(usecases) if isinstance(usecases, list) else None,
-                                       ignored=ignored))
+                                       ignored=ignored, pending=pending))
     return report
 
 
@@ -232,6 +264,14 @@ def _commit(manager: InstallManager, plan: Any) -> None:
         _write_atomic(manager.models_path / template, content.encode())
     text = yaml.safe_dump(plan.config, sort_keys=False, allow_unicode=True)
     _write_atomic(plan.config_path, text.encode())
+
+
+def _pending_fields(config: dict[str, Any]) -> list[str]:
+    try:
+        from lokal.models.localai_config import pending_fields
+    except ImportError:
+        return []
+    return pending_fields(config)
 
 
 def _ignored_fields(config: dict[str, Any]) -> list[str]:

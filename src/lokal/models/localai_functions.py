@@ -434,16 +434,24 @@ def json_objects(text: str) -> list[dict[str, Any]]:
     return out
 
 
+def go_marshal(value: Any) -> str:
+    """JSON as Go's encoding/json writes it: compact, map keys sorted, <, > and & escaped."""
+    text = json.dumps(_go_json(value), ensure_ascii=False, separators=(",", ":"))
+    return (text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
+
+
 def _arguments_text(value: Any, config: FunctionConfig) -> str:
     if isinstance(value, str):
         try:
-            json.loads(value)
-            return value
+            if isinstance(json.loads(value), dict):
+                return value
         except ValueError:
-            if config.automatic_tool_parsing_fallback:
-                return json.dumps({"query": value}, ensure_ascii=False, separators=(",", ":"))
-            return value
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+            pass
+        if config.automatic_tool_parsing_fallback:
+            return go_marshal({"query": value})
+        return value
+    return go_marshal(value)
 
 
 def _argument_pairs(arguments: str, config: FunctionConfig) -> str:
@@ -458,11 +466,20 @@ def _argument_pairs(arguments: str, config: FunctionConfig) -> str:
                 args[match.group(key_name)] = match.group(value_name)
             except (IndexError, re2.error):  # type: ignore[attr-defined]
                 continue
-    return json.dumps(dict(sorted(args.items())), ensure_ascii=False, separators=(",", ":"))
+    return go_marshal(args)
 
 
 _TOOL_CALL_BLOCK = re2.compile(r"(?s)<tool_call>\s*(.*?)\s*(?:</tool_call>|$)")
 _FUNCTION_TAG = re2.compile(r"(?s)<function=([^>]+)>(.*?)</function>")
+_PARAMETER_TAG = re2.compile(r"(?s)<parameter=([^>]+)>(.*?)</parameter>")
+
+
+def _parameter_value(text: str) -> Any:
+    text = text.strip()
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def parse_calls(text: str, config: FunctionConfig) -> list[Call]:
@@ -507,9 +524,14 @@ def _markup_calls(text: str, config: FunctionConfig) -> list[Call]:
                     calls.append(Call(obj["name"], _arguments_text(obj["arguments"], config)))
     if not calls and "<function=" in text:
         for match in _FUNCTION_TAG.finditer(text):
-            objs = json_objects(match.group(2))
-            if objs:
-                calls.append(Call(match.group(1).strip(), _arguments_text(objs[0], config)))
+            name, body = match.group(1).strip(), match.group(2)
+            params = {m.group(1).strip(): _parameter_value(m.group(2)) for m in _PARAMETER_TAG.finditer(body)}
+            if params:  # Qwen3-Coder's <parameter=NAME>value</parameter>
+                calls.append(Call(name, go_marshal(params)))
+                continue
+            objs = json_objects(body)
+            if objs or not body.strip():
+                calls.append(Call(name, _arguments_text(objs[0] if objs else {}, config)))
     return calls
 
 

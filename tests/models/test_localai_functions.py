@@ -198,7 +198,7 @@ def _task(**kw: object) -> ChatTask:
 
 def test_plan_adds_the_no_action_function_and_a_grammar() -> None:
     p = plan(_Config({}), _task(), renders_go=True)
-    assert p is not None and [f["name"] for f in p.functions] == ["get_weather"]
+    assert p is not None and [f["Name"] for f in p.functions] == ["get_weather"]
     assert p.grammar is not None and '"\\"answer\\""' in p.grammar and '"\\"get_weather\\""' in p.grammar
     assert "root ::= realvalue" in p.grammar
 

@@ -49,6 +49,8 @@ class LoadOptions:
     speculative: dict[str, Any] | None = None
     draft_path: Path | None = None
     mmproj_path: Path | None = None  # a multimodal projector: the model takes images
+    #: engine settings a LocalAI config's `options:` ask for (llama.cpp: reasoning_format)
+    engine_params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -117,6 +117,22 @@ def speculation(options: dict[str, str], draft_model: str | None, n_draft: int |
     return values
 
 
+def speculation_problem(values: dict[str, Any] | None, gguf: Any, draft_path: Any) -> str | None:
+    """Why speculative decoding as asked cannot run on this model (a load error), or None.
+    MTP drafts with the model's own multi-token-prediction head unless a draft file is
+    named: the GGUF must carry one (`<arch>.nextn_predict_layers`)."""
+    if values is None:
+        return None
+    kind = values["type"]
+    if kind == "draft_mtp" and draft_path is None:
+        layers = gguf.arch_value("nextn_predict_layers") if gguf is not None else None
+        if not layers:
+            return ("options ask for MTP speculative decoding (spec_type:draft-mtp) but the model file has no "
+                    "multi-token-prediction head (no nextn_predict_layers in its GGUF header) and no "
+                    "draft_model names one; drop spec_type or use a GGUF converted with its MTP tensors")
+    return None
+
+
 def engine_params(options: dict[str, str]) -> dict[str, Any]:
     """llama.cpp engine settings the options ask for (beyond speculation)."""
     out: dict[str, Any] = {}

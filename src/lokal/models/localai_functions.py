@@ -328,12 +328,14 @@ def plan(config: Any, task: ChatTask, *, renders_go: bool) -> LocalAIPlan | None
             return LocalAIPlan(fconfig, [], None, tools_requested=False)
         return None
     tools: list[Tool] = task.tools
-    functions = [{"name": t.name, "description": t.description, "strict": False,
-                  "parameters": _go_json(t.parameters or {})} for t in tools]
-    offered = list(functions)
+    offered = [{"name": t.name, "description": t.description, "parameters": t.parameters or {}} for t in tools]
+    # What `.Functions` shows a Go template: LocalAI's Function struct (Name, Description,
+    # Strict, Parameters), its parameters a map (keys in Go's sorted order).
+    functions = [{"Name": t.name, "Description": t.description, "Strict": False,
+                  "Parameters": _go_json(t.parameters or {})} for t in tools]
     if not fconfig.grammar.disable and not fconfig.disable_no_action:
         offered.append({"name": fconfig.no_action, "description": fconfig.no_action_description,
-                        "strict": False, "parameters": {"properties": {"message": {
+                        "parameters": {"properties": {"message": {
                             "type": "string", "description": "The message to reply the user with"}}}})
     if task.tool_choice not in ("auto", "required"):
         offered = [f for f in offered if f["name"] == task.tool_choice]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from lokal.engines.base import LoadOptions
 from lokal.errors import ModelCapabilityError, ModelUnavailableError
+from lokal.models import localai_config
 from lokal.models.config import ModelEntry
 
 log = logging.getLogger(__name__)
@@ -91,8 +92,12 @@ def plan_load(entry: ModelEntry, task: str, defaults: EngineDefaults) -> LoadPla
     check_task(entry, task)
     instance = instance_for(entry, task)
     speculative = config.speculation if instance == "generate" else None
-    if speculative is not None and entry.draft_file is not None:
+    if speculative is not None and entry.draft_file is not None and speculative["type"] == "draft":
         check_draft(entry)
+    engine_params = localai_config.engine_params(config.option_values) if engine == "llama-cpp" else {}
+    why = localai_config.speculation_problem(speculative, model_file.gguf, entry.draft_path)
+    if why is not None:
+        raise ModelUnavailableError(entry.name, why)
     trained = model_file.gguf.context_length if model_file.gguf else None
     context = config.context_size or defaults.context_size
     if context is None:
@@ -107,6 +112,11 @@ def plan_load(entry: ModelEntry, task: str, defaults: EngineDefaults) -> LoadPla
         log.warning("model %s: context raised from %d to %d tokens, the least a model taking "
                     "images (mmproj) runs with", entry.name, context, VISION_MIN_CONTEXT)
         context = VISION_MIN_CONTEXT
+    if vision and speculative is not None:
+        # As LocalAI documents it: llama.cpp does not speculate while a projector is loaded.
+        log.warning("model %s: speculative decoding (%s) is off while it takes images (mmproj); remove "
+                    "mmproj from its config to speculate", entry.name, speculative["type"])
+        speculative = None
     if trained and context > trained:
         log.warning("model %s: context_size %d exceeds the %d tokens it was trained on",
                     entry.name, context, trained)
@@ -114,7 +124,7 @@ def plan_load(entry: ModelEntry, task: str, defaults: EngineDefaults) -> LoadPla
         model_path=entry.model_path,
         context_size=context,
         threads=config.threads or defaults.threads,
-        parallel=defaults.parallel,
+        parallel=engine_params.pop("parallel", defaults.parallel),
         f16=config.f16,
         mmap=config.mmap,
         gpu_layers=config.gpu_layers,
@@ -125,6 +135,7 @@ def plan_load(entry: ModelEntry, task: str, defaults: EngineDefaults) -> LoadPla
         speculative=speculative,
         draft_path=entry.draft_path if speculative is not None else None,
         mmproj_path=entry.mmproj_path if vision else None,
+        engine_params=engine_params,
     )
     return LoadPlan(engine, instance, options)
 

@@ -36,6 +36,7 @@ MODELS = {
     "mixed": "function:\n  grammar:\n    mixed_mode: true\n    parallel_calls: true\n    expect_strings_after_json: true\n",
     "prefix": "function:\n  grammar:\n    prefix: '<call>'\n  replace_function_results:\n    - key: '<call>'\n      value: ''\n",
     "nogrammar": "function:\n  grammar:\n    disable: true\n  json_regex_match:\n    - '(?s)(\\{.*\\})'\n",
+    "llama31": "function:\n  grammar:\n    schema_type: llama3.1\n",
 }
 
 WEATHER = {"type": "function", "function": {
@@ -72,8 +73,9 @@ def ask(client: openai.OpenAI, model: str, **kw: object) -> openai.types.chat.Ch
         {"role": "user", "content": "What is the weather in Paris? Use the tool."}], **kw)  # type: ignore[arg-type]
 
 
-def test_the_grammar_holds_the_model_to_a_named_function(client: openai.OpenAI) -> None:
-    answer = ask(client, "plain", tools=[WEATHER],
+@pytest.mark.parametrize("model", ["plain", "llama31"])  # JSON, and Llama 3.1's <function=NAME> tags
+def test_the_grammar_holds_the_model_to_a_named_function(client: openai.OpenAI, model: str) -> None:
+    answer = ask(client, model, tools=[WEATHER],
                  tool_choice={"type": "function", "function": {"name": "get_weather"}})
     choice = answer.choices[0]
     assert choice.finish_reason == "tool_calls", choice
@@ -83,7 +85,7 @@ def test_the_grammar_holds_the_model_to_a_named_function(client: openai.OpenAI) 
     assert isinstance(arguments, dict) and isinstance(arguments.get("city", ""), str)
 
 
-@pytest.mark.parametrize("model", ["parallel", "mixed", "prefix", "plain"])
+@pytest.mark.parametrize("model", ["parallel", "mixed", "prefix", "plain", "llama31"])
 def test_each_grammar_option_is_accepted_and_parsed(client: openai.OpenAI, model: str) -> None:
     """The engine takes the grammar (a bad one is an error), and what the model writes
     under it comes back as calls or as text, never as raw JSON with a call in it."""

@@ -273,3 +273,16 @@ def test_reader_holds_text_until_the_end_and_one_call_without_parallel() -> None
     assert text == "" and deltas is not None
     assert [(d.position, d.name) for d in deltas if d.name] == [(0, "a")]
     assert json.loads("".join(d.arguments for d in deltas)) == {}
+
+
+def test_llama31_schema_type_writes_function_tags() -> None:
+    grammar = build_grammar([{"name": "get_weather", "parameters": {"properties": {"city": {"type": "string"}}}}],
+                            cfg(grammar={"schema_type": "llama3.1"}))
+    line = next(x for x in grammar.splitlines() if x.startswith("realvalue ::="))
+    assert line.startswith('realvalue ::= "<function=" "get_weather" ">" ') and line.endswith('"</function>"')
+    assert calls('<function=get_weather>{"city": "Oslo"}</function>') == [("get_weather", '{"city":"Oslo"}')]
+
+
+def test_required_tool_choice_leaves_no_reply_in_the_grammar() -> None:
+    p = plan(_Config({}), _task(tool_choice="required"), renders_go=True)
+    assert p is not None and p.grammar is not None and "answer" not in p.grammar and "get_weather" in p.grammar

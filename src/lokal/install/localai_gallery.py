@@ -74,7 +74,7 @@ def refusal(config: dict[str, Any], what: str) -> str | None:
     if backend in PENDING:
         return f"{what} is {PENDING[backend]} (backend {backend!r})"
     if backend and backend not in BACKEND_ALIASES:
-        return (f"{what} needs LocalAI's {backend!r} backend, which lokal does not have (lokal serves "
+        return (f"{what} needs LocalAI's {backend!r} backend, which is not served by lokal (lokal serves "
                 f"{', '.join(sorted(set(BACKEND_ALIASES)))})")
     usecases = config.get("known_usecases")
     if isinstance(usecases, str):

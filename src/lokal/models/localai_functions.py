@@ -250,7 +250,16 @@ def build_grammar(functions: list[dict[str, Any]], config: FunctionConfig) -> st
         arguments = {"type": "object", "properties": params.get("properties") or {}}
         calls.append({"type": "object", "properties": {config.name_key: {"const": function["name"]},
                                                         config.arguments_key: arguments}})
-    value = grammar.visit({"oneOf": calls} if len(calls) != 1 else calls[0], "realvalue")
+    if options.schema_type == "llama3.1":
+        # Llama 3.1's own call syntax: <function=NAME>{arguments}</function>
+        alternatives = []
+        for index, call in enumerate(calls):
+            name = call["properties"][config.name_key]["const"]
+            args = grammar.visit(call["properties"][config.arguments_key], f"realvalue-{index}-arguments")
+            alternatives.append(f'"<function=" {_literal(name)} ">" {args} "</function>"')
+        value = grammar.add("realvalue", " | ".join(alternatives))
+    else:
+        value = grammar.visit({"oneOf": calls} if len(calls) != 1 else calls[0], "realvalue")
     if value != "realvalue":
         grammar.rules["realvalue"] = value
     lines = [f"{name} ::= {rule}" for name, rule in grammar.rules.items()]
@@ -337,7 +346,9 @@ def plan(config: Any, task: ChatTask, *, renders_go: bool) -> LocalAIPlan | None
         offered.append({"name": fconfig.no_action, "description": fconfig.no_action_description,
                         "parameters": {"properties": {"message": {
                             "type": "string", "description": "The message to reply the user with"}}}})
-    if task.tool_choice not in ("auto", "required"):
+    if task.tool_choice == "required":  # a call must come: the grammar offers no reply
+        offered = offered[:len(tools)]
+    elif task.tool_choice != "auto":
         offered = [f for f in offered if f["name"] == task.tool_choice]
     grammar = None if fconfig.grammar.disable else build_grammar(offered, fconfig)
     triggers = [{"type": 1, "value": t.word} for t in fconfig.grammar.triggers if t.word]

@@ -69,5 +69,8 @@ async def rerank(registry: ModelRegistry, task: RerankTask) -> RerankResult:
 
 async def transcribe(registry: ModelRegistry, task: TranscribeTask) -> Transcription:
     async with registry.lease(task.model, "transcribe") as lease:
+        config = lease.entry.config
+        default = (config.parameters.model_extra or {}).get("language") if config is not None else None
+        language = task.language or (default if isinstance(default, str) else None)  # LocalAI's parameters.language
         return await lease.run(lambda: lease.engine.transcribe(
-            task.audio, language=task.language, prompt=task.prompt, temperature=task.temperature))
+            task.audio, language=language, prompt=task.prompt, temperature=task.temperature))

@@ -88,8 +88,8 @@ def test_keys_add_prints_the_key_once_and_stores_only_its_hash(tmp_path: Path, c
 def test_keys_file_errors_say_what_and_where(tmp_path: Path) -> None:
     good = "a" * 64
     cases = {
-        f"- name: a\n  key: sk-123\n": "never the key itself",
-        f"- name: a\n  sha256: sk-123\n": "64 hex digits",
+        "- name: a\n  key: sk-123\n": "never the key itself",
+        "- name: a\n  sha256: sk-123\n": "64 hex digits",
         f"- name: a\n  sha256: {good}\n  request_per_minute: 5\n": "unknown field",
         f"- name: a\n  sha256: {good}\n- name: a\n  sha256: {'b' * 64}\n": "used twice",
         f"- name: a\n  sha256: {good}\n- name: b\n  sha256: {good}\n": "listed twice",

@@ -71,6 +71,7 @@ def test_config_defaults_fill_what_the_request_leaves_out(tmp_path: Path) -> Non
     assert call.body == {
         "temperature": 0.2, "top_p": 0.5, "top_k": 40, "max_tokens": 64, "seed": 7,
         "repeat_penalty": 1.3, "presence_penalty": 0.4, "frequency_penalty": 0.6,
+        "min_p": 0.0,  # LocalAI's default for what the config leaves out
         "messages": [{"role": "user", "content": "hi"}], "return_progress": True,
     }
 
@@ -129,7 +130,9 @@ def test_our_fields_never_reach_the_engine(tmp_path: Path) -> None:
     body = plan_completion(entry, {"model": "m", "prompt": "p", "user": "u", "stream": True,
                                    "stream_options": {"include_usage": True}, "echo": False,
                                    "suffix": "s", "best_of": 1, "n_probs": 2}).body
-    assert body == {"prompt": "p", "n_probs": 2, "return_progress": True}
+    # (the sampling values are LocalAI's defaults for what neither request nor config sets)
+    assert body == {"prompt": "p", "n_probs": 2, "temperature": 0.9, "top_p": 0.95, "top_k": 40, "min_p": 0.0,
+                    "return_progress": True}
 
 
 # Stopwords -----------------------------------------------------------------------------

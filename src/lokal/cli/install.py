@@ -102,6 +102,8 @@ def add_parsers(model_commands: Any, add_settings: Any) -> None:
     install.add_argument("ref", metavar="NAME_OR_REF")
     install.add_argument("--name", help="install under this model name")
     install.add_argument("--force", action="store_true", help="replace a model of that name")
+    install.add_argument("--variant", help="a gallery entry's build to install (one of its `variants`; "
+                                           "default: the entry itself)")
     add_settings(install)
     install.set_defaults(handler=cmd_install)
     search = model_commands.add_parser("search", help="search the galleries",
@@ -126,7 +128,7 @@ def cmd_install(settings: Settings, args: argparse.Namespace) -> int:
     async def run() -> int:
         manager = _manager(settings)
         display = ProgressDisplay(sys.stderr)
-        job = manager.start(args.ref, name=args.name, force=args.force)
+        job = manager.start(args.ref, name=args.name, force=args.force, variant=args.variant)
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGINT, job.cancel)
         try:

@@ -58,6 +58,8 @@ class LoadOptions:
     draft_path: Path | None = None
     mmproj_path: Path | None = None  # a multimodal projector: the model takes images
     voices_path: Path | None = None  # a speech model's voice pack (Kokoro)
+    #: engine settings a LocalAI config's `options:` ask for (llama.cpp: reasoning_format)
+    engine_params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -35,4 +35,8 @@ def create_engine(engine: str, options: LoadOptions) -> Engine:
         from lokal.engines.silero_vad import SileroVadEngine
 
         return SileroVadEngine(options)
+    if engine == "whisper-cpp":
+        from lokal.engines.whisper_cpp import WhisperCppEngine
+
+        return WhisperCppEngine(options)
     raise ModelLoadError(f"the {engine!r} engine is not available in this version of lokal")

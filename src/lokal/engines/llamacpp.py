@@ -123,6 +123,10 @@ def _engine_params(xllamacpp: Any, options: LoadOptions, info: GGUFInfo, loopbac
         params.pooling_type = xllamacpp.llama_pooling_type(pooling)
     if options.speculative is not None and not options.embeddings:
         _speculate(xllamacpp, params, options)
+    fmt = options.engine_params.get("reasoning_format")
+    if fmt is not None:  # how llama.cpp splits <think> blocks into reasoning_content
+        params.reasoning_format = getattr(xllamacpp.common_reasoning_format,
+                                          "COMMON_REASONING_FORMAT_" + fmt.upper().replace("-", "_"))
     if options.gpu_layers is not None:
         params.n_gpu_layers = options.gpu_layers
     if options.mmap is False:
@@ -278,7 +282,8 @@ class LlamaCppEngine(Engine):
 
 
 _SPECULATIVE = {"draft": "DRAFT_SIMPLE", "ngram_simple": "NGRAM_SIMPLE", "ngram_map_k": "NGRAM_MAP_K",
-                "ngram_map_k4v": "NGRAM_MAP_K4V", "ngram_mod": "NGRAM_MOD", "ngram_cache": "NGRAM_CACHE"}
+                "ngram_map_k4v": "NGRAM_MAP_K4V", "ngram_mod": "NGRAM_MOD", "ngram_cache": "NGRAM_CACHE",
+                "draft_mtp": "DRAFT_MTP", "draft_dflash": "DRAFT_DFLASH", "draft_eagle3": "DRAFT_EAGLE3"}
 
 
 def _speculate(xllamacpp: Any, params: Any, options: LoadOptions) -> None:
@@ -286,10 +291,15 @@ def _speculate(xllamacpp: Any, params: Any, options: LoadOptions) -> None:
     values = dict(options.speculative or {})
     kind = values.pop("type")
     spec = params.speculative
-    spec.types = [getattr(xllamacpp.common_speculative_type, "COMMON_SPECULATIVE_TYPE_" + _SPECULATIVE[kind])]
-    if kind == "draft":
+    engine_type = getattr(xllamacpp.common_speculative_type, "COMMON_SPECULATIVE_TYPE_" + _SPECULATIVE[kind], None)
+    if engine_type is None:  # never a silent fallback to no speculation
+        raise ModelLoadError(f"{options.model_path.name}: speculative decoding {kind!r} is not supported by "
+                             "this version of the llama.cpp engine (xllamacpp)")
+    spec.types = [engine_type]
+    if kind.startswith("draft"):
         target = spec.draft
-        target.mparams.path = str(options.draft_path)
+        if options.draft_path is not None:  # MTP without one uses the model's own head
+            target.mparams.path = str(options.draft_path)
         target.cpuparams.n_threads = options.threads
         target.cpuparams_batch.n_threads = options.threads
         if options.gpu_layers is not None:

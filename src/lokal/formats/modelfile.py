@@ -211,8 +211,10 @@ def check_magic(path: Path, head: bytes, size: int) -> None:
 class ModelFile:
     """What kind of model a path holds."""
 
-    kind: str  # "gguf", "hf" (a Hugging Face model folder) or "whisper-ct2" (CTranslate2 Whisper);
-    # speech models: "piper", "kokoro", "silero-vad" (lokal.formats.speechfile)
+    #: "gguf", "hf" (a Hugging Face model folder), "whisper-ct2" (CTranslate2 Whisper),
+    #: "whisper-ggml" (a whisper.cpp model); speech models: "piper", "kokoro", "silero-vad"
+    #: (lokal.formats.speechfile)
+    kind: str
     gguf: GGUFInfo | None = None
     hf_config: dict[str, Any] | None = None
     speech: Any = None  # a speech model's SpeechFile (voices, sample rate)
@@ -235,7 +237,25 @@ def inspect(path: Path) -> ModelFile:
         )
     if not path.exists():
         raise ModelFileError(f"model file {path.name} does not exist in the models folder")
+    if is_whisper_ggml(path):
+        return ModelFile(kind="whisper-ggml")
     return ModelFile(kind="gguf", gguf=read_gguf(path))
+
+
+def is_whisper_ggml(path: Path) -> bool:
+    """A whisper.cpp GGML model (LocalAI's `whisper` backend): the GGML magic, then
+    whisper's hyper-parameters (a vocabulary of 51864-51866 tokens, 1500 audio frames,
+    80 or 128 mel bands) where a legacy llama GGML has its own."""
+    try:
+        with path.open("rb") as stream:
+            head = stream.read(48)
+    except OSError:
+        return False
+    if len(head) < 48 or head[:4] not in (b"lmgg", b"ggml"):
+        return False
+    n_vocab, n_audio_ctx = struct.unpack("<ii", head[4:12])
+    n_mels = struct.unpack("<i", head[40:44])[0]
+    return 51000 <= n_vocab <= 52000 and n_audio_ctx == 1500 and n_mels in (80, 128)
 
 
 def is_cross_encoder(config: dict[str, Any] | None) -> bool:

@@ -23,6 +23,7 @@ from urllib.parse import unquote, urlsplit
 import yaml
 
 from lokal.errors import BadRequest, NotFound
+from lokal.formats import localai_yaml
 from lokal.transfer.netguard import OutboundPolicy
 
 BUILTIN_NAME = "lokal"
@@ -110,7 +111,7 @@ def read_source(policy: OutboundPolicy, url: str, *, what: str, allow_file: bool
 def load_yaml(data: bytes, what: str) -> Any:
     """YAML from untrusted bytes; errors name what and the line."""
     try:
-        return yaml.safe_load(data.decode("utf-8"))
+        return localai_yaml.load(data.decode("utf-8"))  # go-yaml's dialect, as LocalAI reads it
     except UnicodeDecodeError:
         raise GalleryError(f"{what} is not UTF-8 text") from None
     except yaml.YAMLError as exc:

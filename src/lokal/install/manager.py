@@ -45,7 +45,7 @@ from pydantic import ValidationError
 
 from lokal.errors import (BadRequest, Conflict, InsufficientStorage, LokalError, NotFound,
                           ServerError)
-from lokal.install import references
+from lokal.install import localai_gallery, references
 from lokal.transfer.downloader import (DISK_RESERVE, Cancelled, Downloader, file_sha256, human,
                                       partial_path)
 from lokal.install.gallery import (Entry, Galleries, GallerySource, load_yaml, parse_galleries,
@@ -137,6 +137,7 @@ class Job:
         self.bytes_done = 0
         self.removed: list[str] = []
         self.kept: list[str] = []
+        self.variant: str | None = None  # the build of a gallery entry asked for (LocalAI's `variant`)
         self._cancel = threading.Event()
         self._planned = asyncio.Event() if not deletion else None
         self._done = asyncio.Event() if not deletion else None
@@ -312,7 +313,7 @@ class InstallManager:
 
     def start(self, ref: str, name: str | None = None, force: bool = False,
               overrides: dict[str, Any] | None = None,
-              files: list[dict[str, Any]] | None = None) -> Job:
+              files: list[dict[str, Any]] | None = None, variant: str | None = None) -> Job:
         """Start installing ref (see `lokal.install.references`) as name. Returns the job at
         once; planning errors end it (and `await job.planned()` raises them)."""
         if overrides is not None and not isinstance(overrides, dict):
@@ -320,6 +321,7 @@ class InstallManager:
         if files is not None and not isinstance(files, list):
             raise BadRequest("files must be a list of {filename, uri, sha256}", param="files")
         job = Job(ref, name=name)
+        job.variant = variant
         self.jobs[job.uuid] = job
         job.task = asyncio.get_running_loop().create_task(
             self._run(job, ref, name, force, overrides or {}, files or []), name=f"install {job.uuid}")
@@ -387,7 +389,7 @@ class InstallManager:
     def _plan(self, job: Job, ref_text: str, name: str | None, force: bool,
               overrides: dict[str, Any], extra_files: list[dict[str, Any]]) -> Plan:
         ref = references.parse(ref_text, allow_file=self.allow_file)
-        doc, default_name = self._document(ref)
+        doc, default_name = self._document(ref, job.variant)
         if name is not None:
             name = check_model_name(name)
         else:
@@ -396,6 +398,7 @@ class InstallManager:
         config = _deep_merge(config, overrides)
         file_items = file_items + list(extra_files)
         config["name"] = name
+        file_items = self._localai_rules(config, file_items, name)
         files = self._file_specs(file_items, config)
         templates = self._templates(prompt_templates)
         self._check_config(config, files, templates)
@@ -415,11 +418,33 @@ class InstallManager:
             raise Cancelled(name)
         return plan
 
-    def _document(self, ref: references.Reference) -> tuple[dict[str, Any], str]:
+    def _localai_rules(self, config: dict[str, Any], items: list[Any], name: str) -> list[Any]:
+        """LocalAI's gallery as lokal plans it (see `localai_gallery`): refused with the reason
+        before any download, or a Hugging Face repo's files added where the config names one."""
+        why = localai_gallery.refusal(config, f"model {name!r}")
+        if why is not None:
+            raise localai_gallery.NotServable(f"cannot install {name!r}: {why}")
+        repo = localai_gallery.hf_repo(config, items)
+        if repo is None:
+            return items
+        repo_items = localai_gallery.repo_files(repo, self._hf_listing(repo), name, _hf_meta)
+        config["parameters"] = dict(config.get("parameters") or {}, model=name)
+        return items + repo_items
+
+    def _document(self, ref: references.Reference, variant: str | None = None) -> tuple[dict[str, Any], str]:
         """The install document (LocalAI gallery-model form) and the default name."""
         if ref.kind == "gallery":
             entry = self.galleries.find(ref.name or "", ref.gallery)
+            chosen = localai_gallery.choose_variant(entry.raw, variant, f"gallery entry {entry.name!r}")
+            if chosen is not None:
+                build = self.galleries.find(chosen, entry.gallery.name)
+                if build.raw.get("variants"):
+                    raise BadRequest(f"variant {chosen!r} of {entry.name!r} declares variants of its own; "
+                                     "the gallery is inconsistent", param="variant")
+                return self._entry_document(build), entry.name
             return self._entry_document(entry), entry.name
+        if variant is not None:
+            raise BadRequest("a variant can be named only for a gallery entry", param="variant")
         if ref.kind == "config":
             assert ref.url is not None
             what = f"config {ref.url}"

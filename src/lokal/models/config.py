@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lokal import templates
+from lokal.formats import localai_yaml
 from lokal.formats.modelfile import GGUFInfo, ModelFile, ModelFileError, inspect, is_cross_encoder, read_gguf
-from lokal.models import download, speech
+from lokal.models import download, localai_config, speech
+from lokal.models.localai_functions import FunctionConfig
 from lokal.transfer import paths
 
 log = logging.getLogger(__name__)
@@ -58,7 +60,7 @@ class Parameters(BaseModel):
     model: str | None = None
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
-    top_k: int | None = Field(None, ge=0)
+    top_k: int | None = Field(None, ge=-1)  # -1: off (llama.cpp's word for it)
     min_p: float | None = Field(None, ge=0, le=1)
     max_tokens: int | None = Field(None, ge=0)
     seed: int | None = None
@@ -108,6 +110,7 @@ class TemplateConfig(BaseModel):
     chat: str | None = None
     chat_message: str | None = None
     completion: str | None = None
+    function: str | None = None  # LocalAI: the prompt when a request has tools
     use_tokenizer_template: bool = False
     join_chat_messages_by_character: str | None = None
 
@@ -166,12 +169,50 @@ class ModelConfig(BaseModel):
     # Tool calls: the model's own format through its chat template (native), lokal's JSON
     # envelope held by a grammar (grammar), or native when the template knows tools (auto).
     function_calling: Literal["auto", "native", "grammar"] = "auto"
+    # LocalAI's fields beyond these (models.localai_config, models.localai_functions): its
+    # function-calling block, llama.cpp options (`name:value`), a GGUF reranker flag, and
+    # the last touches to a reply.
+    function: FunctionConfig | None = None
+    options: list[str] = Field(default_factory=list)
+    reranking: bool = False
+    cutstrings: list[str] = Field(default_factory=list)
+    extract_regex: list[str] = Field(default_factory=list)
+    trimspace: list[str] = Field(default_factory=list)
+    trimsuffix: list[str] = Field(default_factory=list)
+
+    @field_validator("options", "cutstrings", "extract_regex", "trimspace", "trimsuffix", mode="before")
+    @classmethod
+    def _string_list(cls, value: Any) -> Any:
+        if value is None:
+            return []
+        items = value if isinstance(value, list) else [value]
+        return [str(v) if isinstance(v, (int, float, bool)) else v for v in items]
+
+    @model_validator(mode="after")
+    def _localai_values(self) -> ModelConfig:
+        options = localai_config.parse_options(self.options)
+        try:
+            localai_config.speculation(options, self.draft_model, self.n_draft)
+            localai_config.engine_params(options)
+            localai_config.finetune(self)
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    @property
+    def option_values(self) -> dict[str, str]:
+        return localai_config.parse_options(self.options)
 
     @property
     def speculation(self) -> dict[str, Any] | None:
         """The speculative decoding the config asks for, as engine values, or None."""
         if self.speculative is not None:
             values = self.speculative.engine_values()
+        elif "spec_type" in self.option_values or "speculative_type" in self.option_values:
+            spec = localai_config.speculation(self.option_values, self.draft_model, self.n_draft)
+            if spec is None:
+                return None
+            values = spec
         elif self.draft_model:
             values = {"type": "draft"}
         else:
@@ -227,6 +268,7 @@ class ChatTemplates:
     chat: templates.Template | None = None
     chat_message: templates.Template | None = None
     completion: templates.Template | None = None
+    function: templates.Template | None = None
 
     @property
     def renders_chat(self) -> bool:
@@ -298,9 +340,10 @@ def load_templates(models_path: Path, config: ModelConfig) -> ChatTemplates:
         chat=_load_template(models_path, config.template.chat, "chat"),
         chat_message=_load_template(models_path, config.template.chat_message, "chat_message"),
         completion=_load_template(models_path, config.template.completion, "completion"),
+        function=_load_template(models_path, config.template.function, "function"),
     )
     if config.template.use_tokenizer_template:
-        loaded.chat = loaded.chat_message = None
+        loaded.chat = loaded.chat_message = loaded.function = None
     return loaded
 
 
@@ -367,7 +410,8 @@ def _entry_from_config(models_path: Path, config: ModelConfig, source: Path) -> 
                 entry.downloads.append(download.Download(url, path))
         entry.model_path = confine(models_path, model)
         speculation = config.speculation
-        if speculation is not None and speculation["type"] == "draft":
+        if speculation is not None and (speculation["type"] in localai_config.DRAFT_FILE_TYPES
+                                        or (speculation["type"] == "draft_mtp" and config.draft_model)):
             if not config.draft_model:
                 raise ConfigError("speculative.type draft needs draft_model: a GGUF in the models folder")
             entry.draft_path = confine(models_path, config.draft_model, what="draft model")
@@ -393,7 +437,8 @@ def _entry_from_config(models_path: Path, config: ModelConfig, source: Path) -> 
                               "set template.use_tokenizer_template: true, or function_calling: grammar")
         waiting = {d.path for d in entry.downloads if not d.path.exists()}
         if waiting & {_template_file(models_path, value) for value in (
-                config.template.chat, config.template.chat_message, config.template.completion)}:
+                config.template.chat, config.template.chat_message, config.template.completion,
+                config.template.function)}:
             entry.templates_pending = True  # read once the downloads are in
         else:
             entry.templates = load_templates(models_path, config)
@@ -429,7 +474,7 @@ def read_config_file(models_path: Path, path: Path) -> list[ModelEntry]:
     """Entries for every config in one YAML file; errors become failed entries."""
     fallback = path.stem
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = localai_yaml.load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         return [ModelEntry(name=fallback, source=path, error=f"{path.name} is not valid YAML: {exc}")]
     if raw is None:
@@ -446,6 +491,10 @@ def read_config_file(models_path: Path, path: Path) -> list[ModelEntry]:
             entries.append(ModelEntry(name=name, source=path,
                                       error=f"{path.name}: {_validation_message(exc)}"))
             continue
+        unknown = localai_config.unknown_options(config.option_values, config.engine)
+        if unknown:
+            log.warning("model %s: options %s mean nothing to lokal's %s engine; ignored", config.name,
+                        ", ".join(unknown), config.engine or "llama-cpp")
         entries.append(_entry_from_config(models_path, config, path))
     return entries
 
@@ -560,7 +609,7 @@ def describe_projector(path: Path, model: GGUFInfo | None) -> GGUFInfo:
 def abilities(model_file: ModelFile, embeddings: bool) -> tuple[frozenset[str], str | None]:
     """The tasks a model file serves and how it reranks; `embeddings` is the
     config's flag that lets a chat GGUF embed too."""
-    if model_file.kind == "whisper-ct2":
+    if model_file.kind in ("whisper-ct2", "whisper-ggml"):
         return frozenset({"transcribe"}), None
     if model_file.kind == "hf":
         if is_cross_encoder(model_file.hf_config):
@@ -609,8 +658,10 @@ def describe(entry: ModelEntry) -> None:
     except (ModelFileError, OSError) as exc:
         entry.error = str(exc)
         return
-    embeddings = entry.config.embeddings if entry.config is not None else False
-    entry.tasks, entry.rerank_by = abilities(entry.file, embeddings)
+    entry.tasks, entry.rerank_by, refused = localai_config.decide_tasks(entry.config, entry.file, abilities)
+    if refused is not None:
+        entry.error = refused
+        return
     if entry.file.gguf is not None:
         entry.native_tools = template_supports_tools(entry.file.gguf.metadata)
     if entry.draft_path is not None:

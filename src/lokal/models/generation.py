@@ -23,6 +23,7 @@ from lokal import threadnames
 from lokal.engines.base import ChunkSink
 from lokal.errors import EngineStuck, LokalError, RequestTimeout, ShuttingDown
 from lokal.models.functions import EnvelopeReader, new_call_id
+from lokal.models.localai_functions import ReplyReader
 from lokal.models.prompting import EngineCall
 from lokal.models.stops import StopScanner
 from lokal.tasks import Delta, PromptProgress, ToolCallDelta, Usage
@@ -187,6 +188,7 @@ class Generation:
         self._interrupted: BaseException | None = None
         self._queue: asyncio.Queue[Any] = asyncio.Queue()  # the engine thread's chunks
         self._readers: dict[int, EnvelopeReader] = {}
+        self._shapers: dict[int, ReplyReader] = {}  # LocalAI's reply handling, per choice
         self._calls_seen: set[tuple[int, int]] = set()  # (choice, position) of native calls begun
         self._prompt_sum = 0
         self._completion_sum = 0
@@ -375,7 +377,11 @@ class Generation:
                 calls = envelope_calls
             if finish == "stop" and reader.is_call:
                 finish = "tool_calls"
-        elif calls and finish == "stop":
+        elif self.call.reply is not None:
+            shaper = self._shapers.setdefault(index, ReplyReader(self.call.reply))
+            text, parsed = shaper.feed(text, finish is not None, engine_calls=bool(calls))
+            calls = calls or parsed
+        if calls and finish == "stop":
             finish = "tool_calls"
         stop_sequence = None
         scanner = self._scanner

@@ -26,7 +26,8 @@ GIB = 1 << 30
 # for llama.cpp with a small model; torch-based engines import far more).
 PROCESS_OVERHEAD = {"llama-cpp": 56 * MIB, "sentence-transformers": 450 * MIB, "whisper": 200 * MIB,
                     # onnxruntime engines; Kokoro loads OpenJTalk's dictionary for Japanese too
-                    "piper": 110 * MIB, "kokoro": 220 * MIB, "silero-vad": 60 * MIB}
+                    "piper": 110 * MIB, "kokoro": 220 * MIB, "silero-vad": 60 * MIB,
+                    "whisper-cpp": 60 * MIB}
 DEFAULT_UBATCH = 512
 
 

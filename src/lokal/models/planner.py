@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from lokal.engines.base import LoadOptions
 from lokal.errors import ModelCapabilityError, ModelUnavailableError
+from lokal.models import localai_config
 from lokal.models.config import ModelEntry
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,7 @@ DEFAULT_CONTEXT = 4096
 VISION_MIN_CONTEXT = 2048
 
 _FILE_ENGINES = {"gguf": "llama-cpp", "hf": "sentence-transformers", "whisper-ct2": "whisper",
-                 "piper": "piper", "kokoro": "kokoro", "silero-vad": "silero-vad"}
+                 "piper": "piper", "kokoro": "kokoro", "silero-vad": "silero-vad", "whisper-ggml": "whisper-cpp"}
 _WRONG_ENGINE = {
     "gguf": "a GGUF file (use backend llama-cpp)",
     "hf": "a Hugging Face model folder (use backend sentence-transformers, or convert it with "
@@ -32,6 +33,7 @@ _WRONG_ENGINE = {
     "piper": "a Piper voice (use backend piper)",
     "kokoro": "a Kokoro model (use backend kokoro)",
     "silero-vad": "a Silero VAD model (use backend silero-vad)",
+    "whisper-ggml": "a whisper.cpp model (use backend whisper)",
 }
 
 
@@ -86,14 +88,20 @@ def plan_load(entry: ModelEntry, task: str, defaults: EngineDefaults) -> LoadPla
     assert config is not None and entry.model_path is not None and model_file is not None
     file_engine = _FILE_ENGINES[model_file.kind]
     engine = config.engine or file_engine
+    if file_engine == "whisper-cpp" and (config.backend or "").strip().lower() == "whisper":
+        engine = file_engine  # LocalAI's `whisper` backend is whisper.cpp; its GGML files run there
     if engine != file_engine:
         raise ModelUnavailableError(entry.name, f"backend {config.backend!r} cannot serve "
                                                 f"{entry.model_path.name}: it is {_WRONG_ENGINE[model_file.kind]}")
     check_task(entry, task)
     instance = instance_for(entry, task)
     speculative = config.speculation if instance == "generate" else None
-    if speculative is not None and entry.draft_file is not None:
+    if speculative is not None and entry.draft_file is not None and speculative["type"] == "draft":
         check_draft(entry)
+    engine_params = localai_config.engine_params(config.option_values) if engine == "llama-cpp" else {}
+    why = localai_config.speculation_problem(speculative, model_file.gguf, entry.draft_path)
+    if why is not None:
+        raise ModelUnavailableError(entry.name, why)
     trained = model_file.gguf.context_length if model_file.gguf else None
     context = config.context_size or defaults.context_size
     if context is None:
@@ -108,6 +116,11 @@ def plan_load(entry: ModelEntry, task: str, defaults: EngineDefaults) -> LoadPla
         log.warning("model %s: context raised from %d to %d tokens, the least a model taking "
                     "images (mmproj) runs with", entry.name, context, VISION_MIN_CONTEXT)
         context = VISION_MIN_CONTEXT
+    if vision and speculative is not None:
+        # As LocalAI documents it: llama.cpp does not speculate while a projector is loaded.
+        log.warning("model %s: speculative decoding (%s) is off while it takes images (mmproj); remove "
+                    "mmproj from its config to speculate", entry.name, speculative["type"])
+        speculative = None
     if trained and context > trained:
         log.warning("model %s: context_size %d exceeds the %d tokens it was trained on",
                     entry.name, context, trained)
@@ -115,7 +128,7 @@ def plan_load(entry: ModelEntry, task: str, defaults: EngineDefaults) -> LoadPla
         model_path=entry.model_path,
         context_size=context,
         threads=config.threads or defaults.threads,
-        parallel=defaults.parallel,
+        parallel=engine_params.pop("parallel", defaults.parallel),
         f16=config.f16,
         mmap=config.mmap,
         gpu_layers=config.gpu_layers,
@@ -127,6 +140,7 @@ def plan_load(entry: ModelEntry, task: str, defaults: EngineDefaults) -> LoadPla
         draft_path=entry.draft_path if speculative is not None else None,
         mmproj_path=entry.mmproj_path if vision else None,
         voices_path=entry.voices_path,
+        engine_params=engine_params,
     )
     return LoadPlan(engine, instance, options, task)
 

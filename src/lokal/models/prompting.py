@@ -20,6 +20,8 @@ from typing import Any, Literal
 from lokal import templates
 from lokal.errors import BadRequest
 from lokal.models.config import ModelEntry
+from lokal.models import localai_config
+from lokal.models import localai_functions as localai
 from lokal.models.functions import FunctionPlan, FunctionSpecError, plan_functions, prompt_messages
 from lokal.models.planner import EngineDefaults
 from lokal.tasks import ChatTask, CompletionTask, GenerationOptions, ImagePart, Message, Tool
@@ -51,6 +53,8 @@ class EngineCall:
     #: an answer can say which one ended it; empty when the engine matches them (several
     #: choices at once, where one match must not stop the others)
     stops: list[str] = field(default_factory=list)
+    #: LocalAI's reply handling (its function block, cutstrings & co.), when the config has it
+    reply: localai.ReplyShaping | None = None
 
 
 _SAMPLING = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty",
@@ -94,6 +98,8 @@ def _engine_body(entry: ModelEntry, options: GenerationOptions, defaults: Engine
     if config is not None:
         for key, value in config.parameters.request_defaults().items():
             body.setdefault(key, value)
+        for key, value in localai_config.sampling_defaults(config.engine).items():
+            body.setdefault(key, value)
     if "max_tokens" not in body and defaults is not None and defaults.max_tokens:
         body["max_tokens"] = defaults.max_tokens
     stops = _stops(config.stopwords if config is not None else [], [] if scan_stops else sampling.stop)
@@ -130,8 +136,11 @@ def _render(template: templates.Template, data: dict[str, Any]) -> str:
         raise PromptError(f"the model's prompt template failed: {exc}") from exc
 
 
-def render_chat(entry: ModelEntry, messages: list[Message]) -> str:
-    """Messages into one prompt, as LocalAI does with `roles`, `chat_message` and `chat`."""
+def render_chat(entry: ModelEntry, messages: list[Message],
+                functions: localai.LocalAIPlan | None = None) -> str:
+    """Messages into one prompt, as LocalAI does with `roles`, `chat_message` and `chat`
+    (with LocalAI's function plan: past calls as `.FunctionCall`, and `template.function`
+    with `.Functions` in place of `template.chat`)."""
     config = entry.config
     assert config is not None
     roles = config.roles
@@ -141,6 +150,9 @@ def render_chat(entry: ModelEntry, messages: list[Message]) -> str:
     for index, message in enumerate(messages):
         role = message.role
         text = message.text
+        extra = localai.message_data(message) if functions is not None else {}
+        if extra and role == "assistant" and roles.get("assistant_function_call"):
+            role = "assistant_function_call"
         if entry.templates.chat_message is not None:
             rendered = _render(entry.templates.chat_message, {
                 "SystemPrompt": config.system_prompt or "",
@@ -150,23 +162,34 @@ def render_chat(entry: ModelEntry, messages: list[Message]) -> str:
                 "FunctionName": message.name or "",
                 "LastMessage": index == last,
                 "MessageIndex": index,
+                "FunctionCall": extra.get("FunctionCall"),
+                "Function": functions is not None and functions.grammar is not None and index == last,
             })
             if rendered == "":
                 continue  # LocalAI skips messages its template renders empty
             parts.append(rendered)
             continue
         prefix = roles.get(role, "")
-        parts.append(f"{prefix}{text}" if text else "")  # LocalAI: the role only with content
+        part = f"{prefix}{text}" if text else ""  # LocalAI: the role only with content
+        if extra:  # a past call without a message template: its JSON after the text
+            calls = json.dumps(extra["FunctionCall"], ensure_ascii=False, separators=(",", ":"))
+            calls = f"{prefix} {calls}" if prefix else calls
+            part = f"{part}\n{calls}" if text else calls
+        parts.append(part)
         if text and role == "system":
             suppress_system = True
     joiner = config.template.join_chat_messages_by_character
     prompt = ("\n" if joiner is None else joiner).join(parts)
-    if entry.templates.chat is not None:
-        prompt = _render(entry.templates.chat, {
+    template = entry.templates.chat
+    if functions is not None and functions.functions and entry.templates.function is not None:
+        template = entry.templates.function
+    if template is not None:
+        prompt = _render(template, {
             "SystemPrompt": config.system_prompt or "",
             "SuppressSystemPrompt": suppress_system,
             "Input": prompt,
             "Instruction": prompt,
+            "Functions": functions.functions if functions is not None else [],
         })
     return prompt
 
@@ -297,9 +320,14 @@ def plan_chat(entry: ModelEntry, task: ChatTask, defaults: EngineDefaults | None
     # A call that must happen (tool_choice required, or a named function) goes through
     # lokal's grammar even for native-format models: the engine does not enforce it there.
     enforced = bool(task.tools) and task.tool_choice not in ("auto", "none")
+    shaping = localai.shaping(entry, task)  # LocalAI's function block, cutstrings & co., or None
     if entry.tool_format == "native" and not enforced and (
             task.tools or any(m.tool_calls or m.role == "tool" for m in task.messages)):
-        return _plan_native(entry, task, body)
+        call = _plan_native(entry, task, body)
+        call.reply = shaping
+        return call
+    if shaping is not None and shaping.plan is not None and not shaping.plan.native:
+        return _plan_localai(entry, task, body, shaping)
     functions = plan_functions(task)
     messages = prompt_messages(task.messages, functions)
     if functions is not None:
@@ -315,9 +343,34 @@ def plan_chat(entry: ModelEntry, task: ChatTask, defaults: EngineDefaults | None
         body["prompt"] = prompt
         _completion_format(body)
         return EngineCall("completion", body, functions=functions, n=task.options.n,
-                          streamed=task.options.stream, stops=_scanned(task.options))
+                          streamed=task.options.stream, stops=_scanned(task.options), reply=shaping)
     body["messages"] = _engine_messages(entry, messages)
     return EngineCall("chat", body, functions=functions, n=task.options.n, streamed=task.options.stream,
+                      stops=_scanned(task.options), reply=shaping)
+
+
+def _plan_localai(entry: ModelEntry, task: ChatTask, body: dict[str, Any],
+                  shaping: localai.ReplyShaping) -> EngineCall:
+    """Tools as the model's LocalAI config sets them up (see `localai_functions`): its
+    templates render the functions and past calls, its grammar (if any) holds the reply,
+    and the whole reply is parsed with its rules."""
+    plan = shaping.plan
+    assert plan is not None
+    if plan.grammar is not None:
+        body.pop("response_format", None)
+        body.pop("json_schema", None)
+        body["grammar"] = plan.grammar
+        if plan.lazy_triggers:
+            body["grammar_lazy"] = True
+            body["grammar_triggers"] = plan.lazy_triggers
+    prompt = render_chat(entry, task.messages, plan)
+    log.debug("model %s: rendered chat prompt with functions: %r", entry.name, prompt)
+    body.pop("logprobs", None)
+    body.pop("top_logprobs", None)
+    body["prompt"] = prompt
+    _completion_format(body)
+    return EngineCall("completion", body, n=task.options.n, streamed=task.options.stream,
+                      reply=shaping, parallel_calls=plan.parallel,
                       stops=_scanned(task.options))
 
 
@@ -354,4 +407,4 @@ def plan_completion(entry: ModelEntry, task: CompletionTask,
     body["prompt"] = prompt
     _completion_format(body)
     return EngineCall("completion", body, n=task.options.n, streamed=task.options.stream,
-                      stops=_scanned(task.options) if scan else [])
+                      stops=_scanned(task.options) if scan else [], reply=localai.shaping(entry, None))

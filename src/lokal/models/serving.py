@@ -73,10 +73,13 @@ async def rerank(registry: ModelRegistry, task: RerankTask) -> RerankResult:
 
 async def transcribe(registry: ModelRegistry, task: TranscribeTask) -> Transcription:
     async with registry.lease(task.model, "transcribe") as lease:
+        config = lease.entry.config
+        default = (config.parameters.model_extra or {}).get("language") if config is not None else None
+        language = task.language or (default if isinstance(default, str) else None)  # LocalAI's parameters.language
         # vad_filter is passed only when asked for, so engines without it (a Ray replica) serve the rest.
         vad = {"vad_filter": True} if task.vad_filter else {}
         result: Transcription = await lease.run(lambda: lease.engine.transcribe(
-            task.audio, language=task.language, prompt=task.prompt, temperature=task.temperature, **vad))
+            task.audio, language=language, prompt=task.prompt, temperature=task.temperature, **vad))
     if result.duration is not None:
         logs.annotate(audio_seconds=float(result.duration))
     return result

@@ -14,7 +14,7 @@ from pathlib import Path
 from lokal.errors import BadRequest
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+@ -]{0,127}$")
+_MODEL_NAME = re.compile(r"^[^\W_][\w.:+@ -]{0,127}$")  # letters of any script (LocalAI's voice-pt_PT-tugão)
 #: Where lokal keeps its install records, inside the models folder.
 STATE_DIR = ".lokal"
 CONFIG_SUFFIXES = (".yaml", ".yml")
@@ -37,8 +37,8 @@ def check_model_name(name: str) -> str:
         raise UnsafePath(name, "a model name may not contain '/', '\\', '..' or control "
                                "characters (it names a file in the models folder)", param="name")
     if not _MODEL_NAME.match(name):
-        raise UnsafePath(name, "a model name is 1-128 letters, digits and . _ - : + @ or spaces, "
-                               "starting with a letter or digit", param="name")
+        raise UnsafePath(name, "a model name is 1-128 letters (of any script), digits and . _ - : + @ "
+                               "or spaces, starting with a letter or digit", param="name")
     return name
 
 

@@ -49,6 +49,8 @@ class ApplyRequest(BaseModel):
     overrides: dict[str, Any] = Field(default_factory=dict)
     files: list[ApplyFile] = Field(default_factory=list)
     force: bool = False
+    #: one build of an entry that declares `variants` (LocalAI's field); default: the entry
+    variant: str | None = None
 
 
 def installer(request: Request) -> InstallManager:
@@ -67,7 +69,7 @@ async def apply(body: ApplyRequest, request: Request) -> dict[str, Any]:
                          "`config_url` (a model config)", param="id")
     manager = installer(request)
     job = manager.start(ref, name=body.name, force=body.force, overrides=body.overrides,
-                        files=[f.model_dump(exclude_none=True) for f in body.files])
+                        files=[f.model_dump(exclude_none=True) for f in body.files], variant=body.variant)
     await job.planned(timeout=PLAN_WAIT)
     return {"uuid": job.uuid, "status": _status_url(request, job.uuid)}
 

@@ -131,7 +131,8 @@ class ModelCapabilityError(BadRequest):
 
     def __init__(self, name: str, task: str, hint: str = "") -> None:
         what = {"chat": "chat", "complete": "text completion", "embed": "embeddings",
-                "rerank": "rerank", "transcribe": "audio transcription"}.get(task, task)
+                "rerank": "rerank", "transcribe": "audio transcription", "image": "image generation",
+                "image_edit": "image edits"}.get(task, task)
         super().__init__(f"The model '{name}' does not support {what}.{hint}", param="model")
         self.name = name
         self.task = task

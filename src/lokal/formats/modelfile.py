@@ -212,8 +212,10 @@ class ModelFile:
     """What kind of model a path holds."""
 
     kind: str  # "gguf", "hf" (a Hugging Face model folder) or "whisper-ct2" (CTranslate2 Whisper)
+    #           # "diffusers" or "sd-cpp": an image model (lokal.formats.diffusion)
     gguf: GGUFInfo | None = None
     hf_config: dict[str, Any] | None = None
+    diffusion: Any = None  # an image model's lokal.formats.diffusion.DiffusionInfo
 
 
 def inspect(path: Path) -> ModelFile:

@@ -44,8 +44,8 @@ from collections.abc import Callable
 from typing import Any
 
 from lokal.engines import engine_log
-from lokal.engines.base import (Engine, ChunkSink, EngineDied, Embeddings, LoadOptions,
-                                ModelLoadError, Scores, Transcription)
+from lokal.engines.base import (Engine, ChunkSink, EngineDied, Embeddings, ImageJob, ImageResult,
+                                LoadOptions, ModelLoadError, ProgressSink, Scores, Transcription)
 from lokal.errors import EngineError, EngineStopped
 
 # Named, not __name__: the worker runs as `python -m lokal.engines.worker` (__main__).
@@ -215,6 +215,9 @@ class WorkerEngine(Engine):
 
     def count_tokens(self, body: dict[str, Any]) -> int | None:
         return self._call("count_tokens", (body,))  # type: ignore[no-any-return]
+
+    def generate_image(self, job: ImageJob, sink: ProgressSink) -> ImageResult:
+        return self._call("generate_image", (job,), sink, 1 if self.slots else 0)  # type: ignore[no-any-return]
 
     def transcribe(self, audio: bytes, *, language: str | None = None, prompt: str | None = None,
                    temperature: float = 0.0) -> Transcription:
@@ -523,15 +526,14 @@ class _ToServer(logging.Handler):
 def _serve(engine: Engine, channel: _Channel, message: tuple[Any, ...], cancelled: set[int]) -> None:
     kind, call_id, *args = message
     try:
-        if kind in ("chat", "complete"):
+        if kind in ("chat", "complete", "generate_image"):
             def sink(chunk: dict[str, Any]) -> bool:
                 if call_id in cancelled:
                     return True
                 channel.send(("c", call_id, chunk))
                 return call_id in cancelled
 
-            getattr(engine, kind)(args[0], sink)
-            result: Any = None
+            result: Any = getattr(engine, kind)(args[0], sink)
         elif kind == "embed":
             result = engine.embed(*args)
         elif kind == "rerank":

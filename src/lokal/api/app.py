@@ -23,7 +23,8 @@ from lokal.api import ollama
 from lokal.api.ollama import manage as ollama_manage
 from lokal.api.ollama import routes as ollama_routes
 from lokal.api import anthropic, responses
-from lokal.api.openai import audio, embeddings, rerank
+from lokal.api import generated_images
+from lokal.api.openai import audio, embeddings, images_generation, rerank
 from lokal.api.openai import routes as openai
 from lokal.api.routes import health, metrics
 from lokal.api.ui import routes as ui
@@ -50,6 +51,7 @@ def create_app(settings: Settings, registry: ModelRegistry) -> FastAPI:
         finally:
             preload.cancel()
             await registry.close()
+            app.state.generated_images.close()
 
     app = FastAPI(title="lokal", version=__version__, lifespan=lifespan,
                   description="OpenAI- and LocalAI-compatible API for local models.",
@@ -67,6 +69,10 @@ def create_app(settings: Settings, registry: ModelRegistry) -> FastAPI:
     log_admin_posture(settings)
     app.state.metrics.track(registry.snapshot)
     registry.metrics = app.state.metrics  # its load, unload and embedding counters
+    content = settings.generated_content_path
+    app.state.generated_images = generated_images.GeneratedImages(
+        content / "images" if content is not None else None,
+        keep=settings.generated_images_keep, ttl=settings.generated_images_ttl)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(localai_models.router)  # before /models/{id} of the bare OpenAI routes
@@ -78,6 +84,9 @@ def create_app(settings: Settings, registry: ModelRegistry) -> FastAPI:
     app.include_router(audio.router, include_in_schema=False)
     app.include_router(rerank.router, prefix="/v1", tags=["Rerank"])
     app.include_router(rerank.router, include_in_schema=False)
+    app.include_router(images_generation.router, prefix="/v1", tags=["OpenAI"])
+    app.include_router(images_generation.router, include_in_schema=False)
+    app.include_router(generated_images.router)
     ollama.register()
     app.include_router(ollama_routes.router, prefix="/api", tags=["Ollama"])
     app.include_router(ollama_manage.router, prefix="/api", tags=["Ollama"])
@@ -95,7 +104,9 @@ def create_app(settings: Settings, registry: ModelRegistry) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, limit_bytes=settings.upload_limit_bytes)
     open_paths = OPEN_PATHS + ui.OPEN_PATHS + (("/metrics",) if settings.metrics_open else ())
     keys = settings.api_keys + settings.admin_keys if settings.api_keys else []  # admin key works too
-    app.add_middleware(AuthMiddleware, keys=keys, open_paths=open_paths)
+    # Generated images are read by their unguessable URLs, without a key (apps, <img> tags).
+    app.add_middleware(AuthMiddleware, keys=keys, open_paths=open_paths,
+                       open_prefixes=(generated_images.PREFIX + "/",))
     if settings.cors:
         origins = settings.cors_origins
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"],
@@ -103,7 +114,8 @@ def create_app(settings: Settings, registry: ModelRegistry) -> FastAPI:
                            expose_headers=["X-Request-ID"])
     app.add_middleware(BrowserRedirectMiddleware)  # outside auth: browsers at / go to /ui/
     routes = [getattr(r, "path", "") for router in (app.router, health.router, metrics.router,
-              openai.router, embeddings.router, audio.router, rerank.router) for r in router.routes]
+              openai.router, embeddings.router, audio.router, rerank.router, images_generation.router,
+              generated_images.router) for r in router.routes]
     app.add_middleware(ObservabilityMiddleware, metrics=app.state.metrics,
                        routes=[path for path in routes if path])
     app.add_middleware(NormalizeMiddleware)

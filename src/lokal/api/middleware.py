@@ -59,10 +59,12 @@ class NormalizeMiddleware:
 class AuthMiddleware:
     """With API keys set, every route but the open ones needs one."""
 
-    def __init__(self, app: ASGIApp, keys: list[str], open_paths: Iterable[str]) -> None:
+    def __init__(self, app: ASGIApp, keys: list[str], open_paths: Iterable[str],
+                 open_prefixes: tuple[str, ...] = ()) -> None:
         self.app = app
         self.keys = [k.encode() for k in keys]
         self.open_paths = frozenset(open_paths)
+        self.open_prefixes = open_prefixes  # paths under these need no key either
 
     def _presented(self, scope: Scope) -> bytes | None:
         headers = dict(scope["headers"])
@@ -80,7 +82,8 @@ class AuthMiddleware:
         return ok
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or scope["path"] in self.open_paths:
+        if scope["type"] != "http" or not self.keys or scope["path"] in self.open_paths \
+                or (self.open_prefixes and scope["path"].startswith(self.open_prefixes)):
             await self.app(scope, receive, send)
             return
         if not self._valid(self._presented(scope)):

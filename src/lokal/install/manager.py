@@ -45,7 +45,7 @@ from pydantic import ValidationError
 
 from lokal.errors import (BadRequest, Conflict, InsufficientStorage, LokalError, NotFound,
                           ServerError)
-from lokal.install import references
+from lokal.install import diffusers_repo, references
 from lokal.transfer.downloader import (DISK_RESERVE, Cancelled, Downloader, file_sha256, human,
                                       partial_path)
 from lokal.install.gallery import (Entry, Galleries, GallerySource, load_yaml, parse_galleries,
@@ -461,6 +461,12 @@ class InstallManager:
         files = self._hf_listing(repo)
         ggufs = sorted(p for p in files if p.lower().endswith(".gguf")
                        and not p.rsplit("/", 1)[-1].lower().startswith("mmproj"))
+        if not ggufs and diffusers_repo.is_diffusers_repo(files):  # an image model's folder
+            return diffusers_repo.document(
+                repo, files, lambda path: self.policy.fetch_bytes(
+                    self.policy.map(f"huggingface://{repo}/{path}"), what=f"{path} of {repo}"),
+                lambda path, filename: {"filename": filename, "uri": f"huggingface://{repo}/{path}",
+                                        **_hf_meta(files[path])})
         if not ggufs:
             raise NotFound(f"Hugging Face repo {repo} has no GGUF files", param="id")
         quant = (ref.quant or references.DEFAULT_QUANT).lower()

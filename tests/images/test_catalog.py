@@ -107,6 +107,16 @@ def test_a_loose_safetensors_is_not_a_model_but_a_configured_single_file_is(tmp_
     assert entry(models, "fill").file.diffusion.pipeline == "StableDiffusionInpaintPipeline"
 
 
+def test_a_folder_of_configs_only_is_no_model(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    configs = sd_folder(models / "sd15-configs")
+    for weights in configs.rglob("*.safetensors"):
+        weights.unlink()
+    assert scan_models(models) == []  # loose: not listed
+    (models / "art.yaml").write_text("name: art\nbackend: diffusers\nparameters:\n  model: sd15-configs\n")
+    assert "holds no weights" in entry(models, "art").error
+
+
 def test_files_that_cannot_be_image_models_say_why(tmp_path: Path) -> None:
     models = tmp_path / "models"
     models.mkdir()

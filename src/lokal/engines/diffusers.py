@@ -212,6 +212,8 @@ class DiffusersEngine(Engine):
                     if sink({"event": "image", "image": index, "data": data, "seed": job.seed + index,
                              "width": image.width, "height": image.height}):
                         raise _Stopped(index, steps)
+            except ValueError as exc:  # diffusers checks its inputs with ValueError (steps left by a strength ...)
+                raise EngineError(400, f"{type(pipe).__name__} refused the request: {exc}") from exc
             except _Stopped as stop:
                 log.info("image generation stopped at step %d of image %d of %d (the client went away "
                          "or the request ended)", stop.step, stop.image + 1, job.n)

@@ -136,6 +136,13 @@ def is_diffusers_folder(path: Path) -> bool:
     return path.is_dir() and (path / "model_index.json").is_file()
 
 
+def is_diffusers_model(path: Path) -> bool:
+    """A diffusers folder with weights: a model on its own (a folder of configs and tokenizer
+    only is a single file's `pipeline_config`, not a model)."""
+    return is_diffusers_folder(path) and any(
+        p.suffix in (".safetensors", ".bin") for part in path.iterdir() if part.is_dir() for p in part.iterdir())
+
+
 def inspect(path: Path, engine: str | None, *, pipeline: str | None = None,
             config_folder: Path | None = None) -> ModelFile | None:
     """The image model at path as its config's engine names it, or None when it is no image
@@ -240,7 +247,7 @@ def _vae_channels(vae: dict[str, Any]) -> int:
     return blocks[1] if len(blocks) > 1 else blocks[0]
 
 
-def _folder(path: Path, pipeline: str | None) -> DiffusionInfo:
+def _folder(path: Path, pipeline: str | None, *, allow_empty: bool = False) -> DiffusionInfo:
     index = _read_json(path / "model_index.json")
     declared = index.get("_class_name")
     if not isinstance(declared, str) or not declared:
@@ -257,6 +264,9 @@ def _folder(path: Path, pipeline: str | None) -> DiffusionInfo:
         size, needs = _component_weights(path / name)
         weights += size
         variant = variant or needs
+    if not weights and not allow_empty:
+        raise ModelFileError(f"{path.name}/ holds no weights, only configs (a folder like that is what "
+                             "diffusers.pipeline_config of a single-file checkpoint names)")
     vae = _config(path, "vae")
     denoiser = _config(path, "unet") or _config(path, "transformer") or _config(path, "prior")
     factor = _vae_factor(vae) if vae else 8
@@ -303,7 +313,7 @@ def _single_file(path: Path, pipeline: str | None, config_folder: Path | None) -
         if not is_diffusers_folder(config_folder):
             raise ModelFileError(f"diffusers.pipeline_config {config_folder.name!r} is not a diffusers "
                                  "folder (no model_index.json)")
-        configured = _folder(config_folder, pipeline)
+        configured = _folder(config_folder, pipeline, allow_empty=True)
     family = family_of(pipeline)
     vae_channels = 256
     if any(k.startswith("first_stage_model.decoder.up.1.") for k in table):

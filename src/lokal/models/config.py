@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lokal import templates
-from lokal.formats.diffusion import is_diffusers_folder
+from lokal.formats.diffusion import is_diffusers_model
 from lokal.formats.modelfile import GGUFInfo, ModelFile, ModelFileError, inspect, is_cross_encoder, read_gguf
 from lokal.models import download
 from lokal.models.image_config import DiffusersOptions, image_file, image_tasks
@@ -478,7 +478,7 @@ def scan_models(models_path: Path, config_file: Path | None = None) -> list[Mode
         projectors: list[Path] = []
         for path in sorted(models_path.iterdir()):
             if (path.suffix.lower() not in MODEL_SUFFIXES or not path.is_file()) \
-                    and not is_diffusers_folder(path):  # an image model's folder is a model too
+                    and not is_diffusers_model(path):  # an image model's folder is a model too
                 continue
             resolved = path.resolve()
             if resolved in referenced:

@@ -120,10 +120,11 @@ class ImageRun:
         once is an HTTP error (watch for the client leaving before: a queued request
         whose client left never reaches the engine)."""
         try:
-            async for batch in self._batches:
+            async for batch in self._batches:  # up to the first step: the inputs were taken
                 self._count(batch)
-                self.first = batch
-                break
+                self.first.extend(batch)
+                if any(event.get("event") != "start" for event in batch):
+                    break
         except BaseException:
             await self.close()
             raise

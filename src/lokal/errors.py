@@ -132,7 +132,8 @@ class ModelCapabilityError(BadRequest):
         what = {"chat": "chat", "complete": "text completion", "embed": "embeddings",
                 "rerank": "rerank", "transcribe": "audio transcription",
                 "speak": "speech synthesis (text to speech)",
-                "vad": "voice activity detection"}.get(task, task)
+                "vad": "voice activity detection", "image": "image generation",
+                "image_edit": "image edits"}.get(task, task)
         super().__init__(f"The model '{name}' does not support {what}.{hint}", param="model")
         self.name = name
         self.task = task

@@ -243,6 +243,30 @@ class Settings(BaseSettings):
         10, gt=0, le=600, validation_alias=_env("IMAGE_FETCH_TIMEOUT"),
         description="Seconds a remote image fetch may take.",
     )
+    # Image generation ---------------------------------------------------
+    image_max_side: int = Field(
+        1024, ge=64, le=8192, validation_alias=_env("IMAGE_MAX_SIDE"),
+        description="Largest width or height, in pixels, an image generation or edit may ask for "
+        "(an image model's memory estimate is taken at this size).",
+    )
+    image_max_n: int = Field(
+        4, ge=1, le=100, validation_alias=_env("IMAGE_MAX_N"),
+        description="Most images one image request may ask for (n).",
+    )
+    generated_content_path: Path | None = Field(
+        None, validation_alias=_env("GENERATED_CONTENT_PATH"),
+        description="Folder for generated images answered by URL (kept in its images/ "
+        "subfolder). Default: a private temporary folder, removed when the server stops.",
+    )
+    generated_images_ttl: float | None = Field(
+        3600, validation_alias=_env("GENERATED_IMAGES_TTL"),
+        description="How long a generated image stays at its URL (seconds or e.g. 1h; off: until "
+        "GENERATED_IMAGES_KEEP newer ones push it out).",
+    )
+    generated_images_keep: int = Field(
+        256, ge=1, le=1_000_000, validation_alias=_env("GENERATED_IMAGES_KEEP"),
+        description="Most generated images kept for URLs; the oldest are removed first.",
+    )
     # Model management (installs, deletes) -------------------------------
     galleries: str | None = Field(
         None, validation_alias=_env("GALLERIES"),
@@ -328,7 +352,8 @@ class Settings(BaseSettings):
         description="text, or json for one JSON object per line (Loki, Elastic).",
     )
 
-    @field_validator("watchdog_idle_timeout", "watchdog_busy_timeout", "request_timeout", mode="before")
+    @field_validator("watchdog_idle_timeout", "watchdog_busy_timeout", "request_timeout",
+                     "generated_images_ttl", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float | None:
         return parse_duration(value)

@@ -17,11 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Role = Literal["system", "user", "assistant", "tool"]
-Task = Literal["chat", "complete", "embed", "rerank", "transcribe", "speak", "vad"]
+Task = Literal["chat", "complete", "embed", "rerank", "transcribe", "speak", "vad", "image", "image_edit"]
 
 #: Every task lokal knows, in the order a model's main task is picked. `speak` is text to
-#: speech, `vad` voice activity detection (where in a recording someone speaks).
-TASKS: tuple[Task, ...] = ("chat", "complete", "embed", "rerank", "transcribe", "speak", "vad")
+#: speech, `vad` voice activity detection (where in a recording someone speaks); `image`:
+#: text to image, `image_edit`: an input image changed by a prompt (image-to-image, inpainting).
+TASKS: tuple[Task, ...] = ("chat", "complete", "embed", "rerank", "transcribe", "speak", "vad", "image",
+                           "image_edit")
 
 
 @dataclass(slots=True)
@@ -194,6 +196,33 @@ class VadTask:
     min_silence_ms: int = 100
     speech_pad_ms: int = 30
     task: Task = "vad"
+
+
+@dataclass(slots=True)
+class ImageTask:
+    """Make images from a prompt (`image`), or change an input image (`image_edit`).
+
+    Sizes are checked against the model once it is known (None: the model's own size);
+    the input image and mask are bytes already checked to decode."""
+
+    model: str
+    prompt: str
+    negative_prompt: str | None = None
+    n: int = 1
+    width: int | None = None
+    height: int | None = None
+    steps: int | None = None
+    seed: int | None = None
+    guidance: float | None = None
+    image: bytes | None = None
+    image_size: tuple[int, int] | None = None  # the input image's width and height
+    mask: bytes | None = None
+    strength: float | None = None
+    output_format: Literal["png", "jpeg", "webp"] = "png"
+    compression: int | None = None  # jpeg/webp quality, 0-100
+    partial_images: int = 0  # previews to send while streaming
+    stream: bool = False
+    task: Task = "image"
 
 
 # What a generation yields ----------------------------------------------------

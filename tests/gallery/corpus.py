@@ -54,17 +54,25 @@ class CorpusPolicy(OutboundPolicy):
         if "/api/models/" in url and "/tree/" in url:
             repo = url.split("/api/models/", 1)[1].split("/tree/", 1)[0]
             return json.dumps(hf_listing(repo)).encode()
+        if url.endswith("/model_index.json"):  # a diffusers repo's index (see hf_listing)
+            return json.dumps(DIFFUSERS_INDEX).encode()
         from lokal.transfer.netguard import FetchFailed
 
         raise FetchFailed(f"fetching {what} {url} failed: HTTP 404 (not in the corpus)")
 
 
+#: the model_index.json of a made-up diffusers repo (one part, with its config and weights)
+DIFFUSERS_INDEX = {"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"]}
+
+
 def hf_listing(repo: str) -> list[dict[str, Any]]:
-    """What a Hugging Face repo of a sentence-transformers / transformers model lists."""
+    """What a Hugging Face repo of a sentence-transformers / transformers model lists, with
+    a diffusers pipeline's index and part beside it (only diffusers entries read those)."""
     files = ["config.json", "modules.json", "model.safetensors", "tokenizer.json",
              "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
              "sentence_bert_config.json", "1_Pooling/config.json", "README.md", ".gitattributes",
-             "onnx/model.onnx", "pytorch_model.bin"]
+             "onnx/model.onnx", "pytorch_model.bin", "model_index.json", "unet/config.json",
+             "unet/diffusion_pytorch_model.safetensors"]
     return [{"type": "file", "path": p, "size": 1000} for p in files]
 
 
@@ -198,6 +206,13 @@ def write_stub(path: Path, config: dict[str, Any]) -> None:
         path.write_bytes(_WHISPER_GGML + struct.pack("<11i", 51865, 1500, 384, 6, 4, 448, 384, 6, 4, 80, 1))
     elif name.endswith(".bin") and str(config.get("backend", "llama-cpp")).lower() in ("llama-cpp", "llama"):
         write_gguf(path, chat_template="{% for m in messages %}{{ m.content }}{% endfor %}")  # GGUF named .bin
+    elif name.endswith(".safetensors"):  # a safetensors file with one small tensor
+        header = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+        path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 4)
+    elif name == "model_index.json":
+        path.write_text(json.dumps(DIFFUSERS_INDEX))
+    elif name == "config.json" and path.parent.name == "unet":
+        path.write_text(json.dumps({"_class_name": "UNet2DConditionModel", "sample_size": 64}))
     elif name == "config.json":
         path.write_text(json.dumps({"architectures": ["BertModel"], "model_type": "bert"}))
     elif name == "modules.json":

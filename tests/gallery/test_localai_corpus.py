@@ -89,7 +89,8 @@ def test_synthetic_gallery(tmp_path: Path) -> None:
     assert by_name["e5-openvino"].tasks == ("embed",)  # its known_usecases name embeddings only
     not_servable = {n for n, o in by_name.items() if o.refusal == "not-servable"}
     assert not_servable == {"vision-embedder", "tts-gguf", "router-score", "whisper-vad", "causal-openvino",
-                            "colbert", "image-model", "vllm-model"}
+                            "colbert", "vllm-model"}
+    assert set(by_name["image-model"].tasks) == {"image", "image_edit"}
     # Speech engines: a Piper voice speaks, Silero detects voice activity.
     assert by_name["voice-en"].tasks == ("speak",) and by_name["vad-silero"].tasks == ("vad",)
     assert "text-to-speech" in by_name["tts-gguf"].reason

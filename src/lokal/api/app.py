@@ -12,7 +12,8 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from lokal import __version__
-from lokal.api import anthropic, elevenlabs, localai, lokal, ollama, openai, responses, routes, ui
+from lokal.api import (anthropic, elevenlabs, generated_images, localai, lokal, ollama, openai, responses,
+                       routes, ui)
 from lokal.api.admin import log_admin_posture
 from lokal.api.errors import install_handlers
 from lokal.api.family import Families, Family
@@ -31,8 +32,8 @@ log = logging.getLogger(__name__)
 #: The API families a server speaks, in the order their routes are matched (LocalAI's
 #: /models/... paths before OpenAI's /models/{id}).
 FAMILIES: tuple[Family, ...] = (routes.HEALTH, routes.METRICS, localai.FAMILY, openai.FAMILY, openai.RERANK,
-                                ollama.FAMILY, responses.FAMILY, anthropic.FAMILY, elevenlabs.FAMILY, lokal.FAMILY,
-                                ui.FAMILY)
+                                ollama.FAMILY, responses.FAMILY, anthropic.FAMILY, elevenlabs.FAMILY, generated_images.FAMILY,
+                                lokal.FAMILY, ui.FAMILY)
 
 
 def create_app(settings: Settings, registry: ModelRegistry, families: tuple[Family, ...] = FAMILIES, *,
@@ -49,6 +50,7 @@ def create_app(settings: Settings, registry: ModelRegistry, families: tuple[Fami
         finally:
             preload.cancel()
             await registry.close()
+            app.state.generated_images.close()
 
     app = FastAPI(title="lokal", version=__version__, lifespan=lifespan,
                   description="OpenAI- and LocalAI-compatible API for local models.",
@@ -63,6 +65,10 @@ def create_app(settings: Settings, registry: ModelRegistry, families: tuple[Fami
     app.state.installer = installer or InstallManager.from_settings(settings, on_change=registry.scan)
     log_admin_posture(settings)
     app.state.metrics.track(registry.snapshot)
+    content = settings.generated_content_path
+    app.state.generated_images = generated_images.GeneratedImages(
+        content / "images" if content is not None else None,
+        keep=settings.generated_images_keep, ttl=settings.generated_images_ttl)
     app.state.families = Families.of(families)
     for family in families:
         family.install(app)
@@ -76,7 +82,8 @@ def create_app(settings: Settings, registry: ModelRegistry, families: tuple[Fami
     app.state.keys = Keyring(settings.api_keys, settings.admin_keys, keys_file)  # admin key works too
     app.state.usage = UsageLedger()
     app.add_middleware(KeysMiddleware, keyring=app.state.keys, open_paths=open_paths,
-                       ledger=app.state.usage, metrics=app.state.metrics)
+                       open_prefixes=app.state.families.open_prefixes, ledger=app.state.usage,
+                       metrics=app.state.metrics)
     if settings.cors:
         origins = settings.cors_origins
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"],

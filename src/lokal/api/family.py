@@ -44,8 +44,9 @@ class Family:
     envelope: Envelope | None = None
     #: successful requests are logged at debug level (probes, scrapes)
     quiet: bool = False
-    #: paths served without an API key
+    #: paths served without an API key, and prefixes of such paths
     open_paths: tuple[str, ...] = ()
+    open_prefixes: tuple[str, ...] = ()
 
     def install(self, app: FastAPI) -> None:
         for mount in self.mounts:
@@ -112,3 +113,7 @@ class Families:
     @property
     def open_paths(self) -> tuple[str, ...]:
         return tuple(p for f in self.families for p in f.open_paths)
+
+    @property
+    def open_prefixes(self) -> tuple[str, ...]:
+        return tuple(p for f in self.families for p in f.open_prefixes)

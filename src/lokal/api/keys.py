@@ -55,16 +55,18 @@ class KeysMiddleware:
     context is bound, its 401s are counted and logged)."""
 
     def __init__(self, app: ASGIApp, keyring: Keyring, open_paths: Iterable[str],
-                 ledger: UsageLedger, metrics: Metrics) -> None:
+                 ledger: UsageLedger, metrics: Metrics, open_prefixes: tuple[str, ...] = ()) -> None:
         self.app = app
         self.keyring = keyring
         self.open_paths = frozenset(open_paths)
+        self.open_prefixes = open_prefixes  # paths under these need no key either
         self.ledger = ledger
         self.metrics = metrics
         keyring.gate.on_refusal = metrics.key_refused
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.open_paths:
+        if scope["type"] != "http" or scope["path"] in self.open_paths or (
+                self.open_prefixes and scope["path"].startswith(self.open_prefixes)):
             await self.app(scope, receive, send)
             return
         caller = self.keyring.identify(presented_key(scope["headers"]))

@@ -28,6 +28,10 @@ def bad_param(message: str, param: str) -> EngineError:
     return error
 
 ChunkSink = Callable[[dict[str, Any]], bool]
+#: Image generation's progress, in order: {"event": "start", "prompt_tokens", "steps"}, then per
+#: image {"event": "step", "image", "step", "steps"} and {"event": "partial", "image", "index",
+#: "data"} (a preview, encoded), and {"event": "image", "image", "data", "seed"}. True: stop.
+ProgressSink = Callable[[dict[str, Any]], bool]
 
 
 class ModelLoadError(Exception):
@@ -60,6 +64,52 @@ class LoadOptions:
     voices_path: Path | None = None  # a speech model's voice pack (Kokoro)
     #: engine settings a LocalAI config's `options:` ask for (llama.cpp: reasoning_format)
     engine_params: dict[str, Any] = field(default_factory=dict)
+    diffusion: DiffusionOptions | None = None  # an image model's pipeline and limits
+
+
+@dataclass
+class DiffusionOptions:
+    """How an image model is loaded (a config's `diffusers:` block, `step`, `cfg_scale`)."""
+
+    info: Any  # lokal.formats.diffusion.DiffusionInfo, read by the catalog
+    pipeline: str | None = None  # a diffusers pipeline class (None: the folder's own)
+    scheduler: tuple[str, dict[str, Any]] | None = None  # scheduler class and its options
+    enabled: list[str] | None = None  # pipeline parameters a request may set (None: all)
+    clip_skip: int | None = None
+    steps: int | None = None  # when a request sets none
+    guidance: float | None = None
+    config_folder: Path | None = None  # configs and tokenizer for a single-file checkpoint
+    max_side: int = 1024  # the largest side a request may ask for (the memory estimate's)
+    options: list[str] = field(default_factory=list)  # LocalAI's `options:` (stable-diffusion.cpp)
+
+
+@dataclass
+class ImageJob:
+    """Images an engine is asked to make: checked and sized by the caller."""
+
+    prompt: str
+    width: int
+    height: int
+    negative_prompt: str | None = None
+    n: int = 1
+    steps: int | None = None
+    guidance: float | None = None
+    seed: int = 0  # image k uses seed + k
+    image: bytes | None = None  # image-to-image: the input (any format Pillow reads)
+    mask: bytes | None = None  # inpainting: white (or transparent, OpenAI's way) is repainted
+    strength: float | None = None
+    output_format: str = "png"  # png, jpeg or webp
+    compression: int | None = None  # jpeg/webp quality
+    partial_images: int = 0  # previews sent while denoising (each costs a VAE decode)
+
+
+@dataclass
+class ImageResult:
+    """What an image job ended with; the images themselves went to the progress sink."""
+
+    images: int  # made (fewer than asked when stopped)
+    prompt_tokens: int = 0
+    stopped_at: tuple[int, int] | None = None  # (image, step) where a stop request ended it
 
 
 @dataclass
@@ -176,6 +226,11 @@ class Engine(ABC):
                       min_silence_ms: int = 100, speech_pad_ms: int = 30) -> list[SpeechSegment]:
         """Where there is speech in audio: float32 little-endian mono samples at rate."""
         raise EngineError(400, "this model cannot detect voice activity")
+
+    def generate_image(self, job: ImageJob, sink: ProgressSink) -> ImageResult:
+        """Make job's images step by step, reporting progress and each image to sink;
+        a sink that returns True stops the work at the next step."""
+        raise EngineError(400, "this model cannot generate images")
 
     def count_tokens(self, body: dict[str, Any]) -> int | None:
         """Tokens of the prompt a chat body (`messages`) or completion body (`prompt`)

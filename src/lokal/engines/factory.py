@@ -39,4 +39,12 @@ def create_engine(engine: str, options: LoadOptions) -> Engine:
         from lokal.engines.whisper_cpp import WhisperCppEngine
 
         return WhisperCppEngine(options)
+    if engine == "diffusers":
+        from lokal.engines.diffusers import DiffusersEngine
+
+        return DiffusersEngine(options)
+    if engine == "stablediffusion-ggml":
+        from lokal.engines.sdcpp import StableDiffusionCppEngine
+
+        return StableDiffusionCppEngine(options)
     raise ModelLoadError(f"the {engine!r} engine is not available in this version of lokal")

@@ -44,8 +44,9 @@ from collections.abc import Callable
 from typing import Any
 
 from lokal.engines import engine_log
-from lokal.engines.base import (AudioSink, Engine, ChunkSink, EngineDied, Embeddings, LoadOptions,
-                                ModelLoadError, Scores, Speech, SpeechSegment, Transcription)
+from lokal.engines.base import (AudioSink, Engine, ChunkSink, EngineDied, Embeddings, ImageJob, ImageResult,
+                                LoadOptions, ModelLoadError, ProgressSink, Scores, Speech, SpeechSegment,
+                                Transcription)
 from lokal.errors import EngineError, EngineStopped
 
 # Named, not __name__: the worker runs as `python -m lokal.engines.worker` (__main__).
@@ -215,6 +216,9 @@ class WorkerEngine(Engine):
 
     def count_tokens(self, body: dict[str, Any]) -> int | None:
         return self._call("count_tokens", (body,))  # type: ignore[no-any-return]
+
+    def generate_image(self, job: ImageJob, sink: ProgressSink) -> ImageResult:
+        return self._call("generate_image", (job,), sink, 1 if self.slots else 0)  # type: ignore[no-any-return]
 
     def transcribe(self, audio: bytes, *, language: str | None = None, prompt: str | None = None,
                    temperature: float = 0.0, vad_filter: bool = False) -> Transcription:
@@ -549,9 +553,8 @@ def _serve(engine: Engine, channel: _Channel, message: tuple[Any, ...], cancelle
         return call_id in cancelled
 
     try:
-        if kind in ("chat", "complete"):
-            getattr(engine, kind)(args[0], sink)
-            result: Any = None
+        if kind in ("chat", "complete", "generate_image"):
+            result: Any = getattr(engine, kind)(args[0], sink)
         elif kind == "speak":
             text, voice, speed, language = args
             result = engine.speak(text, voice=voice, speed=speed, language=language, sink=sink)

@@ -213,11 +213,12 @@ class ModelFile:
 
     #: "gguf", "hf" (a Hugging Face model folder), "whisper-ct2" (CTranslate2 Whisper),
     #: "whisper-ggml" (a whisper.cpp model); speech models: "piper", "kokoro", "silero-vad"
-    #: (lokal.formats.speechfile)
+    #: (lokal.formats.speechfile); image models: "diffusers", "sd-cpp" (lokal.formats.diffusion)
     kind: str
     gguf: GGUFInfo | None = None
     hf_config: dict[str, Any] | None = None
     speech: Any = None  # a speech model's SpeechFile (voices, sample rate)
+    diffusion: Any = None  # an image model's lokal.formats.diffusion.DiffusionInfo
 
 
 def inspect(path: Path) -> ModelFile:

@@ -2,7 +2,7 @@
 reason, before any download), what it installs from a Hugging Face repo, and which of
 an entry's `variants` it installs.
 
-* **Engines lokal has not got yet** (`PENDING`): diffusers, stable-diffusion.cpp ...
+* **Engines lokal has not got yet** (`PENDING`): stable-diffusion.cpp ...
   are refused at planning with the reason; each row is flipped on (removed) when its
   engine lands. Backends lokal never serves (vLLM, MLX, ...) are refused as such.
 * **Tasks**: an entry whose `known_usecases` name only things lokal has no engine for
@@ -33,8 +33,8 @@ from lokal.models.localai_config import usecase_tasks
 #: row when the engine lands (the speech and images issues).
 PENDING: dict[str, str] = {
     "kokoros": "a Kokoro text-to-speech model for LocalAI's Rust runner: lokal runs Kokoro with backend kokoro",
-    "diffusers": "a diffusers image/video generation model: lokal has no image-generation engine yet",
-    "stablediffusion-ggml": "a stable-diffusion.cpp image model: lokal has no image-generation engine yet",
+    "stablediffusion-ggml": "a stable-diffusion.cpp image model: stable-diffusion-cpp-python does not build "
+                            "here yet, so lokal cannot run it (use a diffusers model: backend diffusers)",
     "stablediffusion": "a Stable Diffusion image model: lokal has no image-generation engine yet",
 }
 
@@ -44,6 +44,7 @@ _ENGINE_TASKS = {
     "sentence-transformers": frozenset({"embed", "rerank"}),
     "whisper": frozenset({"transcribe"}),
     "piper": frozenset({"speak"}), "kokoro": frozenset({"speak"}), "silero-vad": frozenset({"vad"}),
+    "diffusers": frozenset({"image", "image_edit"}),
 }
 
 #: usecases by what they are (for messages)
@@ -126,6 +127,20 @@ def hf_repo(config: dict[str, Any], files: list[Any]) -> str | None:
     if _BARE_ID.match(model) and backend in ("sentencetransformers", "sentence-transformers"):
         return f"sentence-transformers/{model}"  # how sentence-transformers resolves a bare name
     return None
+
+
+def diffusers_repo_of(config: dict[str, Any], files: list[Any]) -> str | None:
+    """The Hugging Face repo a diffusers entry's model names (LocalAI's diffusers backend
+    loads a repo id from the hub), when it names one instead of a file or folder."""
+    if str(config.get("backend") or "").strip().lower() != "diffusers":
+        return None
+    model = (config.get("parameters") or {}).get("model")
+    if not isinstance(model, str) or "://" in model or model.lower().endswith((".safetensors", ".ckpt")):
+        return None
+    names = {str(f.get("filename")) for f in files if isinstance(f, dict)}
+    if model in names or any(n.startswith(model.rstrip("/") + "/") for n in names):
+        return None
+    return model if _REPO_ID.match(model) else None
 
 
 def repo_files(repo: str, listing: dict[str, dict[str, Any]], folder: str,

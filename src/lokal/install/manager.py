@@ -45,7 +45,7 @@ from pydantic import ValidationError
 
 from lokal.errors import (BadRequest, Conflict, InsufficientStorage, LokalError, NotFound,
                           ServerError)
-from lokal.install import localai_gallery, references
+from lokal.install import diffusers_repo, localai_gallery, references
 from lokal.transfer.downloader import (DISK_RESERVE, Cancelled, Downloader, file_sha256, human,
                                       partial_path)
 from lokal.install.gallery import (Entry, Galleries, GallerySource, load_yaml, parse_galleries,
@@ -424,6 +424,20 @@ class InstallManager:
         why = localai_gallery.refusal(config, f"model {name!r}")
         if why is not None:
             raise localai_gallery.NotServable(f"cannot install {name!r}: {why}")
+        repo = localai_gallery.diffusers_repo_of(config, items)
+        if repo is not None:  # LocalAI's diffusers backend names a hub repo: its folder is installed
+            files = self._hf_listing(repo)
+            if not diffusers_repo.is_diffusers_repo(files):
+                raise localai_gallery.NotServable(
+                    f"cannot install {name!r}: Hugging Face repo {repo} has no model_index.json (lokal "
+                    "runs diffusers pipelines from a diffusers folder)")
+            document, _ = diffusers_repo.document(
+                repo, files, lambda path: self.policy.fetch_bytes(
+                    self.policy.map(f"huggingface://{repo}/{path}"), what=f"{path} of {repo}"),
+                lambda path, filename: {"filename": f"{name}/{path}", "uri": f"huggingface://{repo}/{path}",
+                                        **_hf_meta(files[path])})
+            config["parameters"] = dict(config.get("parameters") or {}, model=name)
+            return items + document["files"]
         repo = localai_gallery.hf_repo(config, items)
         if repo is None:
             return items
@@ -479,6 +493,12 @@ class InstallManager:
         files = self._hf_listing(repo)
         ggufs = sorted(p for p in files if p.lower().endswith(".gguf")
                        and not p.rsplit("/", 1)[-1].lower().startswith("mmproj"))
+        if not ggufs and diffusers_repo.is_diffusers_repo(files):  # an image model's folder
+            return diffusers_repo.document(
+                repo, files, lambda path: self.policy.fetch_bytes(
+                    self.policy.map(f"huggingface://{repo}/{path}"), what=f"{path} of {repo}"),
+                lambda path, filename: {"filename": filename, "uri": f"huggingface://{repo}/{path}",
+                                        **_hf_meta(files[path])})
         if not ggufs:
             raise NotFound(f"Hugging Face repo {repo} has no GGUF files", param="id")
         quant = (ref.quant or references.DEFAULT_QUANT).lower()

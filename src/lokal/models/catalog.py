@@ -112,7 +112,7 @@ class Catalog:
                     raise ModelUnavailableError(entry.name, str(exc)) from exc
                 entry.templates_pending = False
             if entry.file is None or (entry.mmproj_path is not None and not entry.vision):
-                await asyncio.to_thread(describe, entry)
+                await asyncio.to_thread(describe, entry, self.models_path)
         if entry.error is not None:
             raise ModelUnavailableError(entry.name, entry.error)
         if entry.file is None:

@@ -17,8 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from lokal import templates
 from lokal.formats import localai_yaml
+from lokal.formats.diffusion import is_diffusers_model
 from lokal.formats.modelfile import GGUFInfo, ModelFile, ModelFileError, inspect, is_cross_encoder, read_gguf
 from lokal.models import download, localai_config, speech
+from lokal.models.image_config import DiffusersOptions, image_file, image_tasks
 from lokal.models.localai_functions import FunctionConfig
 from lokal.transfer import paths
 
@@ -44,6 +46,9 @@ BACKEND_ALIASES = {
     "piper": "piper",
     "kokoro": "kokoro",
     "silero-vad": "silero-vad",
+    # Image generation (lokal.models.image_config).
+    "diffusers": "diffusers",
+    "stablediffusion-ggml": "stablediffusion-ggml",
 }
 _NAME = re.compile(r"^[^/\\\x00-\x1f\x7f]{1,256}$")
 
@@ -202,6 +207,10 @@ class ModelConfig(BaseModel):
     @property
     def option_values(self) -> dict[str, str]:
         return localai_config.parse_options(self.options)
+    # Image generation, as LocalAI's diffusers backend reads them (lokal.models.image_config).
+    diffusers: DiffusersOptions | None = None
+    step: int | None = Field(None, ge=1, le=1000)
+    cfg_scale: float | None = Field(None, ge=0, le=100)
 
     @property
     def speculation(self) -> dict[str, Any] | None:
@@ -514,12 +523,16 @@ def scan_models(models_path: Path, config_file: Path | None = None) -> list[Mode
                                       error=f"config file {config_file} does not exist"))
     referenced = {e.model_path for e in entries if e.model_path is not None}
     referenced |= {e.mmproj_path for e in entries if e.mmproj_path is not None}
+    referenced |= {(models_path / e.config.diffusers.pipeline_config).resolve() for e in entries
+                   if e.config is not None and e.config.diffusers is not None
+                   and e.config.diffusers.pipeline_config}  # a single file's configs: not a model
     if models_path.is_dir():
         root = models_path.resolve()
         loose: list[ModelEntry] = []
         projectors: list[Path] = []
         for path in sorted(models_path.iterdir()):
-            if path.suffix.lower() not in MODEL_SUFFIXES or not path.is_file():
+            if (path.suffix.lower() not in MODEL_SUFFIXES or not path.is_file()) \
+                    and not is_diffusers_model(path):  # an image model's folder is a model too
                 continue
             resolved = path.resolve()
             if resolved in referenced:
@@ -537,7 +550,7 @@ def scan_models(models_path: Path, config_file: Path | None = None) -> list[Mode
         entries.extend(loose)
     entries = _dedupe(entries)
     for entry in entries:
-        describe(entry)
+        describe(entry, models_path)
     return entries
 
 
@@ -609,6 +622,8 @@ def describe_projector(path: Path, model: GGUFInfo | None) -> GGUFInfo:
 def abilities(model_file: ModelFile, embeddings: bool) -> tuple[frozenset[str], str | None]:
     """The tasks a model file serves and how it reranks; `embeddings` is the
     config's flag that lets a chat GGUF embed too."""
+    if model_file.diffusion is not None:
+        return image_tasks(model_file.diffusion), None
     if model_file.kind in ("whisper-ct2", "whisper-ggml"):
         return frozenset({"transcribe"}), None
     if model_file.kind == "hf":
@@ -644,7 +659,7 @@ def template_supports_tools(metadata: dict[str, Any]) -> bool:
     return any(_TOOL_NAMES.search(block) for block in _JINJA_BLOCK.findall(template))
 
 
-def describe(entry: ModelEntry) -> None:
+def describe(entry: ModelEntry, models_path: Path | None = None) -> None:
     """Read the entry's model file once and record what it can do (or why not)."""
     if entry.error is not None or entry.model_path is None or not entry.model_path.exists():
         return
@@ -654,7 +669,10 @@ def describe(entry: ModelEntry) -> None:
         if speech_file is not None:  # text to speech, voice activity detection
             entry.file, entry.tasks = speech_file, speech.tasks_of(speech_file)
             return
-        entry.file = inspect(entry.model_path)
+        config = entry.config
+        entry.file = image_file(entry.model_path, config.engine if config is not None else None,
+                                config.diffusers if config is not None else None, models_path) \
+            or inspect(entry.model_path)
     except (ModelFileError, OSError) as exc:
         entry.error = str(exc)
         return

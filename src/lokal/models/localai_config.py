@@ -175,6 +175,7 @@ USECASE_TASKS: dict[str, frozenset[str]] = {
     "transcript": frozenset({"transcribe"}),
     "tts": frozenset({"speak"}),
     "vad": frozenset({"vad"}),
+    "image": frozenset({"image", "image_edit"}),
     "vision": frozenset(),  # an ability of a chat model (its mmproj), not a task of its own
     "tokenize": frozenset(),
 }
@@ -287,6 +288,8 @@ USED = frozenset({
     "roles", "system_prompt", "template", "known_usecases", "download_files", "embeddings", "mmproj",
     "truncate", "token_ids", "draft_model", "n_draft", "speculative", "function_calling", "function",
     "options", "reranking", "cutstrings", "extract_regex", "trimspace", "trimsuffix",
+    # speech (models.speech) and images (models.image_config)
+    "tts", "diffusers", "step", "cfg_scale", "messages",
 })
 USED_PARAMETERS = frozenset({"model", "temperature", "top_p", "top_k", "min_p", "max_tokens", "seed",
                              "repeat_penalty", "presence_penalty", "frequency_penalty", "language"})

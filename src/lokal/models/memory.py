@@ -23,11 +23,12 @@ from lokal.formats.modelfile import GGUFInfo, ModelFileError, read_gguf
 MIB = 1 << 20
 GIB = 1 << 30
 # A worker process with Python, lokal and the engine library, before any model (measured: ~56 MiB
-# for llama.cpp with a small model; torch-based engines import far more).
+# for llama.cpp with a small model; torch-based engines import far more: a diffusers worker peaked
+# at ~550 MiB with a tiny pipeline, tests/images/test_engine.py).
 PROCESS_OVERHEAD = {"llama-cpp": 56 * MIB, "sentence-transformers": 450 * MIB, "whisper": 200 * MIB,
                     # onnxruntime engines; Kokoro loads OpenJTalk's dictionary for Japanese too
                     "piper": 110 * MIB, "kokoro": 220 * MIB, "silero-vad": 60 * MIB,
-                    "whisper-cpp": 60 * MIB}
+                    "whisper-cpp": 60 * MIB, "diffusers": 560 * MIB, "stablediffusion-ggml": 64 * MIB}
 DEFAULT_UBATCH = 512
 
 
@@ -79,6 +80,10 @@ def estimate(engine: str, options: LoadOptions) -> Estimate:
     """What loading options.model_path with engine will take, in bytes."""
     weights = _size(options.model_path) + (_size(options.voices_path) if options.voices_path else 0)
     overhead = PROCESS_OVERHEAD.get(engine, 128 * MIB) + options.prompt_cache_mb * MIB
+    if options.diffusion is not None:
+        info = options.diffusion.info
+        side = options.diffusion.max_side
+        return Estimate(info.weights or weights, 0, image_activations(info, side, side), overhead)
     if engine != "llama-cpp":
         # torch, CTranslate2 and onnxruntime hold the weights in memory as stored (no mmap), plus
         # their runtime.
@@ -114,6 +119,23 @@ def _gguf(info: GGUFInfo, weights: int, overhead: int, options: LoadOptions) -> 
     # every token's logits are asked for, so it costs address space, not memory.)
     buffers = ubatch * width * 4 * 8 + vocab * max(1, options.parallel) * 4
     return Estimate(weights, kv, buffers, overhead, tokens=0 if info.is_encoder else tokens)
+
+
+def image_activations(info: object, width: int, height: int) -> int:
+    """What an image model's working tensors take for one width x height image, at the peak.
+
+    Two parts, summed: the denoiser's (classifier-free guidance runs a batch of two; the
+    skip connections and block outputs of a UNet at latent resolution, about 40 maps of its
+    first block's width) and the VAE decoder's at full resolution (about four maps as wide
+    as the level it upsamples from: the input, the upsampled copy, a conv's output and the
+    residual). Attention runs through torch's fused kernel, which never holds a whole
+    score matrix. Checked against the measured peak of a worker in
+    tests/models/test_image_memory.py."""
+    factor = int(getattr(info, "vae_factor", 8)) or 8
+    latent = (width // factor) * (height // factor)
+    denoiser = 2 * 40 * latent * int(getattr(info, "denoiser_channels", 320)) * 4
+    decoder = 4 * width * height * int(getattr(info, "vae_channels", 256)) * 4
+    return denoiser + decoder
 
 
 def meminfo() -> dict[str, int]:

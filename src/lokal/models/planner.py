@@ -12,10 +12,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from lokal.engines.base import LoadOptions
+from lokal.engines.base import DiffusionOptions, LoadOptions
 from lokal.errors import ModelCapabilityError, ModelUnavailableError
 from lokal.models import localai_config
+from lokal.formats.diffusion import EDIT_KINDS
 from lokal.models.config import ModelEntry
+from lokal.models.image_config import SCHEDULERS
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +26,8 @@ DEFAULT_CONTEXT = 4096
 VISION_MIN_CONTEXT = 2048
 
 _FILE_ENGINES = {"gguf": "llama-cpp", "hf": "sentence-transformers", "whisper-ct2": "whisper",
-                 "piper": "piper", "kokoro": "kokoro", "silero-vad": "silero-vad", "whisper-ggml": "whisper-cpp"}
+                 "piper": "piper", "kokoro": "kokoro", "silero-vad": "silero-vad", "whisper-ggml": "whisper-cpp",
+                 "diffusers": "diffusers", "sd-cpp": "stablediffusion-ggml"}
 _WRONG_ENGINE = {
     "gguf": "a GGUF file (use backend llama-cpp)",
     "hf": "a Hugging Face model folder (use backend sentence-transformers, or convert it with "
@@ -34,6 +37,8 @@ _WRONG_ENGINE = {
     "kokoro": "a Kokoro model (use backend kokoro)",
     "silero-vad": "a Silero VAD model (use backend silero-vad)",
     "whisper-ggml": "a whisper.cpp model (use backend whisper)",
+    "diffusers": "an image model (use backend diffusers)",
+    "sd-cpp": "an image model for stable-diffusion.cpp (use backend stablediffusion-ggml)",
 }
 
 
@@ -49,6 +54,8 @@ class EngineDefaults:
     prompt_cache_mb: int = 0
     #: tokens a generation may take when neither request nor config limits it (None: no cap)
     max_tokens: int | None = None
+    #: the largest width or height an image request may ask for (IMAGE_MAX_SIDE)
+    image_max_side: int = 1024
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,8 @@ def instance_for(entry: ModelEntry, task: str) -> str:
     """Which engine instance of the model serves task (after `check_task`)."""
     if task in ("chat", "complete"):
         return "generate"
+    if task in ("image", "image_edit"):
+        return "image"
     if task == "rerank":
         return "rerank" if entry.rerank_by == "cross-encoder" else "embed"
     return task
@@ -75,7 +84,10 @@ def check_task(entry: ModelEntry, task: str) -> None:
     if task in ("embed", "rerank") and "chat" in entry.tasks:
         hint = (" It is a text-generation model: set `embeddings: true` in its config to serve "
                 "embeddings and rerank too.")
-    elif task in ("chat", "complete", "speak", "vad", "transcribe"):
+    elif task == "image_edit" and "image" in entry.tasks:
+        hint = (" Its pipeline makes images from text only; image edits (image-to-image, "
+                f"inpainting) need one of: {EDIT_KINDS}.")
+    elif task in ("chat", "complete", "speak", "vad", "transcribe", "image", "image_edit"):
         hint = " It serves: " + ", ".join(sorted(entry.tasks)) + "."
     else:
         hint = ""
@@ -95,6 +107,8 @@ def plan_load(entry: ModelEntry, task: str, defaults: EngineDefaults) -> LoadPla
                                                 f"{entry.model_path.name}: it is {_WRONG_ENGINE[model_file.kind]}")
     check_task(entry, task)
     instance = instance_for(entry, task)
+    if instance == "image":
+        return LoadPlan(engine, instance, _image_options(entry, defaults))
     speculative = config.speculation if instance == "generate" else None
     if speculative is not None and entry.draft_file is not None and speculative["type"] == "draft":
         check_draft(entry)
@@ -145,6 +159,26 @@ def plan_load(entry: ModelEntry, task: str, defaults: EngineDefaults) -> LoadPla
     return LoadPlan(engine, instance, options, task)
 
 
+def _image_options(entry: ModelEntry, defaults: EngineDefaults) -> LoadOptions:
+    config, info = entry.config, entry.file.diffusion if entry.file is not None else None
+    assert config is not None and entry.model_path is not None and info is not None
+    options = config.diffusers
+    extra = (config.model_extra or {}).get("options")
+    return LoadOptions(
+        model_path=entry.model_path, context_size=0, threads=config.threads or defaults.threads,
+        parallel=1, f16=config.f16, mmap=config.mmap,
+        diffusion=DiffusionOptions(
+            info=info,
+            pipeline=options.pipeline_type if options is not None else None,
+            scheduler=SCHEDULERS[options.scheduler_type] if options is not None and options.scheduler_type
+            else None,
+            enabled=options.enabled if options is not None else None,
+            clip_skip=options.clip_skip if options is not None else None,
+            steps=config.step, guidance=config.cfg_scale, config_folder=info.config_folder,
+            max_side=defaults.image_max_side,
+            options=[str(o) for o in extra] if isinstance(extra, list) else []))
+
+
 def check_draft(entry: ModelEntry) -> None:
     """A draft model must share the model's vocabulary: its tokens are the model's tokens."""
     main = entry.file.gguf if entry.file is not None else None
@@ -163,7 +197,7 @@ def check_draft(entry: ModelEntry) -> None:
 
 def main_task(entry: ModelEntry) -> str:
     """What a model is mainly for (what a preload loads)."""
-    for task in ("chat", "embed", "rerank", "transcribe", "speak", "vad"):
+    for task in ("chat", "embed", "rerank", "transcribe", "speak", "vad", "image"):
         if task in entry.tasks:
             return task
     return "chat"

@@ -223,7 +223,7 @@ class LocalPool:
                 if instance is None:
                     instance = await self._load(entry, plan)
         limit = self.defaults.parallel + self.defaults.queue_size
-        if plan.instance == "generate" and instance.in_use >= limit:
+        if plan.instance in ("generate", "image") and instance.in_use >= limit:
             raise ModelBusyError(entry.name, limit)
         instance.take()
         lease = Lease(self, entry, instance, share)

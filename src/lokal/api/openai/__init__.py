@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 from lokal.api.family import Family, Mount
-from lokal.api.openai import audio, embeddings, rerank, routes, speech
+from lokal.api.openai import audio, embeddings, images_generation, rerank, routes, speech
 
 FAMILY = Family("openai", mounts=(
     Mount(routes.router, "/v1", ("OpenAI",), also_bare=True),
     Mount(embeddings.router, "/v1", ("OpenAI",), also_bare=True),
     Mount(audio.router, "/v1", ("OpenAI",), also_bare=True),
     Mount(speech.router, "/v1", ("OpenAI",), also_bare=True),
+    Mount(images_generation.router, "/v1", ("OpenAI",), also_bare=True),
 ))
 RERANK = Family("rerank", mounts=(Mount(rerank.router, "/v1", ("Rerank",), also_bare=True),),
                 prefixes=("/rerank",))

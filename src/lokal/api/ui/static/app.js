@@ -118,6 +118,7 @@ function fillPickers() {
   fillSelect($("stt-model"), "transcribe");
   fillSelect($("tts-model"), "speak");
   fillVoices();
+  fillSelect($("img-model"), "image");
   const chat = current();
   if (chat && chat.model && [...$("chat-model").options].some((o) => o.value === chat.model)) $("chat-model").value = chat.model;
   renderModels();
@@ -660,9 +661,92 @@ async function readAloud(text, button, status) {
   }
 }
 
+// ---------------------------------------------------------------- images
+
+let imageController = null;
+
+function imageRunning(on) {
+  $("img-generate").hidden = on;
+  $("img-stop").hidden = !on;
+  $("img-results").setAttribute("aria-busy", on ? "true" : "false");
+}
+
+function imageCard(index, seed) {
+  const img = make("img", { alt: `Image ${index + 1}${seed === null ? "" : ` (seed ${seed + index})`}` });
+  const link = make("a", { class: "small", text: "Download", hidden: true });
+  const caption = make("span", { class: "muted small", text: "waiting…" });
+  const item = make("li", { class: "preview", "data-index": String(index) }, img, caption, link);
+  return { item, img, link, caption };
+}
+
+$("img-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  if (imageController) return;
+  const model = $("img-model").value;
+  if (!model) {
+    say("img-status", "No image model is available: install or configure one on the Models page.", true);
+    return;
+  }
+  const n = Number($("img-n").value) || 1;
+  const seedText = $("img-seed").value.trim();
+  const seed = seedText === "" ? null : Number(seedText);
+  const request = { model, prompt: $("img-prompt").value, n, size: `${$("img-width").value}x${$("img-height").value}`,
+                    step: Number($("img-steps").value), stream: true, partial_images: 1, response_format: "b64_json" };
+  const negative = $("img-negative").value.trim();
+  if (negative) request.negative_prompt = negative;
+  if (seed !== null) request.seed = seed;
+  const cards = Array.from({ length: n }, (_, i) => imageCard(i, seed));
+  $("img-results").prepend(...cards.map((c) => c.item));
+  const bar = $("img-progress");
+  bar.value = 0;
+  bar.max = 1;
+  imageController = new AbortController();
+  imageRunning(true);
+  say("img-status", "Waiting for the model…");
+  const started = performance.now();
+  let made = 0;
+  try {
+    await stream("/v1/images/generations", request, {
+      signal: imageController.signal,
+      onEvent: (e) => {
+        if (e.error) throw new ApiError(e.error.code ?? 500, e.error.message ?? "The generation failed.");
+        const card = cards[e.image_index ?? 0];
+        if (e.type === "image_generation.progress") {
+          bar.max = n * e.steps;
+          bar.value = e.image_index * e.steps + e.step;
+          card.caption.textContent = `step ${e.step} of ${e.steps}`;
+          say("img-status", `Image ${e.image_index + 1} of ${n}: step ${e.step} of ${e.steps}`);
+        } else if (e.type === "image_generation.partial_image") {
+          card.img.src = `data:image/${e.output_format};base64,${e.b64_json}`;
+        } else if (e.type === "image_generation.completed") {
+          const url = `data:image/${e.output_format};base64,${e.b64_json}`;
+          card.img.src = url;
+          card.item.classList.remove("preview");
+          card.caption.textContent = `${e.size}${seed === null ? "" : ` · seed ${seed + e.image_index}`}`;
+          card.link.href = url;
+          card.link.download = `lokal-${Date.now()}-${e.image_index + 1}.${e.output_format === "jpeg" ? "jpg" : e.output_format}`;
+          card.link.hidden = false;
+          card.link.setAttribute("aria-label", `Download image ${e.image_index + 1}`);
+          made++;
+        }
+      },
+    });
+    bar.value = bar.max;
+    say("img-status", `${made} image${made === 1 ? "" : "s"} in ${((performance.now() - started) / 1000).toFixed(1)} s.`);
+  } catch (exc) {
+    if (exc.name === "AbortError") say("img-status", "Stopped: the server was told to stop generating.");
+    else say("img-status", message(exc), true);
+  } finally {
+    for (const card of cards) if (!card.link.href) card.item.remove();
+    imageController = null;
+    imageRunning(false);
+  }
+});
+$("img-stop").addEventListener("click", () => imageController?.abort());
+
 // ---------------------------------------------------------------- pages
 
-const PAGES = ["chat", "models", "playground"];
+const PAGES = ["chat", "models", "playground", "images"];
 
 function route() {
   const page = PAGES.includes(location.hash.slice(1)) ? location.hash.slice(1) : "chat";

@@ -29,12 +29,13 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv \
     && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/lokal
-# torch first, from the CPU index (the index's default Linux build of torch brings CUDA, GBs).
+# torch first, its wheel alone from the CPU index (the package index's Linux build of torch
+# brings CUDA, GBs); what it depends on comes from the package index with the rest below.
 RUN --mount=type=secret,id=ca-certificates --mount=type=cache,target=/root/.cache/pip \
     if [ -s /run/secrets/ca-certificates ]; then export PIP_CERT=/run/secrets/ca-certificates; fi; \
     case "$VARIANT" in \
       llama) ;; \
-      full) /opt/lokal/bin/pip install --index-url "$TORCH_INDEX_URL" torch==2.13.0 ;; \
+      full) /opt/lokal/bin/pip install --no-deps --index-url "$TORCH_INDEX_URL" torch==2.13.0 ;; \
       *) echo "VARIANT must be llama or full, not '$VARIANT'" >&2; exit 1 ;; \
     esac
 # The dependencies, from pyproject.toml alone (an empty package stands in for lokal), so that

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import os
 import shutil
@@ -88,13 +89,25 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# Looked up here, not between fork and exec (where another thread may hold the loader's lock).
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+
+
+def _die_with_parent() -> None:
+    """In a server's process before it runs lokal: the kernel SIGKILLs it when the thread
+    that started it ends (pytest's main thread: when pytest ends, even SIGKILLed)."""
+    _PRCTL(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
 class LokalServer:
     """`lokal serve` in a subprocess, its log in a file.
 
     The server runs in a session (and process group) of its own: a Ctrl-C in the terminal
     reaches pytest alone, which stops its servers in its teardowns; a server that cannot be
     stopped so (a second interrupt, a teardown that never ran) is killed with its engine
-    workers, its whole process group, when the run ends (`kill_leftover_servers`).
+    workers, its whole process group, when the run ends (`kill_leftover_servers`). One
+    started from pytest's main thread also dies with pytest (a parent-death signal), and
+    its engine workers die with it.
     """
 
     #: every server started and not yet stopped, in this process
@@ -119,8 +132,11 @@ class LokalServer:
         if "--threads" not in args:
             command += ["--threads", "2"]
         self._log = self.log_path.open("wb")
+        # The death signal follows the starting thread: only pytest's main thread lasts the run.
+        on_main = threading.current_thread() is threading.main_thread() and _PRCTL is not None
         self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env=full_env, cwd=cwd or models.parent, start_new_session=True)
+                                     env=full_env, cwd=cwd or models.parent, start_new_session=True,
+                                     preexec_fn=_die_with_parent if on_main else None)
         LokalServer.running.add(self)
         try:
             self._wait_alive()

@@ -69,6 +69,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if HERE in Path(item.path).parents:
             item.add_marker(pytest.mark.container)
+            # The first test's set-up makes the base image and builds the image: on a new
+            # machine that is minutes (debootstrap, every layer, pip's downloads).
+            item.add_marker(pytest.mark.timeout(3600))
 
 
 def unavailable(reason: str) -> None:

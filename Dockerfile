@@ -38,15 +38,17 @@ RUN --mount=type=secret,id=ca-certificates --mount=type=cache,target=/root/.cach
       full) /opt/lokal/bin/pip install --no-deps --index-url "$TORCH_INDEX_URL" torch==2.13.0 ;; \
       *) echo "VARIANT must be llama or full, not '$VARIANT'" >&2; exit 1 ;; \
     esac
-# The dependencies, from pyproject.toml alone (an empty package stands in for lokal), so that
-# this layer is rebuilt only when they change, not with every change to the source.
-COPY pyproject.toml README.md /src/
+# The dependencies, from pyproject.toml alone (an empty package and README stand in for
+# lokal's), so that this layer is rebuilt only when they change, not with every change to
+# the source or the README.
+COPY pyproject.toml /src/
 RUN --mount=type=secret,id=ca-certificates --mount=type=cache,target=/root/.cache/pip \
     if [ -s /run/secrets/ca-certificates ]; then export PIP_CERT=/run/secrets/ca-certificates; fi; \
-    mkdir -p /src/src/lokal && touch /src/src/lokal/__init__.py \
+    mkdir -p /src/src/lokal && touch /src/src/lokal/__init__.py /src/README.md \
     && extras=$([ "$VARIANT" = full ] && echo "[sentence-transformers,whisper]" || true) \
     && /opt/lokal/bin/pip install "/src$extras" \
-    && rm -rf /src/src /src/build
+    && rm -rf /src/src /src/build /src/README.md
+COPY README.md /src/
 COPY src /src/src
 RUN --mount=type=secret,id=ca-certificates --mount=type=cache,target=/root/.cache/pip \
     if [ -s /run/secrets/ca-certificates ]; then export PIP_CERT=/run/secrets/ca-certificates; fi; \

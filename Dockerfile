@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # lokal's container image (Docker or Podman). Two variants, by build argument:
 #
 #   docker build -t lokal .                                # llama.cpp only: GGUF chat, completion,

@@ -55,7 +55,8 @@ class Project:
             command += ["-f", path]
         result = subprocess.run([*command, *args], cwd=ROOT, env=self.env, capture_output=True,
                                 text=True, timeout=timeout)
-        assert result.returncode == 0, f"{' '.join(command + list(args))}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        assert result.returncode == 0, (f"{' '.join(command + list(args))}:\n"
+                                        f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
         return result.stdout
 
     def container(self, service: str) -> str:

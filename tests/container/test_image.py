@@ -105,7 +105,7 @@ def test_chat_and_embeddings_answer(lokal: Running) -> None:
     assert [len(v) for v in vectors] == [384, 384, 384]
 
     def cosine(a: list[float], b: list[float]) -> float:
-        return sum(x * y for x, y in zip(a, b)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+        return sum(x * y for x, y in zip(a, b, strict=True)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
 
     # A real sentence embedding: the paraphrase is nearer than the unrelated sentence.
     assert cosine(vectors[0], vectors[1]) > cosine(vectors[0], vectors[2]) + 0.2

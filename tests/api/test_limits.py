@@ -122,8 +122,8 @@ def test_sigterm_lets_requests_finish_then_ends_them_with_an_error(tmp_path: Pat
         assert events[-1] == "data: [DONE]"
         error = json.loads(events[-2][len("data: "):])
         assert error["error"]["code"] == 503 and "shutting down" in error["error"]["message"]
-        # uvicorn re-raises SIGTERM after a clean shutdown, so the exit status is the signal.
-        assert server.proc.wait(30) in (0, -signal.SIGTERM)
+        # A shutdown asked for with SIGTERM and done is a clean exit (docker stop, systemd).
+        assert server.proc.wait(30) == 0
         assert "Finished server process" in server.log()
     finally:
         server.stop()

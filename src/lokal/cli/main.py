@@ -170,14 +170,23 @@ def make_registry(settings: Settings, threads: int, engine_factory: Any = None, 
 
 class _GracefulServer:
     """uvicorn's server, telling running generations to end with an error event when
-    the grace period after SIGTERM runs out (instead of being cut mid-stream)."""
+    the grace period after SIGTERM runs out (instead of being cut mid-stream), and
+    exiting with status 0 once it has shut down for a SIGTERM."""
 
     def __new__(cls, config: Any, stopping: Any, grace: float) -> Any:
         import asyncio
+        import signal
 
         import uvicorn
 
         class Server(uvicorn.Server):
+            def run(self, sockets: Any = None) -> None:
+                # uvicorn puts back the handler it found and raises the signal it stopped
+                # for again: a stop asked for with SIGTERM and done is a clean exit (what
+                # `docker stop` and service managers expect), not a death by that signal.
+                signal.signal(signal.SIGTERM, lambda *_: None)
+                super().run(sockets)
+
             async def shutdown(self, sockets: Any = None) -> None:
                 log.info("shutting down: finishing running requests (up to %.0fs)", grace)
                 asyncio.get_running_loop().call_later(grace, stopping.set)

@@ -158,12 +158,16 @@ class EngineError(LokalError):
 
 
 class ContextOverflowError(BadRequest):
-    """A prompt longer than the model's context window."""
+    """A prompt longer than the model's context window. It carries the numbers, so that
+    each API family says it in its own clients' words (Anthropic's "prompt is too long",
+    OpenAI's context_length_exceeded, ...): the envelopes pick it by type."""
 
     def __init__(self, prompt_tokens: int, context: int, *, param: str = "messages") -> None:
         super().__init__(f"This model's maximum context length is {context} tokens, but the request "
                          f"has {prompt_tokens} prompt tokens. Shorten the messages or prompt.",
                          param=param, extra={"n_prompt_tokens": prompt_tokens, "n_ctx": context})
+        self.prompt_tokens = prompt_tokens
+        self.context = context
 
 
 class RequestTimeout(Timeout):

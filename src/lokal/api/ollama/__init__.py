@@ -8,13 +8,24 @@ from __future__ import annotations
 from typing import Any
 
 from lokal.api.errors import ENVELOPES, register_envelope
-from lokal.errors import LokalError
+from lokal.errors import ContextOverflowError, LokalError, UnknownModelError
 
 PREFIX = "/api"
 
 
+def ollama_message(err: LokalError) -> str:
+    """An error in Ollama's words where Ollama's clients know them."""
+    if isinstance(err, ContextOverflowError):
+        return ("the prompt is longer than the context length currently available to the model; "
+                "shorten the prompt, adjust the context length in settings, or use a model with a "
+                f"longer context length ({err.prompt_tokens} tokens > {err.context})")
+    if isinstance(err, UnknownModelError):
+        return f"model '{err.name}' not found"
+    return err.message
+
+
 def ollama_envelope(err: LokalError) -> dict[str, Any]:
-    return {"error": err.message}
+    return {"error": ollama_message(err)}
 
 
 def register() -> None:

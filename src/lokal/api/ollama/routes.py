@@ -24,6 +24,7 @@ from lokal.api.errors import as_lokal_error
 from lokal.api.generation import start
 from lokal.api.images import loader_for
 from lokal.api.ollama import models as catalog
+from lokal.api.ollama import ollama_envelope
 from lokal.api.ollama.protocol import ChatRequest, EmbeddingsRequest, EmbedRequest, GenerateRequest, ShowRequest
 from lokal.api.ollama.render import Shaper, Timer, ndjson, now
 from lokal.errors import BadRequest, ModelUnavailableError
@@ -118,7 +119,7 @@ async def _generate(request: Request, body: ChatRequest | GenerateRequest, entry
                     yield data
             yield ndjson(shaper.final(run.usage))
         except Exception as exc:  # noqa: BLE001 - after the first token: reported in-stream
-            yield ndjson({"error": as_lokal_error(exc).message})
+            yield ndjson(ollama_envelope(as_lokal_error(exc)))
 
     return StreamingResponse(lines(), media_type=NDJSON, background=after)
 

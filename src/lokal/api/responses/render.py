@@ -35,8 +35,11 @@ def usage_object(usage: Usage | None) -> dict[str, Any] | None:
 class ResponseRenderer:
     """The events and the response of one Responses request."""
 
-    def __init__(self, model: str, echo: dict[str, Any]) -> None:
+    def __init__(self, model: str, echo: dict[str, Any],
+                 namespaced: dict[str, tuple[str, str]] | None = None) -> None:
         self.id = _id("resp_")
+        # flat function name -> (namespace, name): calls go back under the client's names
+        self.namespaced = namespaced or {}
         self.model = model
         self.created_at = int(time.time())
         self.echo = echo  # request fields a response repeats (instructions, tools, ...)
@@ -73,14 +76,15 @@ class ResponseRenderer:
                     index = len(self.output)
                     self._calls[call.position] = index
                     item = {"id": _id("fc_"), "type": "function_call", "status": "in_progress",
-                            "call_id": call.id or _id("call_"), "name": call.name or "", "arguments": ""}
+                            "call_id": call.id or _id("call_"), "name": "", "arguments": ""}
+                    self._name(item, call.name)
                     self.output.append(item)
                     self._open = index
                     events.append(self._event("response.output_item.added", output_index=index,
                                               item=dict(item)))
                 item = self.output[index]
                 if call.name and not item["name"]:
-                    item["name"] = call.name
+                    self._name(item, call.name)
                 if call.arguments:
                     item["arguments"] += call.arguments
                     events.append(self._event("response.function_call_arguments.delta", item_id=item["id"],
@@ -88,6 +92,16 @@ class ResponseRenderer:
             if delta.finish_reason is not None:
                 self.finish = delta.finish_reason
         return events
+
+    def _name(self, item: dict[str, Any], name: str | None) -> None:
+        """A call's name as the client named the function: a namespaced one split apart."""
+        if not name:
+            return
+        namespaced = self.namespaced.get(name)
+        if namespaced is None:
+            item["name"] = name
+        else:
+            item["namespace"], item["name"] = namespaced
 
     def _text(self, kind: str, text: str) -> list[Event]:
         events: list[Event] = []
@@ -155,8 +169,10 @@ class ResponseRenderer:
         return events
 
     def fail(self, error: dict[str, Any]) -> list[Event]:
-        """An error after the stream began: an `error` event, then `response.failed`."""
-        code = str(error.get("type") or "server_error")
+        """An error after the stream began: an `error` event, then `response.failed`
+        (its code: the error's own where it has a word for it, else its type)."""
+        code = error.get("code") if isinstance(error.get("code"), str) else None
+        code = str(code or error.get("type") or "server_error")
         message = str(error.get("message") or "The server had an error.")
         return [self._event("error", code=code, message=message, param=error.get("param")),
                 self._event("response.failed", response=self.response(

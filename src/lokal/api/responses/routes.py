@@ -47,7 +47,7 @@ def _echo(body: ResponsesRequest) -> dict[str, Any]:
 async def create_response(body: ResponsesRequest, request: Request) -> Any:
     task = await body.to_task_with_images(loader_for(request))
     run = await start(request, task)
-    renderer = ResponseRenderer(body.model, _echo(body))
+    renderer = ResponseRenderer(body.model, _echo(body), body.namespaced())
     if not body.stream:
         renderer.feed(await run.collect())
         renderer.end(run.usage)

@@ -84,6 +84,13 @@ class ServerError(LokalError):
     type = "server_error"
 
 
+class BadGateway(LokalError):
+    """A server lokal had to reach (a model source, a gallery) could not be reached or failed (502)."""
+
+    status = 502
+    type = "upstream_error"
+
+
 class Unavailable(LokalError):
     status = 503
     type = "service_unavailable_error"

@@ -21,6 +21,7 @@ from lokal.api.middleware import (AuthMiddleware, BodyLimitMiddleware, Decompres
 from lokal.api.observability import ObservabilityMiddleware
 from lokal.api import ollama
 from lokal.api.ollama import manage as ollama_manage
+from lokal.api.ollama import rerank as ollama_rerank
 from lokal.api.ollama import routes as ollama_routes
 from lokal.api import anthropic, responses
 from lokal.api.openai import audio, embeddings, rerank
@@ -78,9 +79,11 @@ def create_app(settings: Settings, registry: ModelRegistry) -> FastAPI:
     app.include_router(audio.router, include_in_schema=False)
     app.include_router(rerank.router, prefix="/v1", tags=["Rerank"])
     app.include_router(rerank.router, include_in_schema=False)
+    app.include_router(rerank.router, prefix="/v2", include_in_schema=False)  # Cohere's v2 client
     ollama.register()
     app.include_router(ollama_routes.router, prefix="/api", tags=["Ollama"])
     app.include_router(ollama_manage.router, prefix="/api", tags=["Ollama"])
+    app.include_router(ollama_rerank.router, prefix="/api", tags=["Ollama"])
     app.include_router(ollama_routes.root, include_in_schema=False)
     app.include_router(responses.router, prefix="/v1", tags=["OpenAI Responses"])
     app.include_router(responses.router, include_in_schema=False)

@@ -34,9 +34,14 @@ from lokal.models.planner import instance_for, plan_load
 from lokal.models.registry import ModelRegistry
 from lokal.tasks import EmbedTask
 
-#: The Ollama API level lokal follows (docs/api.md, api/types.go of Ollama 0.12/0.13):
-#: clients gate features on this number (VS Code Copilot wants at least 0.6.4).
-OLLAMA_VERSION = "0.13.0"
+#: The Ollama API level lokal follows: clients gate features on this number (VS Code
+#: Copilot wants at least 0.6.4, Codex --oss 0.13.4 for /v1/responses). Checked against
+#: Ollama 0.32.15's docs/api.md, docs/openapi.yaml, api/types.go and server/routes.go:
+#: its local routes are lokal's (/v1/responses and /v1/messages since 0.13.x, /api/status,
+#: blobs and create); what it sends to ollama.com (push, me, signout, experimental web
+#: search and fetch) lokal does not do, and /api/status says so (cloud disabled).
+#: Raise it with those files' diff checked against the routes.
+OLLAMA_VERSION = "0.32.15"
 
 NDJSON = "application/x-ndjson"
 
@@ -189,9 +194,15 @@ async def embeddings(request: Request) -> Any:
                         background=_after(registry, entry, body.keep_alive_seconds))
 
 
-@router.get("/tags", summary="Ollama: the models this server has")
+#: What Ollama lists: models that complete (chat, text) or embed. Speech, reranker,
+#: image models are not offered to Ollama clients, which take whatever is listed for chat.
+LISTED_TASKS = frozenset({"chat", "complete", "embed"})
+
+
+@router.get("/tags", summary="Ollama: the models that chat, complete or embed")
 async def tags(request: Request) -> dict[str, Any]:
-    return {"models": [catalog.listing(e) for e in _registry(request).entries if e.ok]}
+    return {"models": [catalog.listing(e) for e in _registry(request).entries
+                       if e.ok and LISTED_TASKS & set(e.tasks)]}
 
 
 @router.post("/show", summary="Ollama: one model's details, model_info and capabilities")
@@ -236,6 +247,11 @@ async def ps(request: Request) -> dict[str, Any]:
 @router.get("/version", summary="Ollama: the API version lokal follows")
 async def version() -> dict[str, str]:
     return {"version": OLLAMA_VERSION}
+
+
+@router.get("/status", summary="Ollama: the server's status (no ollama.com cloud here)")
+async def status() -> dict[str, Any]:
+    return {"cloud": {"disabled": True, "source": "config"}}
 
 
 @root.get("/", summary="Ollama's probe: the server answers", response_class=PlainTextResponse)

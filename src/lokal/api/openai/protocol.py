@@ -442,7 +442,10 @@ class RerankRequest(_Request):
     query: str = Field(min_length=1)
     documents: list[str | RerankDocument] | None = Field(None, min_length=1, max_length=MAX_RERANK_DOCUMENTS)
     top_n: int | None = Field(None, ge=1)
-    return_documents: bool = True
+    # Each result's `document` only when asked for (as llama-server, Cohere): Dify's Ollama
+    # provider reads it as a string, its LocalAI provider as {"text"}, and both fall back
+    # to the documents they sent when it is absent.
+    return_documents: bool = False
     # Hugging Face TEI
     texts: list[str] | None = Field(None, min_length=1, max_length=MAX_RERANK_DOCUMENTS)
     raw_scores: bool = False

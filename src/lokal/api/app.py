@@ -20,6 +20,7 @@ from lokal.api.middleware import (AuthMiddleware, BodyLimitMiddleware, Decompres
                                   NormalizeMiddleware)
 from lokal.api.observability import ObservabilityMiddleware
 from lokal.api import ollama
+from lokal.api.ollama import create as ollama_create
 from lokal.api.ollama import manage as ollama_manage
 from lokal.api.ollama import rerank as ollama_rerank
 from lokal.api.ollama import routes as ollama_routes
@@ -84,6 +85,7 @@ def create_app(settings: Settings, registry: ModelRegistry) -> FastAPI:
     app.include_router(ollama_routes.router, prefix="/api", tags=["Ollama"])
     app.include_router(ollama_manage.router, prefix="/api", tags=["Ollama"])
     app.include_router(ollama_rerank.router, prefix="/api", tags=["Ollama"])
+    app.include_router(ollama_create.router, prefix="/api", tags=["Ollama"])
     app.include_router(ollama_routes.root, include_in_schema=False)
     app.include_router(responses.router, prefix="/v1", tags=["OpenAI Responses"])
     app.include_router(responses.router, include_in_schema=False)
@@ -95,7 +97,8 @@ def create_app(settings: Settings, registry: ModelRegistry) -> FastAPI:
     # Added innermost first: requests meet Normalize, Observability, CORS, Auth, BodyLimit,
     # Decompress in that order (answers of Auth and BodyLimit get request ids and are counted).
     app.add_middleware(DecompressMiddleware, limit_bytes=settings.upload_limit_bytes)
-    app.add_middleware(BodyLimitMiddleware, limit_bytes=settings.upload_limit_bytes)
+    app.add_middleware(BodyLimitMiddleware, limit_bytes=settings.upload_limit_bytes,
+                       exempt=ollama_create.STREAMED_UPLOADS)
     open_paths = OPEN_PATHS + ui.OPEN_PATHS + (("/metrics",) if settings.metrics_open else ())
     keys = settings.api_keys + settings.admin_keys if settings.api_keys else []  # admin key works too
     app.add_middleware(AuthMiddleware, keys=keys, open_paths=open_paths)

@@ -12,6 +12,7 @@ any other is held by a grammar to lokal's JSON envelope (see `functions`).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -270,8 +271,23 @@ def _plan_native(entry: ModelEntry, task: ChatTask, body: dict[str, Any]) -> Eng
                       streamed=task.options.stream)
 
 
+def with_preset(entry: ModelEntry, messages: list[Message]) -> list[Message]:
+    """The config's preset conversation (`messages:`) before the request's own, after the
+    request's leading system messages (a template wants the system prompt first)."""
+    config = entry.config
+    if config is None or not config.messages:
+        return messages
+    lead = 0
+    while lead < len(messages) and messages[lead].role == "system":
+        lead += 1
+    preset = [Message(m.role, m.content) for m in config.messages]
+    return [*messages[:lead], *preset, *messages[lead:]]
+
+
 def plan_chat(entry: ModelEntry, task: ChatTask, defaults: EngineDefaults | None = None) -> EngineCall:
     """The engine call for a chat task (defaults: the server's, for the token cap)."""
+    if entry.config is not None and entry.config.messages:
+        task = dataclasses.replace(task, messages=with_preset(entry, task.messages))
     body = _engine_body(entry, task.options, defaults)
     sampling = task.options.sampling
     if sampling.logprobs:

@@ -253,6 +253,8 @@ def show(entry: ModelEntry, verbose: bool = False) -> dict[str, Any]:
     }
     if entry.config is not None and entry.config.system_prompt:
         out["system"] = entry.config.system_prompt
+    if entry.config is not None and entry.config.messages:
+        out["messages"] = [m.model_dump() for m in entry.config.messages]
     license_ = entry.file.gguf.metadata.get("general.license") if entry.file and entry.file.gguf else None
     if isinstance(license_, str):
         out["license"] = license_

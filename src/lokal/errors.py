@@ -219,8 +219,23 @@ class InsufficientMemory(InsufficientStorage):
         super().__init__(message, extra={"needed_bytes": needed, "free_bytes": free})
 
 
+class InfillNotSupported(BadRequest):
+    """Fill in the middle (a suffix) asked of a model without FIM tokens."""
+
+    def __init__(self) -> None:
+        super().__init__("This model cannot fill in the middle: its vocabulary has no fill-in-the-middle "
+                         "tokens (prefix, suffix, middle). Leave out suffix, or use a code model made "
+                         "for infill.", param="suffix")
+
+
+#: The engine's kind for a model without fill-in-the-middle tokens.
+INFILL_NOT_SUPPORTED = "infill_not_supported"
+
+
 def normalize_engine_error(exc: EngineError) -> LokalError:
     """An engine's refusal in lokal's words where lokal knows better ones."""
+    if exc.kind == INFILL_NOT_SUPPORTED:
+        return InfillNotSupported()
     if exc.kind == "exceed_context_size_error":
         prompt, ctx = exc.details.get("n_prompt_tokens"), exc.details.get("n_ctx")
         if isinstance(prompt, int) and isinstance(ctx, int):

@@ -15,6 +15,8 @@ from lokal import __version__
 from lokal.api.admin import log_admin_posture
 from lokal.api.errors import install_handlers
 from lokal.api.localai import models as localai_models
+from lokal.api.localai import tokenize as localai_tokenize
+from lokal.api import llamaserver
 from lokal.api.lokal import routes as lokal_routes
 from lokal.api.middleware import (AuthMiddleware, BodyLimitMiddleware, DecompressMiddleware,
                                   NormalizeMiddleware)
@@ -91,6 +93,9 @@ def create_app(settings: Settings, registry: ModelRegistry) -> FastAPI:
     app.include_router(responses.router, include_in_schema=False)
     app.include_router(anthropic.router, prefix="/v1", tags=["Anthropic Messages"])
     app.include_router(anthropic.router, include_in_schema=False)
+    app.include_router(localai_tokenize.router)
+    app.include_router(llamaserver.router)
+    app.include_router(llamaserver.admin_router)
     app.include_router(lokal_routes.router)
     app.include_router(ui.router)
 

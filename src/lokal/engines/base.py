@@ -21,6 +21,9 @@ __all__ = ["EngineError"]
 
 ChunkSink = Callable[[dict[str, Any]], bool]
 
+#: llama-server's text utilities an engine may answer (`Engine.text_op`).
+TEXT_OPS = ("tokenize", "detokenize", "apply-template", "props", "slots")
+
 
 class ModelLoadError(Exception):
     """A model that could not be loaded; the message says why, for the user."""
@@ -113,6 +116,17 @@ class Engine(ABC):
                    temperature: float = 0.0) -> Transcription:
         """Speech in an audio file (any format the engine decodes) to text."""
         raise EngineError(400, "this model cannot transcribe audio")
+
+    def infill(self, body: dict[str, Any], sink: ChunkSink, *, streamed: bool = True) -> None:
+        """Fill in the middle (llama-server's /infill): body has `input_prefix`, `input_suffix`
+        (and `input_extra`, `prompt`) and the sampling fields; chunks in the text-completion
+        shape of `complete`."""
+        raise EngineError(400, "this model cannot fill in the middle")
+
+    def text_op(self, op: str, payload: dict[str, Any]) -> Any:
+        """llama-server's text utilities on this model, answered in its shapes: `tokenize`,
+        `detokenize`, `apply-template`, `props`, `slots` (see TEXT_OPS)."""
+        raise EngineError(400, f"this model's engine has no {op}")
 
     def count_tokens(self, body: dict[str, Any]) -> int | None:
         """Tokens of the prompt a chat body (`messages`) or completion body (`prompt`)

@@ -207,6 +207,12 @@ class WorkerEngine(Engine):
     def complete(self, body: dict[str, Any], sink: ChunkSink, *, streamed: bool = True) -> None:
         self._call("complete", (body,), sink, _slots_for(body, self.slots))
 
+    def infill(self, body: dict[str, Any], sink: ChunkSink, *, streamed: bool = True) -> None:
+        self._call("infill", (body,), sink, 1)
+
+    def text_op(self, op: str, payload: dict[str, Any]) -> Any:
+        return self._call("text_op", (op, payload))
+
     def embed(self, inputs: list[str] | list[list[int]], truncate: bool) -> Embeddings:
         return self._call("embed", (inputs, truncate))  # type: ignore[no-any-return]
 
@@ -523,7 +529,7 @@ class _ToServer(logging.Handler):
 def _serve(engine: Engine, channel: _Channel, message: tuple[Any, ...], cancelled: set[int]) -> None:
     kind, call_id, *args = message
     try:
-        if kind in ("chat", "complete"):
+        if kind in ("chat", "complete", "infill"):
             def sink(chunk: dict[str, Any]) -> bool:
                 if call_id in cancelled:
                     return True
@@ -541,6 +547,8 @@ def _serve(engine: Engine, channel: _Channel, message: tuple[Any, ...], cancelle
             result = engine.transcribe(audio, language=language, prompt=prompt, temperature=temperature)
         elif kind == "count_tokens":
             result = engine.count_tokens(*args)
+        elif kind == "text_op":
+            result = engine.text_op(*args)
         else:
             raise ValueError(f"unknown call {kind!r}")
         reply: tuple[Any, ...] = ("d", call_id, result)

@@ -194,7 +194,7 @@ class Generation:
         self._reported = False
         self.prompt_seconds: float | None = None  # the engine's own prompt time, when it says
         self._n = max(1, call.n)
-        run = lease.engine.chat if call.mode == "chat" else lease.engine.complete
+        run = {"chat": lease.engine.chat, "infill": lease.engine.infill}.get(call.mode, lease.engine.complete)
         body = call.body
         streamed = call.streamed
         engine_done = lease.hold()

@@ -40,7 +40,7 @@ class ImagesNotSupported(BadRequest):
 class EngineCall:
     """What to ask the engine: a chat or a plain completion, and the body."""
 
-    mode: Literal["chat", "completion"]
+    mode: Literal["chat", "completion", "infill"]
     body: dict[str, Any]
     rendered: list[str] | None = None  # prompts rendered by LocalAI templates, for debug logs
     functions: FunctionPlan | None = None  # the reply is lokal's JSON envelope: a call or an answer
@@ -321,10 +321,28 @@ def plan_chat(entry: ModelEntry, task: ChatTask, defaults: EngineDefaults | None
     return EngineCall("chat", body, functions=functions, n=task.options.n, streamed=task.options.stream)
 
 
+def _plan_infill(task: CompletionTask, body: dict[str, Any]) -> EngineCall:
+    if not isinstance(task.prompt, str):
+        raise BadRequest("suffix (fill in the middle) takes one prompt, as text.", param="prompt")
+    if task.echo or task.logprobs is not None or task.options.n != 1:
+        raise BadRequest("suffix (fill in the middle) takes no echo, logprobs or n.", param="suffix")
+    body.pop("n", None)
+    body.update(input_prefix=task.prompt, input_suffix=task.suffix)
+    if task.context_files:
+        body["input_extra"] = task.context_files
+    if task.middle:
+        body["prompt"] = task.middle
+    _completion_format(body)
+    return EngineCall("infill", body, streamed=task.options.stream)
+
+
 def plan_completion(entry: ModelEntry, task: CompletionTask,
                     defaults: EngineDefaults | None = None) -> EngineCall:
-    """The engine call for a text completion (prompt: str, list, or token ids)."""
+    """The engine call for a text completion (prompt: str, list, or token ids); with a
+    suffix, a fill-in-the-middle call (the engine's FIM format, no template)."""
     body = _engine_body(entry, task.options, defaults)
+    if task.suffix is not None:
+        return _plan_infill(task, body)
     prompt = task.prompt
     if task.echo:
         if not isinstance(prompt, str) and not all(isinstance(p, str) for p in prompt):

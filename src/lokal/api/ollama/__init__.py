@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from lokal.api.errors import ENVELOPES, register_envelope
-from lokal.errors import ContextOverflowError, LokalError, UnknownModelError
+from lokal.errors import ContextOverflowError, InfillNotSupported, LokalError, UnknownModelError
 from lokal.install.manager import ModelExists
 
 PREFIX = "/api"
@@ -22,6 +22,8 @@ def ollama_message(err: LokalError) -> str:
                 f"longer context length ({err.prompt_tokens} tokens > {err.context})")
     if isinstance(err, UnknownModelError):
         return f"model '{err.name}' not found"
+    if isinstance(err, InfillNotSupported):
+        return "this model does not support insert (suffix: it has no fill-in-the-middle tokens)"
     if isinstance(err, ModelExists):
         return (f"a model named '{err.name}' is here already, installed from another source; "
                 "delete it first (DELETE /api/delete) or copy it to another name (POST /api/copy)")

@@ -302,8 +302,13 @@ class GenerateRequest(_Generation):
 
     def to_task(self, model: str) -> tasks.ChatTask | tasks.CompletionTask:
         """raw: the prompt as it is (a text completion, no template); else a chat turn
-        through the model's template, with `system` when given."""
+        through the model's template, with `system` when given. With a `suffix`: fill in
+        the middle between prompt and suffix (the model's own FIM format)."""
         options = self.generation_options()
+        if self.suffix:
+            if self.images:
+                raise BadRequest("images cannot go with suffix (fill in the middle)", param="images")
+            return tasks.CompletionTask(model, self.prompt, options, suffix=self.suffix)
         if self.raw:
             if self.images:
                 raise BadRequest("images need the model's chat template: send them without raw "

@@ -18,11 +18,12 @@ from pydantic import Field
 from lokal.api.ollama import models as catalog
 from lokal.api.ollama.protocol import _Request
 from lokal.api.ollama.routes import read_body
-from lokal.api.openai.protocol import MAX_RERANK_DOCUMENTS
 from lokal.models import serving
 from lokal.tasks import RerankTask
 
 router = APIRouter()
+
+MAX_RERANK_DOCUMENTS = 1000
 
 
 class RerankRequest(_Request):

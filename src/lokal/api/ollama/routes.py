@@ -155,8 +155,6 @@ async def generate(request: Request) -> Any:
     timer = Timer()
     body = await read_body(request, GenerateRequest)
     entry = catalog.resolve(_registry(request), body.model)
-    if body.suffix:
-        raise BadRequest(f"model '{body.model}' does not support insert (suffix)", param="suffix")
     if not body.prompt and not body.images:
         task = "complete" if body.raw else "chat"
         reason = await _load_or_unload(_registry(request), entry, body.keep_alive_seconds, task)

@@ -74,3 +74,41 @@ def test_agents_first_requests_over_the_context_in_their_words(http: httpx.Clien
     codex = json.loads((AGENTS / "codex" / "001.json").read_text())["body"]
     r = http.post("/v1/responses", json=dict(codex, model="smol"))
     assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded", r.text[:300]
+
+
+@pytest.fixture(scope="module")
+def fim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    """SmolLM2 with three of its special tokens named as FIM tokens (tests/fixtures/fim_gguf.py)."""
+    from tests.conftest import smollm_gguf
+    from tests.fixtures.fim_gguf import write_fim_copy
+
+    models = tmp_path_factory.mktemp("fim") / "models"
+    models.mkdir()
+    write_fim_copy(smollm_gguf(), models / "fim.gguf", pre=4, suf=5, mid=6)
+    (models / "fim.yaml").write_text("name: fim\nparameters:\n  model: fim.gguf\n  temperature: 0\n"
+                                     "context_size: 1024\n")
+    with LokalServer(models, "--preload-models", "fim", "--parallel-requests", "1") as server:
+        server.wait_ready(120)
+        with httpx.Client(base_url=server.base, timeout=300) as client:
+            yield client
+
+
+def test_infill_whole_streamed_and_through_the_families(fim: httpx.Client) -> None:
+    body = {"input_prefix": "def add(a, b):\n    return ", "input_suffix": "\n\nprint(add(1, 2))\n",
+            "input_extra": [{"filename": "util.py", "text": "X = 1\n"}], "n_predict": 6}
+    r = fim.post("/infill", json=body)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert answer["stop"] is True and answer["tokens_predicted"] >= 1 and answer["tokens_evaluated"] > 10
+    assert answer["stop_type"] in ("limit", "eos")
+    with fim.stream("POST", "/infill", json=dict(body, stream=True)) as stream:
+        events = [json.loads(line[6:]) for line in stream.iter_lines() if line.startswith("data: ")]
+    assert events[-1]["stop"] is True
+    assert "".join(e["content"] for e in events if not e["stop"]) == answer["content"]  # greedy: the same
+    r = fim.post("/api/generate", json={"model": "fim", "prompt": body["input_prefix"],
+                                        "suffix": body["input_suffix"], "stream": False,
+                                        "options": {"num_predict": 6}})
+    assert r.status_code == 200 and r.json()["done"], r.text
+    r = fim.post("/v1/completions", json={"model": "fim", "prompt": body["input_prefix"],
+                                          "suffix": body["input_suffix"], "max_tokens": 6})
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1, r.text

@@ -104,6 +104,10 @@ def _engine_params(xllamacpp: Any, options: LoadOptions, info: GGUFInfo, loopbac
         params.kv_unified = False
     params.cont_batching = True
     params.cache_prompt = True
+    # A request goes to the idle slot whose cached prompt shares the most with its own (when
+    # over a tenth of it), so an agent's next turn finds its prefix; other requests take
+    # the least recently used slot. llama.cpp's default, stated: lokal depends on it.
+    params.slot_prompt_similarity = 0.1
     # llama.cpp's default keeps up to 8 GiB of saved slot states in RAM per model,
     # growing with every finished request; lokal bounds it (PROMPT_CACHE_RAM).
     params.cache_ram_mib = options.prompt_cache_mb

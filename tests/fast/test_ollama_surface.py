@@ -72,3 +72,28 @@ def test_pull_twice_is_success_twice_and_unreachable_is_5xx(fake_server) -> None
             assert "127.0.0.1" in r.json()["error"]
     finally:
         gallery.close()
+
+
+# The routes of Ollama 0.32.15's server/routes.go that run locally (push, me, signout and the
+# experimental web search and fetch go to ollama.com; /api/status says the cloud is off).
+OLLAMA_ROUTES = [
+    ("GET", "/"), ("GET", "/api/version"), ("GET", "/api/status"), ("POST", "/api/pull"),
+    ("GET", "/api/tags"), ("POST", "/api/show"), ("DELETE", "/api/delete"), ("POST", "/api/create"),
+    ("POST", f"/api/blobs/sha256:{'0' * 64}"), ("HEAD", f"/api/blobs/sha256:{'0' * 64}"), ("POST", "/api/copy"),
+    ("GET", "/api/ps"), ("POST", "/api/generate"), ("POST", "/api/chat"), ("POST", "/api/embed"),
+    ("POST", "/api/embeddings"), ("POST", "/v1/chat/completions"), ("POST", "/v1/completions"),
+    ("POST", "/v1/embeddings"), ("GET", "/v1/models"), ("GET", "/v1/models/fake"),
+    ("POST", "/v1/responses"), ("POST", "/v1/audio/transcriptions"), ("POST", "/v1/messages"),
+]
+
+
+def test_the_routes_of_the_ollama_version_lokal_claims(fake_server) -> None:
+    from lokal.api.ollama.routes import OLLAMA_VERSION
+
+    assert OLLAMA_VERSION == "0.32.15"  # raise it only with Ollama's routes checked again
+    server = fake_server("ok")
+    with server.client() as client:
+        for method, path in OLLAMA_ROUTES:
+            r = client.request(method, path, content=b"" if method in ("POST", "DELETE") else None)
+            unknown = r.status_code == 404 and "Unknown route" in r.text
+            assert not unknown and r.status_code != 405, (method, path, r.status_code, r.text[:200])

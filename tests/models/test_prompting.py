@@ -129,8 +129,13 @@ def test_our_fields_never_reach_the_engine(tmp_path: Path) -> None:
     entry = make_entry(tmp_path, "")
     body = plan_completion(entry, {"model": "m", "prompt": "p", "user": "u", "stream": True,
                                    "stream_options": {"include_usage": True}, "echo": False,
-                                   "suffix": "s", "best_of": 1, "n_probs": 2}).body
+                                   "best_of": 1, "n_probs": 2}).body
     assert body == {"prompt": "p", "n_probs": 2}
+
+
+def test_a_suffix_is_a_fill_in_the_middle_call(tmp_path: Path) -> None:
+    call = plan_completion(make_entry(tmp_path, ""), {"model": "m", "prompt": "p", "suffix": "s", "max_tokens": 3})
+    assert call.mode == "infill" and call.body == {"input_prefix": "p", "input_suffix": "s", "max_tokens": 3}
 
 
 # Stopwords -----------------------------------------------------------------------------

@@ -148,6 +148,11 @@ class Settings(BaseSettings):
         description="End generation requests running longer than this (seconds or 5m; "
         "a request's own `timeout` field may set it per request).",
     )
+    stream_keepalive: float = Field(
+        5.0, gt=0, le=300, validation_alias=_env("STREAM_KEEPALIVE"),
+        description="Seconds a stream may go without a byte (a long prompt, a queue) before "
+        "its API family's keep-alive is sent (SSE comment, Anthropic ping, ...).",
+    )
     watchdog_busy_timeout: float | None = Field(
         None, validation_alias=_env("WATCHDOG_BUSY_TIMEOUT"),
         description="End a request whose model produces nothing for this long, and reload "

@@ -195,6 +195,17 @@ class ToolCallDelta:
     arguments: str = ""
 
 
+@dataclass(slots=True, frozen=True)
+class PromptProgress:
+    """How far the engine is with a choice's prompt (llama.cpp's `prompt_progress`):
+    tokens in all, taken from the prompt cache, and processed so far."""
+
+    total: int
+    cache: int = 0
+    processed: int = 0
+    time_ms: float = 0.0
+
+
 @dataclass(slots=True)
 class Delta:
     """What one choice gained since the last delta."""
@@ -208,6 +219,8 @@ class Delta:
     finish_reason: FinishReason | None = None
     #: the stop sequence that ended the choice, when one did
     stop_sequence: str | None = None
+    #: the engine's progress through the prompt (before the first token)
+    progress: PromptProgress | None = None
 
 
 @dataclass(slots=True)

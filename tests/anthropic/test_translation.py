@@ -1,24 +1,21 @@
 """The pieces of the Messages translation that need no model: stop sequences found
-in streamed text, the billing line, blocks into messages, alias resolution."""
+in streamed text (now the generation's, models/stops.py), the billing line, blocks into messages, alias resolution."""
 
 from __future__ import annotations
 
 import pytest
 
 from lokal.api.anthropic.protocol import MessagesRequest
-from lokal.api.anthropic.render import StopScanner
 from lokal.errors import BadRequest
 from lokal.models.catalog import resolve_alias
-from lokal.tasks import Delta
+from lokal.models.stops import StopScanner
 
 
 def _run(stops: list[str], pieces: list[str]) -> tuple[str, str | None]:
     scanner = StopScanner(stops)
     text = ""
     for i, piece in enumerate(pieces):
-        last = i == len(pieces) - 1
-        for delta in scanner.feed([Delta(0, piece, finish_reason="stop" if last else None)]):
-            text += delta.text
+        text += scanner.feed(piece, final=i == len(pieces) - 1)
         if scanner.matched:
             break
     return text, scanner.matched

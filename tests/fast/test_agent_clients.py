@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from lokal.engines.fake import fail, words
+from lokal.engines.fake import fail, sleep, words
 from tests.fakeengine import sse_events
 
 AGENTS = Path(__file__).resolve().parents[1] / "fixtures" / "agents"
@@ -206,3 +206,21 @@ def test_ollama_unknown_model_in_ollamas_words(fake_server) -> None:
                            ("/api/embed", {"input": "x"}), ("/api/show", {})):
             r = client.post(path, json={"model": "nope", **body})
             assert (r.status_code, r.json()) == (404, {"error": "model 'nope' not found"}), path
+
+
+def test_over_the_context_in_stream_in_each_familys_words(fake_server) -> None:
+    """When the prompt takes longer than the first-deltas wait, the headers have gone out: the
+    overflow is reported in-stream, in the same words."""
+    server = fake_server([sleep(1.5), OVER])
+    chat = {"model": "fake", "messages": [{"role": "user", "content": "long"}], "stream": True}
+    with server.client() as client:
+        r = client.post("/v1/messages", json=dict(chat, max_tokens=5))
+        error = next(e for e in events(r.text) if e.get("type") == "error")
+        assert error["error"]["message"] == "prompt is too long: 2031 tokens > 512 maximum"
+        r = client.post("/v1/responses", json={"model": "fake", "input": "long", "stream": True})
+        failed = next(e for e in events(r.text) if e.get("type") == "response.failed")
+        assert failed["response"]["error"]["code"] == "context_length_exceeded"
+        r = client.post("/v1/chat/completions", json=chat)
+        assert next(e for e in events(r.text) if "error" in e)["error"]["code"] == "context_length_exceeded"
+        r = client.post("/api/chat", json=chat)
+        assert json.loads(r.text.splitlines()[-1])["error"].startswith("the prompt is longer than the context")

@@ -71,9 +71,8 @@ def test_config_defaults_fill_what_the_request_leaves_out(tmp_path: Path) -> Non
     assert call.body == {
         "temperature": 0.2, "top_p": 0.5, "top_k": 40, "max_tokens": 64, "seed": 7,
         "repeat_penalty": 1.3, "presence_penalty": 0.4, "frequency_penalty": 0.6,
-        "messages": [{"role": "user", "content": "hi"}],
+        "messages": [{"role": "user", "content": "hi"}], "return_progress": True,
     }
-    assert call.rendered is None
 
 
 def test_request_values_override_config_including_zero(tmp_path: Path) -> None:
@@ -130,12 +129,13 @@ def test_our_fields_never_reach_the_engine(tmp_path: Path) -> None:
     body = plan_completion(entry, {"model": "m", "prompt": "p", "user": "u", "stream": True,
                                    "stream_options": {"include_usage": True}, "echo": False,
                                    "best_of": 1, "n_probs": 2}).body
-    assert body == {"prompt": "p", "n_probs": 2}
+    assert body == {"prompt": "p", "n_probs": 2, "return_progress": True}
 
 
 def test_a_suffix_is_a_fill_in_the_middle_call(tmp_path: Path) -> None:
     call = plan_completion(make_entry(tmp_path, ""), {"model": "m", "prompt": "p", "suffix": "s", "max_tokens": 3})
-    assert call.mode == "infill" and call.body == {"input_prefix": "p", "input_suffix": "s", "max_tokens": 3}
+    assert call.mode == "infill" and call.body == {"input_prefix": "p", "input_suffix": "s", "max_tokens": 3,
+                                                   "return_progress": True}
 
 
 # Stopwords -----------------------------------------------------------------------------
@@ -153,8 +153,9 @@ STOPS = "stopwords:\n  - '<|im_end|>'\n  - '###'\n"
 ])
 def test_config_stopwords_merge_with_request_stop(tmp_path: Path, requested: object,
                                                   expected: list[str]) -> None:
+    """Several choices: the engine matches every stop sequence, the request's first."""
     entry = make_entry(tmp_path, STOPS)
-    request = {"messages": [user("hi")]}
+    request = {"messages": [user("hi")], "n": 2}
     if requested is not None:
         request["stop"] = requested
     assert plan_chat(entry, request).body["stop"] == expected
@@ -163,10 +164,27 @@ def test_config_stopwords_merge_with_request_stop(tmp_path: Path, requested: obj
     assert plan_completion(entry, completion).body["stop"] == expected
 
 
+@pytest.mark.parametrize("requested,scanned", [
+    (None, []), ("END", ["END"]), (["END", "###"], ["END", "###"]), ([], []),
+])
+def test_one_choice_request_stops_are_matched_by_lokal(tmp_path: Path, requested: object,
+                                                       scanned: list[str]) -> None:
+    """One choice: the config's stopwords go to the engine, the request's are the
+    generation's to match (so the answer can name the one that matched)."""
+    entry = make_entry(tmp_path, STOPS)
+    request = {"messages": [user("hi")]}
+    if requested is not None:
+        request["stop"] = requested
+    for call in (plan_chat(entry, request),
+                 plan_completion(entry, {k: v for k, v in dict(request, prompt="x").items() if k != "messages"})):
+        assert call.body["stop"] == ["<|im_end|>", "###"] and call.stops == scanned
+
+
 def test_request_stop_without_config_stopwords(tmp_path: Path) -> None:
     entry = make_entry(tmp_path, "")
-    assert plan_chat(entry, {"messages": [user("hi")], "stop": "\n"}).body["stop"] == ["\n"]
-    assert plan_chat(entry, {"messages": [user("hi")], "stop": ["a", "b"]}).body["stop"] == ["a", "b"]
+    assert plan_chat(entry, {"messages": [user("hi")], "stop": "\n"}).stops == ["\n"]
+    assert plan_chat(entry, {"messages": [user("hi")], "stop": ["a", "b"], "n": 2}).body["stop"] == ["a", "b"]
+    assert "stop" not in plan_chat(entry, {"messages": [user("hi")], "stop": ["a"]}).body
     assert "stop" not in plan_chat(entry, {"messages": [user("hi")], "stop": []}).body
     assert "stop" not in plan_chat(entry, {"messages": [user("hi")]}).body
 
@@ -235,7 +253,6 @@ def test_localai_roles_and_chat_template(tmp_path: Path) -> None:
     expected_input = " You are helpful.\n What is 2+2?\n4\n And 3+3?"
     expected = GPT4ALL_CHAT.replace("{{.Input}}", expected_input)
     assert call.body["prompt"] == expected
-    assert call.rendered == [expected]
     assert "messages" not in call.body
     for key in ("logprobs", "top_logprobs"):
         assert key not in call.body
@@ -333,14 +350,12 @@ def test_completion_template_on_a_string(tmp_path: Path) -> None:
                        gpt4all="{{.SystemPrompt}}|{{.Instruction}}|{{.Input}}")
     call = plan_completion(entry, {"prompt": "Tell me"})
     assert call.body["prompt"] == "SP|Tell me|Tell me"
-    assert call.rendered == ["SP|Tell me|Tell me"]
 
 
 def test_completion_template_on_each_prompt_of_a_list(tmp_path: Path) -> None:
     entry = make_entry(tmp_path, GPT4ALL, gpt4all="<{{.Input}}>")
     call = plan_completion(entry, {"prompt": ["a", "b"]})
     assert call.body["prompt"] == ["<a>", "<b>"]
-    assert call.rendered == ["<a>", "<b>"]
 
 
 @pytest.mark.parametrize("prompt", [[1, 2, 3], [[1, 2], [3]]])
@@ -348,13 +363,12 @@ def test_completion_template_not_applied_to_token_ids(tmp_path: Path, prompt: li
     entry = make_entry(tmp_path, GPT4ALL, gpt4all="<{{.Input}}>")
     call = plan_completion(entry, {"prompt": prompt})
     assert call.body["prompt"] == prompt
-    assert call.rendered is None
 
 
 def test_chat_only_template_leaves_completions_alone(tmp_path: Path) -> None:
     entry = make_entry(tmp_path, "template:\n  chat: '<{{.Input}}>'\n")
     call = plan_completion(entry, {"prompt": "raw"})
-    assert call.body["prompt"] == "raw" and call.rendered is None
+    assert call.body["prompt"] == "raw"
 
 
 def test_completion_template_does_not_make_chat_render_locally(tmp_path: Path) -> None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from pydantic import ValidationError
 
 from lokal.api.ollama.models import human_number, wire_name
 from lokal.api.ollama.protocol import ChatRequest, parse_keep_alive
-from lokal.api.ollama.render import Shaper, Timer
-from lokal.errors import BadRequest, ServerError
+from lokal.api.ollama.render import OllamaRenderer, Timer
+from lokal.errors import BadRequest
 from lokal.settings import Settings
 from lokal.tasks import Delta, ToolCallDelta, Usage
 
@@ -66,16 +68,19 @@ def test_names() -> None:
 
 
 def test_tool_calls_come_whole_with_object_arguments() -> None:
-    shaper = Shaper("chat", "m", Timer())
-    first = shaper.lines([Delta(tool_calls=[ToolCallDelta(0, "call_1", "f", '{"a": ')])])
+    renderer = OllamaRenderer("chat", "m", Timer())
+    first = renderer.feed([Delta(tool_calls=[ToolCallDelta(0, "call_1", "f", '{"a": ')])])
     assert first == b""  # not complete yet
-    second = shaper.lines([Delta(tool_calls=[ToolCallDelta(0, arguments="1}")]),
-                           Delta(tool_calls=[ToolCallDelta(1, "call_2", "g", "{}")], finish_reason="tool_calls")])
-    assert b'"arguments":{"a":1}' in second and b'"name":"g"' in second
-    assert shaper.final(Usage(3, 4))["done_reason"] == "stop"
-    cut = Shaper("generate", "m", Timer())
-    with pytest.raises(ServerError, match="not JSON"):
-        cut.whole([Delta(tool_calls=[ToolCallDelta(0, "c", "f", '{"a": ')], finish_reason="length")], Usage())
+    second = renderer.feed([Delta(tool_calls=[ToolCallDelta(0, arguments="1}")]),
+                            Delta(tool_calls=[ToolCallDelta(1, "call_2", "g", "{}")], finish_reason="tool_calls")])
+    assert b'"arguments":{"a":1}' in second and b'"name":"g"' not in second  # g closes at the end
+    final = json.loads(renderer.end(Usage(3, 4)))
+    assert final["done_reason"] == "stop" and final["message"]["tool_calls"][0]["function"]["name"] == "g"
+    # A call cut at the token limit: its arguments completed by the one rule (api/assembly.py).
+    cut = OllamaRenderer("generate", "m", Timer())
+    whole = json.loads(cut.whole([Delta(tool_calls=[ToolCallDelta(0, "c", "f", '{"a": "x')],
+                                        finish_reason="length")], Usage()).body)
+    assert whole["tool_calls"][0]["function"]["arguments"] == {"a": "x"} and whole["done_reason"] == "length"
 
 
 def test_ollama_address_in_use_fails_start(tmp_path) -> None:  # noqa: ANN001

@@ -12,25 +12,13 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from lokal import __version__
+from lokal.api import anthropic, llamaserver, localai, lokal, ollama, openai, responses, routes, ui
 from lokal.api.admin import log_admin_posture
 from lokal.api.errors import install_handlers
-from lokal.api.localai import models as localai_models
-from lokal.api.localai import tokenize as localai_tokenize
-from lokal.api import llamaserver
-from lokal.api.lokal import routes as lokal_routes
+from lokal.api.family import Families, Family
 from lokal.api.middleware import (AuthMiddleware, BodyLimitMiddleware, DecompressMiddleware,
                                   NormalizeMiddleware)
 from lokal.api.observability import ObservabilityMiddleware
-from lokal.api import ollama
-from lokal.api.ollama import create as ollama_create
-from lokal.api.ollama import manage as ollama_manage
-from lokal.api.ollama import rerank as ollama_rerank
-from lokal.api.ollama import routes as ollama_routes
-from lokal.api import anthropic, responses
-from lokal.api.openai import audio, embeddings, rerank
-from lokal.api.openai import routes as openai
-from lokal.api.routes import health, metrics
-from lokal.api.ui import routes as ui
 from lokal.api.ui.redirect import BrowserRedirectMiddleware
 from lokal.install.manager import InstallManager
 from lokal.metrics import Metrics
@@ -39,11 +27,17 @@ from lokal.settings import Settings
 
 log = logging.getLogger(__name__)
 
-OPEN_PATHS = ("/healthz", "/readyz")
+#: The API families a server speaks, in the order their routes are matched (LocalAI's
+#: /models/... paths before OpenAI's /models/{id}).
+FAMILIES: tuple[Family, ...] = (routes.HEALTH, routes.METRICS, localai.FAMILY, openai.FAMILY, openai.RERANK,
+                                ollama.FAMILY, responses.FAMILY, anthropic.FAMILY, llamaserver.FAMILY, lokal.FAMILY,
+                                ui.FAMILY)
 
 
-def create_app(settings: Settings, registry: ModelRegistry) -> FastAPI:
-    """The server for one registry. Nothing global: two apps can live side by side."""
+def create_app(settings: Settings, registry: ModelRegistry,
+               families: tuple[Family, ...] = FAMILIES) -> FastAPI:
+    """The server for one registry, speaking families. Nothing global: two apps can live
+    side by side."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -71,40 +65,16 @@ def create_app(settings: Settings, registry: ModelRegistry) -> FastAPI:
     log_admin_posture(settings)
     app.state.metrics.track(registry.snapshot)
     registry.metrics = app.state.metrics  # its load, unload and embedding counters
-    app.include_router(health.router)
-    app.include_router(metrics.router)
-    app.include_router(localai_models.router)  # before /models/{id} of the bare OpenAI routes
-    app.include_router(openai.router, prefix="/v1", tags=["OpenAI"])
-    app.include_router(openai.router, include_in_schema=False)
-    app.include_router(embeddings.router, prefix="/v1", tags=["OpenAI"])
-    app.include_router(embeddings.router, include_in_schema=False)
-    app.include_router(audio.router, prefix="/v1", tags=["OpenAI"])
-    app.include_router(audio.router, include_in_schema=False)
-    app.include_router(rerank.router, prefix="/v1", tags=["Rerank"])
-    app.include_router(rerank.router, include_in_schema=False)
-    app.include_router(rerank.router, prefix="/v2", include_in_schema=False)  # Cohere's v2 client
-    ollama.register()
-    app.include_router(ollama_routes.router, prefix="/api", tags=["Ollama"])
-    app.include_router(ollama_manage.router, prefix="/api", tags=["Ollama"])
-    app.include_router(ollama_rerank.router, prefix="/api", tags=["Ollama"])
-    app.include_router(ollama_create.router, prefix="/api", tags=["Ollama"])
-    app.include_router(ollama_routes.root, include_in_schema=False)
-    app.include_router(responses.router, prefix="/v1", tags=["OpenAI Responses"])
-    app.include_router(responses.router, include_in_schema=False)
-    app.include_router(anthropic.router, prefix="/v1", tags=["Anthropic Messages"])
-    app.include_router(anthropic.router, include_in_schema=False)
-    app.include_router(localai_tokenize.router)
-    app.include_router(llamaserver.router)
-    app.include_router(llamaserver.admin_router)
-    app.include_router(lokal_routes.router)
-    app.include_router(ui.router)
+    app.state.families = Families.of(families)
+    for family in families:
+        family.install(app)
 
     # Added innermost first: requests meet Normalize, Observability, CORS, Auth, BodyLimit,
     # Decompress in that order (answers of Auth and BodyLimit get request ids and are counted).
     app.add_middleware(DecompressMiddleware, limit_bytes=settings.upload_limit_bytes)
     app.add_middleware(BodyLimitMiddleware, limit_bytes=settings.upload_limit_bytes,
-                       exempt=ollama_create.STREAMED_UPLOADS)
-    open_paths = OPEN_PATHS + ui.OPEN_PATHS + (("/metrics",) if settings.metrics_open else ())
+                       exempt=ollama.STREAMED_UPLOADS)  # uploads its routes stream to disk
+    open_paths = app.state.families.open_paths + (("/metrics",) if settings.metrics_open else ())
     keys = settings.api_keys + settings.admin_keys if settings.api_keys else []  # admin key works too
     app.add_middleware(AuthMiddleware, keys=keys, open_paths=open_paths)
     if settings.cors:
@@ -113,10 +83,9 @@ def create_app(settings: Settings, registry: ModelRegistry) -> FastAPI:
                            allow_headers=["*"], allow_credentials=origins != ["*"],
                            expose_headers=["X-Request-ID"])
     app.add_middleware(BrowserRedirectMiddleware)  # outside auth: browsers at / go to /ui/
-    routes = [getattr(r, "path", "") for router in (app.router, health.router, metrics.router,
-              openai.router, embeddings.router, audio.router, rerank.router) for r in router.routes]
+    own = [path for path in (getattr(r, "path", "") for r in app.router.routes) if path]  # /docs, ...
     app.add_middleware(ObservabilityMiddleware, metrics=app.state.metrics,
-                       routes=[path for path in routes if path])
+                       routes=app.state.families.route_templates() + own, families=app.state.families)
     app.add_middleware(NormalizeMiddleware)
     return app
 

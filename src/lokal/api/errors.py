@@ -2,10 +2,10 @@
 
 Every failure path ends here: an exception becomes a `LokalError` (unknown ones a
 500 with a log line), and the envelope is chosen by the API family the request
-came through, by its path. OpenAI's envelope is `{"error": {"message", "type",
-"param", "code"}}` with `code` the HTTP status as an integer, as LocalAI and
-llama.cpp send it and as Dify's LocalAI provider reads it. A new API family adds
-its envelope to `ENVELOPES`.
+came through, by its path (`api.family.Families.envelope_for`, per app). OpenAI's
+envelope is `{"error": {"message", "type", "param", "code"}}` with `code` the HTTP
+status as an integer, as LocalAI and llama.cpp send it and as Dify's LocalAI
+provider reads it. A family with another envelope says so in its `Family` value.
 """
 
 from __future__ import annotations
@@ -78,36 +78,20 @@ def openai_envelope(err: LokalError) -> dict[str, Any]:
     return {"error": error}
 
 
-#: Path prefixes of API families whose errors are not in OpenAI's envelope,
-#: longest first. Each family's package registers itself here.
-ENVELOPES: list[tuple[str, Envelope]] = []
+def envelope_of(scope_app: Any, path: str) -> Envelope:
+    """The envelope for path in an app (its families), OpenAI's when the app has none."""
+    families = getattr(getattr(scope_app, "state", None), "families", None)
+    return families.envelope_for(path) if families is not None else openai_envelope
 
 
-def register_envelope(prefix: str, envelope: Envelope) -> None:
-    ENVELOPES.append((prefix, envelope))
-    ENVELOPES.sort(key=lambda item: -len(item[0]))
-
-
-def envelope_for(path: str) -> Envelope:
-    for prefix, envelope in ENVELOPES:
-        if path == prefix or path.startswith(prefix + "/") or path.startswith(prefix + "?"):
-            return envelope
-    return openai_envelope
-
-
-def error_body(exc: BaseException, path: str = "") -> dict[str, Any]:
-    """The body of an error answer for a request to path."""
-    return envelope_for(path)(as_lokal_error(exc))
-
-
-def error_response(exc: BaseException, path: str = "") -> JSONResponse:
+def error_response(exc: BaseException, envelope: Envelope) -> JSONResponse:
     err = as_lokal_error(exc)
-    return JSONResponse(envelope_for(path)(err), status_code=err.status, headers=err.headers or None)
+    return JSONResponse(envelope(err), status_code=err.status, headers=err.headers or None)
 
 
-def error_bytes(status: int, message: str, path: str, headers: dict[str, str] | None = None) -> bytes:
+def error_bytes(status: int, message: str, envelope: Envelope, headers: dict[str, str] | None = None) -> bytes:
     """A whole error body for middleware that answers before any route runs."""
-    return json.dumps(envelope_for(path)(APIError(status, message, headers=headers))).encode()
+    return json.dumps(envelope(APIError(status, message, headers=headers))).encode()
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -130,24 +114,27 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return (f"Invalid value for '{param}': {msg}." if param else f"Invalid request: {msg}."), param
 
 
+def _respond(request: Request, exc: BaseException) -> JSONResponse:
+    return error_response(exc, envelope_of(request.app, request.url.path))
+
+
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = _validation_message(exc)
-        return error_response(APIError(400, message, param=param), request.url.path)
+        return _respond(request, APIError(400, message, param=param))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else "HTTP error"
         if exc.status_code == 404:
             message = "Unknown route. See /openapi.json for the routes this server answers."
-        return error_response(APIError(exc.status_code, message, headers=getattr(exc, "headers", None)),
-                              request.url.path)
+        return _respond(request, APIError(exc.status_code, message, headers=getattr(exc, "headers", None)))
 
     @app.exception_handler(LokalError)
     async def _known(request: Request, exc: LokalError) -> JSONResponse:
-        return error_response(exc, request.url.path)
+        return _respond(request, exc)
 
     @app.exception_handler(Exception)
     async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
-        return error_response(exc, request.url.path)
+        return _respond(request, exc)

@@ -4,9 +4,10 @@
 for the client going away (which stops generation within a token and frees the
 slot, streaming or not) and waits for the first deltas, so that errors before
 the first token (unknown model, busy, context overflow, bad grammar) are HTTP
-errors in the family's envelope. Each family then renders the deltas its own
-way: streamed (`Run.batches`) or whole (`Run.collect`). Errors after the first
-token are raised from `batches`; the family reports them in-stream.
+errors in the family's envelope. A streamed answer waits at most
+`FIRST_DELTAS_WAIT` seconds: a prompt that takes longer to process (or a queue)
+must not hold back the headers and the family's opening event, so later errors
+are reported in-stream. The `Run` it returns is an `api.respond.Answer` of deltas.
 """
 
 from __future__ import annotations
@@ -15,9 +16,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
 
-import orjson
 from fastapi import Request
 
 from lokal.errors import BadRequest, ShuttingDown
@@ -27,15 +26,8 @@ from lokal.models.generation import Generation
 from lokal.models.prompting import plan_chat, plan_completion
 from lokal.tasks import ChatTask, CompletionTask, Delta, Usage
 
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-
-def sse(data: dict[str, Any] | str, event: str | None = None) -> bytes:
-    """One Server-Sent Event (orjson: compact UTF-8, several times json's speed per token)."""
-    payload = data.encode() if isinstance(data, str) else orjson.dumps(data)
-    if event is not None:
-        return b"event: " + event.encode() + b"\ndata: " + payload + b"\n\n"
-    return b"data: " + payload + b"\n\n"
+#: Seconds a streamed answer waits for its first deltas before its headers go out.
+FIRST_DELTAS_WAIT = 1.0
 
 
 async def _watch_disconnect(request: Request, generation: Generation) -> None:
@@ -60,11 +52,12 @@ async def _end_at_shutdown(stopping: asyncio.Event, generation: Generation) -> N
 
 @dataclass
 class Run:
-    """A started generation and the deltas that arrived first."""
+    """A started generation (an `api.respond.Answer` of deltas): its first batch, or
+    the wait for it when a stream's headers went out before it came."""
 
     generation: Generation
     entry: ModelEntry
-    first: list[Delta]
+    first: list[Delta] | asyncio.Future[list[Delta]]
     observation: RequestObservation
     _stack: contextlib.AsyncExitStack
     status: str = field(default="cancelled")  # until the generation ends: ok or error
@@ -76,8 +69,15 @@ class Run:
     async def batches(self) -> AsyncIterator[list[Delta]]:
         """Every batch of deltas, the first one included; closes the run at the end."""
         try:
-            if self.first:
-                yield self.first
+            first = self.first
+            if isinstance(first, asyncio.Future):
+                try:
+                    first = await first
+                except StopAsyncIteration:
+                    first = []
+                self.observation.chunk(_tokens(first))
+            if first:
+                yield first
             async for batch in self.generation:
                 self.observation.chunk(_tokens(batch))
                 yield batch
@@ -90,23 +90,38 @@ class Run:
 
     async def collect(self) -> list[Delta]:
         """The whole answer's deltas, for a response that is not streamed."""
-        deltas = list(self.first)
+        deltas: list[Delta] = []
         async for batch in self.batches():
-            if batch is not self.first:
-                deltas.extend(batch)
+            deltas.extend(batch)
         return deltas
 
     async def close(self) -> None:
+        if isinstance(self.first, asyncio.Future) and not self.first.done():
+            self.first.cancel()
         await self._stack.aclose()
         generation = self.generation
         if generation.prompt_seconds is not None:
             self.observation.prompt_seconds(generation.prompt_seconds)
+        # What the engine reported, or (a client gone, a run cut short) what is known.
+        u = generation.usage if generation.reported_usage else generation.partial_usage
         usage = None
-        if generation.reported_usage:
-            u = generation.usage
+        if u is not None:
             usage = {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
                      "prompt_tokens_details": {"cached_tokens": u.cached_tokens or 0}}
         self.observation.finish(usage, self.status)
+
+
+async def _first_deltas(generation: Generation, stream: bool) -> list[Delta] | asyncio.Future[list[Delta]]:
+    """The first batch; for a stream, the wait for it when it takes longer than
+    `FIRST_DELTAS_WAIT` (the headers go out meanwhile)."""
+    pending: asyncio.Future[list[Delta]] = asyncio.ensure_future(anext(aiter(generation)))
+    done, _ = await asyncio.wait({pending}, timeout=FIRST_DELTAS_WAIT if stream else None)
+    if not done:
+        return pending
+    try:
+        return pending.result()
+    except StopAsyncIteration:
+        return []
 
 
 async def start(request: Request, task: ChatTask | CompletionTask, family: str = "openai") -> Run:
@@ -136,11 +151,9 @@ async def start(request: Request, task: ChatTask | CompletionTask, family: str =
         stack.callback(watcher.cancel)
         shutdown = asyncio.create_task(_end_at_shutdown(app.state.stopping, generation))
         stack.callback(shutdown.cancel)
-        first: list[Delta] = []
-        async for batch in generation:
-            first = batch
-            break
-        observation.chunk(_tokens(first))
+        first = await _first_deltas(generation, task.options.stream)
+        if isinstance(first, list):
+            observation.chunk(_tokens(first))
     except BaseException:
         await stack.aclose()
         observation.finish(None, "error")

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lokal.api.errors import error_bytes
+from lokal.api.errors import envelope_of, error_bytes
 
 _REPEATED_V1 = re.compile(r"^(/v1)(/v1)+(?=/|$)")
 _SLASHES = re.compile(r"//+")
@@ -24,7 +24,8 @@ _SLASHES = re.compile(r"//+")
 async def send_error(send: Send, scope: Scope, status: int, message: str,
                      headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
     """An error answered before any route runs, in the envelope of the path's API family."""
-    body = error_bytes(status, message, scope.get("path", ""))
+    path = scope.get("path", "")
+    body = error_bytes(status, message, envelope_of(scope.get("app"), path))
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode()), *headers]})

@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lokal import logs
 from lokal.api.errors import error_response
+from lokal.api.family import Families
 from lokal.metrics import Metrics
 
 access_log = logging.getLogger("lokal.access")
@@ -36,30 +37,6 @@ access_log = logging.getLogger("lokal.access")
 HEADER = b"x-request-id"
 _VALID_ID = re.compile(rb"^[A-Za-z0-9._:+/=-]{1,128}$")
 CLIENT_GONE = 499
-
-#: API families by route, first match wins: (route prefix after an optional /v1, family).
-FAMILIES: list[tuple[str, str]] = [
-    ("/healthz", "health"),
-    ("/readyz", "health"),
-    ("/metrics", "metrics"),
-    ("/rerank", "rerank"),
-]
-_QUIET = {"health", "metrics"}  # logged at debug level: probes and scrapes
-
-
-def register_family(prefix: str, family: str) -> None:
-    """Count routes under prefix (with or without /v1) as an API family of their own."""
-    FAMILIES.insert(0, (prefix, family))
-
-
-def family_of(route: str) -> str:
-    if route == "unmatched":
-        return "unmatched"
-    for prefix, family in FAMILIES:
-        if route == prefix or route.startswith(prefix + "/"):
-            return family
-    return "openai"
-
 
 def request_id(scope: Scope) -> str:
     """The client's id when it is a sane one, else a fresh one."""
@@ -87,10 +64,11 @@ class Routes:
 
 
 class ObservabilityMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics, routes: Iterable[str]) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, routes: Iterable[str], families: Families) -> None:
         self.app = app
         self.metrics = metrics
         self.routes = Routes(routes)
+        self.families = families
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -123,21 +101,23 @@ class ObservabilityMiddleware:
                     raise
                 # Answered here rather than by the outermost error handler, so that
                 # the answer carries the request id and is counted like the others.
-                await error_response(exc, scope["path"])(scope, receive, respond)
+                envelope = self.families.envelope_for(scope["path"])
+                await error_response(exc, envelope)(scope, receive, respond)
         finally:
             seconds = time.perf_counter() - started
             self.metrics.in_flight.dec()
             if not complete and status < 400:
                 status = CLIENT_GONE
             route = self.routes.of(scope["path"])
-            family = family_of(route)
+            family = self.families.name_of(route)
             self.metrics.request_done(family, route, context.model or "", status, seconds)
-            _access(context, route, family, status, seconds)
+            _access(context, route, family, status, seconds, quiet=self.families.quiet(family))
             logs.unbind(token)
 
 
-def _access(context: logs.RequestContext, route: str, family: str, status: int, seconds: float) -> None:
-    level = logging.DEBUG if family in _QUIET and status < 400 else logging.INFO
+def _access(context: logs.RequestContext, route: str, family: str, status: int, seconds: float, *,
+            quiet: bool) -> None:
+    level = logging.DEBUG if quiet and status < 400 else logging.INFO
     if not access_log.isEnabledFor(level):
         return
     tokens = ""

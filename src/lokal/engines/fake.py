@@ -377,15 +377,32 @@ class _Run:
             return max(1, _count(prompt))
         return max(1, _count(self.request.text))
 
-    def token(self, index: int, text: str) -> None:
+    def begin(self, index: int, prompt_tokens: int | None = None) -> None:
+        """A choice's first chunk: chat's role chunk; with `return_progress`, the prompt's
+        progress on it (the engine has processed the prompt when the first token comes)."""
+        if index in self.started:
+            return
+        self.started.add(index)
+        progress = None
+        if self.request.body.get("return_progress"):
+            total = self._prompt_tokens(index, prompt_tokens)
+            progress = {"total": total, "cache": 0, "processed": total, "time_ms": 0.0}
         if self.request.mode == "chat":
-            if index not in self.started:
-                self.started.add(index)
-                self.emit(self._chunk([{"finish_reason": None, "index": index,
-                                        "delta": {"role": "assistant", "content": None}}]))
+            chunk = self._chunk([{"finish_reason": None, "index": index,
+                                  "delta": {"role": "assistant", "content": None}}])
+        elif progress is not None:
+            chunk = self._chunk([{"text": "", "index": index, "logprobs": None, "finish_reason": None}])
+        else:
+            return
+        if progress is not None:
+            chunk["prompt_progress"] = progress
+        self.emit(chunk)
+
+    def token(self, index: int, text: str, prompt_tokens: int | None = None) -> None:
+        self.begin(index, prompt_tokens)
+        if self.request.mode == "chat":
             self.emit(self._chunk([{"finish_reason": None, "index": index, "delta": {"content": text}}]))
         else:
-            self.started.add(index)
             self.emit(self._chunk([{"text": text, "index": index, "logprobs": None, "finish_reason": None}]))
         self.generated[index] = self.generated.get(index, 0) + 1
 
@@ -394,11 +411,8 @@ class _Run:
         completion = self.generated.get(index, 0)
         usage = {"completion_tokens": completion, "prompt_tokens": prompt,
                  "total_tokens": prompt + completion, "prompt_tokens_details": {"cached_tokens": 0}}
+        self.begin(index, prompt_tokens)
         if self.request.mode == "chat":
-            if index not in self.started:
-                self.started.add(index)
-                self.emit(self._chunk([{"finish_reason": None, "index": index,
-                                        "delta": {"role": "assistant", "content": None}}]))
             self.emit(self._chunk([{"finish_reason": reason, "index": index, "delta": {}}]))
             self.emit(self._chunk([], usage))
         else:
@@ -413,7 +427,7 @@ class _Run:
                     for i, text in enumerate(step.tokens):
                         if i and step.interval:
                             time.sleep(step.interval)
-                        self.token(index, text)
+                        self.token(index, text, step.prompt_tokens)
                     if step.finish is not None:
                         self.finish(index, step.finish, step.prompt_tokens)
             elif isinstance(step, Chunk):

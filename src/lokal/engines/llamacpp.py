@@ -386,4 +386,7 @@ def _completion_chunk(chunk: dict[str, Any]) -> dict[str, Any]:
                         "prompt_tokens_details": {"cached_tokens": int(timings.get("cache_n") or 0)}}
     out["choices"] = [{"index": 0, "text": chunk.get("content") or "", "logprobs": None,
                        "finish_reason": finish}]
+    for key in ("prompt_progress", "timings"):  # as the engine's completion chunks carry them
+        if chunk.get(key):
+            out[key] = chunk[key]
     return out

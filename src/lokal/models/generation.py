@@ -15,7 +15,6 @@ every API family are made from the same deltas.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -25,7 +24,8 @@ from lokal.engines.base import ChunkSink
 from lokal.errors import EngineStuck, LokalError, RequestTimeout, ShuttingDown
 from lokal.models.functions import EnvelopeReader, new_call_id
 from lokal.models.prompting import EngineCall
-from lokal.tasks import Delta, ToolCallDelta, Usage
+from lokal.models.stops import StopScanner
+from lokal.tasks import Delta, PromptProgress, ToolCallDelta, Usage
 
 _DONE = object()
 
@@ -193,6 +193,13 @@ class Generation:
         self._cached_sum: int | None = None
         self._reported = False
         self.prompt_seconds: float | None = None  # the engine's own prompt time, when it says
+        # The request's stop sequences, matched here (EngineCall.stops): the engine is
+        # stopped at a match and the usage is counted here, since it then reports none.
+        self._scanner = StopScanner(call.stops) if call.stops else None
+        self._cut = False
+        self._own_usage: Usage | None = None
+        self._generated: dict[int, int] = {}  # tokens seen per choice
+        self.progress: dict[int, PromptProgress] = {}  # the engine's prompt progress per choice
         self._n = max(1, call.n)
         run = {"chat": lease.engine.chat, "infill": lease.engine.infill}.get(call.mode, lease.engine.complete)
         body = call.body
@@ -249,8 +256,25 @@ class Generation:
             out: list[Delta] = []
             for chunk in batch:
                 self._read(chunk, out)
+                if self._cut:
+                    break
             if out:
                 yield out
+            if self._cut:
+                self._own_usage = await self._count_usage()
+                return
+
+    async def _count_usage(self) -> Usage:
+        """The usage of a run lokal stopped at a stop sequence: the prompt as the engine
+        reported its size (or as its tokenizer counts it), the tokens generated so far."""
+        progress = self.progress.get(0)
+        if progress is not None:
+            return Usage(progress.total, self._generated.get(0, 0), progress.cache)
+        try:
+            prompt = await asyncio.to_thread(self._lease.engine.count_tokens, self.call.body)
+        except Exception:  # noqa: BLE001 - a count is not worth failing a finished answer for
+            prompt = None
+        return Usage(prompt or 0, self._generated.get(0, 0), None)
 
     def stop(self) -> None:
         """The client went away: the engine stops within a token, a request still
@@ -282,17 +306,38 @@ class Generation:
         """The answer's usage, a prompt counted once however many choices it has
         (the engine runs each choice as a task of its own and reports the prompt
         for every one)."""
+        if self._own_usage is not None:
+            return self._own_usage
         prompt = round(self._prompt_sum / self._n)
         cached = None if self._cached_sum is None else round(self._cached_sum / self._n)
         return Usage(prompt, self._completion_sum, cached)
 
     @property
+    def partial_usage(self) -> Usage | None:
+        """What is known of the usage of a run that ended without the engine's count
+        (the client left): the prompt's size from its progress, the tokens seen."""
+        progress = self.progress.get(0)
+        if progress is None:
+            return None
+        return Usage(progress.total, sum(self._generated.values()), progress.cache)
+
+    @property
     def reported_usage(self) -> bool:
-        return self._reported
+        return self._reported or self._own_usage is not None
 
     def _read(self, chunk: dict[str, Any], out: list[Delta]) -> None:
+        progress = chunk.get("prompt_progress")
         for choice in chunk.get("choices") or ():
-            out.append(self._delta(choice))
+            delta = self._delta(choice)
+            if progress:
+                delta.progress = self.progress[delta.index] = PromptProgress(
+                    int(progress.get("total") or 0), int(progress.get("cache") or 0),
+                    int(progress.get("processed") or 0), float(progress.get("time_ms") or 0))
+            elif _says_token(choice):
+                self._generated[delta.index] = self._generated.get(delta.index, 0) + 1
+            out.append(delta)
+            if self._cut:
+                return
         timings = chunk.get("timings")
         if timings and timings.get("prompt_ms") is not None:
             seconds = float(timings["prompt_ms"]) / 1000
@@ -332,7 +377,15 @@ class Generation:
                 finish = "tool_calls"
         elif calls and finish == "stop":
             finish = "tool_calls"
-        return Delta(index, text, reasoning, calls, entries, finish)
+        stop_sequence = None
+        scanner = self._scanner
+        if scanner is not None and index == 0:
+            text = scanner.feed(text, final=finish is not None)
+            if scanner.matched is not None:
+                finish, stop_sequence = "stop", scanner.matched
+                self._cut = True
+                self.cancel.set()  # the engine stops within a token
+        return Delta(index, text, reasoning, calls, entries, finish, stop_sequence)
 
     def _native_call(self, choice: int, call: dict[str, Any]) -> ToolCallDelta:
         """A part of a call the engine parsed from the model's own format: `index` is the
@@ -348,10 +401,10 @@ class Generation:
                              arguments=function.get("arguments") or "")
 
 
-@contextlib.asynccontextmanager
-async def running(generation: Generation) -> AsyncIterator[Generation]:
-    """A generation closed however the block ends."""
-    try:
-        yield generation
-    finally:
-        await generation.close()
+def _says_token(choice: dict[str, Any]) -> bool:
+    """Whether an engine choice chunk carries a generated token the delta does not show
+    (text held back for a possible stop sequence, or an envelope's JSON)."""
+    delta = choice.get("delta")
+    if delta is not None:
+        return bool(delta.get("content") or delta.get("reasoning_content") or delta.get("tool_calls"))
+    return bool(choice.get("text"))

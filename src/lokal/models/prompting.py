@@ -15,7 +15,7 @@ import base64
 import dataclasses
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from lokal import templates
@@ -42,13 +42,16 @@ class EngineCall:
 
     mode: Literal["chat", "completion", "infill"]
     body: dict[str, Any]
-    rendered: list[str] | None = None  # prompts rendered by LocalAI templates, for debug logs
     functions: FunctionPlan | None = None  # the reply is lokal's JSON envelope: a call or an answer
     n: int = 1  # choices per prompt
     #: native tool calls: several calls in one turn, or only the first (the engine lets a
     #: model's own format make more even with `parallel_tool_calls: false`)
     parallel_calls: bool = True
     streamed: bool = True  # the client reads the answer as it is made
+    #: the request's stop sequences, which lokal matches itself (not the engine) so that
+    #: an answer can say which one ended it; empty when the engine matches them (several
+    #: choices at once, where one match must not stop the others)
+    stops: list[str] = field(default_factory=list)
 
 
 _SAMPLING = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty",
@@ -63,9 +66,20 @@ def _stops(config_stops: list[str], requested: list[str]) -> list[str]:
     return stops
 
 
-def _engine_body(entry: ModelEntry, options: GenerationOptions,
-                 defaults: EngineDefaults | None = None) -> dict[str, Any]:
+def _scanned(options: GenerationOptions) -> list[str]:
+    """The stop sequences lokal matches itself for a request (see `EngineCall.stops`)."""
+    return [s for s in options.sampling.stop if s] if options.n == 1 else []
+
+
+def _engine_body(entry: ModelEntry, options: GenerationOptions, defaults: EngineDefaults | None = None,
+                 *, scan_stops: bool = False) -> dict[str, Any]:
     """The generation options as an engine body, the config's defaults filled in.
+
+    With scan_stops, the request's stop sequences are left out of the body (the
+    generation matches them); the config's stopwords, part of the model's format,
+    always go to the engine. The engine reports its prompt progress (`return_progress`),
+    which tells the prompt's size before a token is made and keeps the stream alive
+    through a long prefill.
 
     The token limit is the request's, else the config's, else the server-wide cap
     (`MAX_TOKENS_DEFAULT`), so that a request without one cannot run on to the end
@@ -83,7 +97,8 @@ def _engine_body(entry: ModelEntry, options: GenerationOptions,
             body.setdefault(key, value)
     if "max_tokens" not in body and defaults is not None and defaults.max_tokens:
         body["max_tokens"] = defaults.max_tokens
-    stops = _stops(config.stopwords if config is not None else [], sampling.stop)
+    stops = _stops(config.stopwords if config is not None else [], [] if scan_stops else sampling.stop)
+    body["return_progress"] = True
     if stops:
         body["stop"] = stops
     if options.n != 1:
@@ -268,7 +283,7 @@ def _plan_native(entry: ModelEntry, task: ChatTask, body: dict[str, Any]) -> Eng
     _check_arguments(task.messages)
     body["messages"] = _engine_messages(entry, task.messages, native=True)
     return EngineCall("chat", body, n=task.options.n, parallel_calls=task.parallel_tool_calls is not False,
-                      streamed=task.options.stream)
+                      streamed=task.options.stream, stops=_scanned(task.options))
 
 
 def with_preset(entry: ModelEntry, messages: list[Message]) -> list[Message]:
@@ -288,7 +303,7 @@ def plan_chat(entry: ModelEntry, task: ChatTask, defaults: EngineDefaults | None
     """The engine call for a chat task (defaults: the server's, for the token cap)."""
     if entry.config is not None and entry.config.messages:
         task = dataclasses.replace(task, messages=with_preset(entry, task.messages))
-    body = _engine_body(entry, task.options, defaults)
+    body = _engine_body(entry, task.options, defaults, scan_stops=task.options.n == 1)
     sampling = task.options.sampling
     if sampling.logprobs:
         body["logprobs"] = True
@@ -315,10 +330,11 @@ def plan_chat(entry: ModelEntry, task: ChatTask, defaults: EngineDefaults | None
         body.pop("top_logprobs", None)
         body["prompt"] = prompt
         _completion_format(body)
-        return EngineCall("completion", body, rendered=[prompt], functions=functions, n=task.options.n,
-                          streamed=task.options.stream)
+        return EngineCall("completion", body, functions=functions, n=task.options.n,
+                          streamed=task.options.stream, stops=_scanned(task.options))
     body["messages"] = _engine_messages(entry, messages)
-    return EngineCall("chat", body, functions=functions, n=task.options.n, streamed=task.options.stream)
+    return EngineCall("chat", body, functions=functions, n=task.options.n, streamed=task.options.stream,
+                      stops=_scanned(task.options))
 
 
 def _plan_infill(task: CompletionTask, body: dict[str, Any]) -> EngineCall:
@@ -333,14 +349,16 @@ def _plan_infill(task: CompletionTask, body: dict[str, Any]) -> EngineCall:
     if task.middle:
         body["prompt"] = task.middle
     _completion_format(body)
-    return EngineCall("infill", body, streamed=task.options.stream)
+    return EngineCall("infill", body, streamed=task.options.stream, stops=_scanned(task.options))
 
 
 def plan_completion(entry: ModelEntry, task: CompletionTask,
                     defaults: EngineDefaults | None = None) -> EngineCall:
     """The engine call for a text completion (prompt: str, list, or token ids); with a
     suffix, a fill-in-the-middle call (the engine's FIM format, no template)."""
-    body = _engine_body(entry, task.options, defaults)
+    single = isinstance(task.prompt, str) or (bool(task.prompt) and isinstance(task.prompt[0], int))
+    scan = task.options.n == 1 and single
+    body = _engine_body(entry, task.options, defaults, scan_stops=scan)
     if task.suffix is not None:
         return _plan_infill(task, body)
     prompt = task.prompt
@@ -369,5 +387,5 @@ def plan_completion(entry: ModelEntry, task: CompletionTask,
             log.debug("model %s: rendered completion prompt: %r", entry.name, rendered)
     body["prompt"] = prompt
     _completion_format(body)
-    return EngineCall("completion", body, rendered=rendered, n=task.options.n,
-                      streamed=task.options.stream)
+    return EngineCall("completion", body, n=task.options.n, streamed=task.options.stream,
+                      stops=_scanned(task.options) if scan else [])

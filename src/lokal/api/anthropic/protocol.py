@@ -239,7 +239,8 @@ class MessagesRequest(_Request):
             else:
                 choice = {"any": "required"}.get(kind, kind)
         sampling = tasks.Sampling(max_tokens=self.max_tokens, temperature=self.temperature,
-                                  top_p=self.top_p, top_k=self.top_k, ignore_eos=self.ignore_eos)
+                                  top_p=self.top_p, top_k=self.top_k, ignore_eos=self.ignore_eos,
+                                  stop=list(self.stop_sequences or []))
         options = tasks.GenerationOptions(sampling=sampling, stream=self.stream, timeout=self.timeout)
         parallel = None
         if self.tool_choice is not None and self.tool_choice.disable_parallel_tool_use:

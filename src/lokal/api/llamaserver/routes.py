@@ -21,18 +21,20 @@ Errors are in OpenAI's envelope, as llama-server's are.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from pydantic import Field
 
 from lokal import tasks
 from lokal.api.admin import require_admin
-from lokal.api.generation import SSE_HEADERS, sse, start
+from lokal.api.errors import openai_envelope
+from lokal.api.generation import start
+from lokal.api.respond import SSE_COMMENT, respond, sse
 from lokal.api.openai.protocol import ChatCompletionRequest, _Request, _SamplingRequest
 from lokal.api.textops import pick_model, text_op
+from lokal.errors import LokalError
 from lokal.models.prompting import plan_chat
 from lokal.models.registry import ModelRegistry
 
@@ -102,38 +104,51 @@ async def slots(request: Request, model: str | None = None) -> Any:
     return await text_op(request, model, "slots", {})
 
 
+class InfillRenderer:
+    """llama-server's /completion shape for an infill: `data: {"content", "stop": false}` per
+    batch, a closing object with `stop: true` and the counts (the whole answer: that object
+    with all the content)."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.deltas: list[tasks.Delta] = []
+
+    def start(self) -> bytes:
+        return b""
+
+    def feed(self, deltas: list[tasks.Delta]) -> bytes:
+        self.deltas.extend(deltas)
+        text = "".join(d.text for d in deltas)
+        return sse({"content": text, "stop": False}) if text else b""
+
+    def keepalive(self) -> bytes:
+        return SSE_COMMENT
+
+    def end(self, usage: tasks.Usage) -> bytes:
+        return sse(self._final("", usage))
+
+    def fail(self, err: LokalError) -> bytes:
+        return sse(openai_envelope(err))
+
+    def whole(self, deltas: list[tasks.Delta], usage: tasks.Usage) -> JSONResponse:
+        self.deltas = list(deltas)
+        return JSONResponse(self._final("".join(d.text for d in deltas), usage))
+
+    def _final(self, content: str, usage: tasks.Usage) -> dict[str, Any]:
+        finish = next((d.finish_reason for d in reversed(self.deltas) if d.finish_reason), "stop")
+        return {"content": content, "stop": True, "model": self.model, "created": int(time.time()),
+                "stop_type": "limit" if finish == "length" else "eos",
+                "tokens_predicted": usage.completion_tokens, "tokens_evaluated": usage.prompt_tokens,
+                "tokens_cached": usage.cached_tokens or 0}
+
+
 @router.post("/infill", summary="llama-server: fill in the middle")
 async def infill(body: InfillRequest, request: Request) -> Any:
     registry: ModelRegistry = request.app.state.registry
     entry = pick_model(registry, body.model)
-    options = body.options()
-    task = tasks.CompletionTask(entry.name, body.input_prefix, options, suffix=body.input_suffix,
+    task = tasks.CompletionTask(entry.name, body.input_prefix, body.options(), suffix=body.input_suffix,
                                 context_files=body.input_extra, middle=body.prompt)
     run = await start(request, task, family="llamaserver")
-    if not body.stream:
-        deltas = await run.collect()
-        return JSONResponse(_final("".join(d.text for d in deltas), deltas, run.usage, entry.name))
-
-    async def events() -> AsyncIterator[bytes]:
-        seen: list[tasks.Delta] = []
-        try:
-            async for batch in run.batches():
-                seen.extend(batch)
-                text = "".join(d.text for d in batch)
-                if text:
-                    yield sse({"content": text, "stop": False})
-            yield sse(_final("", seen, run.usage, entry.name))
-        except Exception as exc:  # noqa: BLE001 - reported in-stream, as llama-server does
-            from lokal.api.errors import error_body
-
-            yield sse(error_body(exc, request.url.path))
-
-    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
-
-
-def _final(content: str, deltas: list[tasks.Delta], usage: tasks.Usage, model: str) -> dict[str, Any]:
-    finish = next((d.finish_reason for d in reversed(deltas) if d.finish_reason), "stop")
-    return {"content": content, "stop": True, "model": model, "created": int(time.time()),
-            "stop_type": "limit" if finish == "length" else "eos",
-            "tokens_predicted": usage.completion_tokens, "tokens_evaluated": usage.prompt_tokens,
-            "tokens_cached": usage.cached_tokens or 0}
+    return await respond(request, run, InfillRenderer(entry.name), stream=body.stream)

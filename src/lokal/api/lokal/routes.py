@@ -19,14 +19,12 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from lokal.api.admin import require_admin
-from lokal.api.observability import register_family
 from lokal.formats.modelfile import disk_size
 from lokal.models.config import ModelEntry
 from lokal.models.planner import main_task, plan_load
 from lokal.models.registry import ModelRegistry
 
 router = APIRouter(prefix="/lokal", tags=["lokal"])
-register_family("/lokal", "lokal")
 
 
 def _registry(request: Request) -> ModelRegistry:

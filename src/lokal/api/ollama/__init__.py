@@ -5,36 +5,24 @@ Errors on these paths are Ollama's `{"error": "..."}` with the HTTP status.
 
 from __future__ import annotations
 
-from typing import Any
-
-from lokal.api.errors import ENVELOPES, register_envelope
-from lokal.errors import ContextOverflowError, InfillNotSupported, LokalError, UnknownModelError
-from lokal.install.manager import ModelExists
+from lokal.api.family import Family, Mount
+from lokal.api.ollama.errors import ollama_envelope, ollama_message
 
 PREFIX = "/api"
 
 
-def ollama_message(err: LokalError) -> str:
-    """An error in Ollama's words where Ollama's clients know them."""
-    if isinstance(err, ContextOverflowError):
-        return ("the prompt is longer than the context length currently available to the model; "
-                "shorten the prompt, adjust the context length in settings, or use a model with a "
-                f"longer context length ({err.prompt_tokens} tokens > {err.context})")
-    if isinstance(err, UnknownModelError):
-        return f"model '{err.name}' not found"
-    if isinstance(err, InfillNotSupported):
-        return "this model does not support insert (suffix: it has no fill-in-the-middle tokens)"
-    if isinstance(err, ModelExists):
-        return (f"a model named '{err.name}' is here already, installed from another source; "
-                "delete it first (DELETE /api/delete) or copy it to another name (POST /api/copy)")
-    return err.message
+# The routes import this package's modules (models, protocol), so they come last.
+from lokal.api.ollama import create, manage, rerank, routes  # noqa: E402
 
+__all__ = ["FAMILY", "PREFIX", "STREAMED_UPLOADS", "ollama_envelope", "ollama_message"]
 
-def ollama_envelope(err: LokalError) -> dict[str, Any]:
-    return {"error": ollama_message(err)}
+FAMILY = Family("ollama", mounts=(Mount(routes.router, PREFIX, ("Ollama",)),
+                                  Mount(manage.router, PREFIX, ("Ollama",)),
+                                  Mount(create.router, PREFIX, ("Ollama",)),
+                                  Mount(rerank.router, PREFIX, ("Ollama",)),
+                                  Mount(routes.root, schema=False)),
+                prefixes=(PREFIX,), envelope=ollama_envelope)
 
-
-def register() -> None:
-    """Answer errors under /api in Ollama's envelope (once per process)."""
-    if not any(prefix == PREFIX for prefix, _ in ENVELOPES):
-        register_envelope(PREFIX, ollama_envelope)
+#: Paths whose uploads the server's body limit lets through: their routes stream them to
+#: disk under a limit of their own (Ollama's blobs: MAX_DOWNLOAD_SIZE).
+STREAMED_UPLOADS = create.STREAMED_UPLOADS

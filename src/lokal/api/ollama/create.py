@@ -43,10 +43,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lokal.api.admin import require_admin
-from lokal.api.ollama import models as catalog
+import lokal.api.ollama.models as catalog
 from lokal.api.ollama.manage import _alias_config, _reference
-from lokal.api.ollama.render import ndjson
-from lokal.api.ollama.routes import NDJSON, read_body
+from lokal.api.ollama.routes import read_body
+from lokal.api.respond import ndjson
 from lokal.errors import BadRequest, Conflict, InsufficientStorage, LokalError, NotFound
 from lokal.formats.modelfile import ModelFileError, read_gguf
 from lokal.models.config import ModelConfig
@@ -430,4 +430,4 @@ async def create(request: Request) -> Any:
         for line in lines:
             yield ndjson(line)
 
-    return StreamingResponse(out(), media_type=NDJSON)
+    return StreamingResponse(out(), media_type="application/x-ndjson")

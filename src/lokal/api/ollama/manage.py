@@ -32,10 +32,10 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
 from lokal.api.admin import require_admin
-from lokal.api.ollama import models as catalog
+import lokal.api.ollama.models as catalog
 from lokal.api.ollama.protocol import CopyRequest, DeleteRequest, PullRequest
-from lokal.api.ollama.render import ndjson
-from lokal.api.ollama.routes import NDJSON, read_body
+from lokal.api.ollama.routes import read_body
+from lokal.api.respond import ndjson
 from lokal.errors import Conflict, LokalError
 from lokal.install.manager import InstallManager, Job, ModelExists
 from lokal.transfer.paths import check_model_name
@@ -99,7 +99,7 @@ def _up_to_date(stream: bool) -> Any:
     if not stream:
         return {"status": "success"}
     return StreamingResponse(iter([ndjson({"status": "pulling manifest"}), ndjson({"status": "success"})]),
-                             media_type=NDJSON)
+                             media_type="application/x-ndjson")
 
 
 @router.post("/pull", summary="Ollama: install a model (progress as NDJSON)")
@@ -125,7 +125,7 @@ async def pull(request: Request) -> Any:
         if job.cancelled:
             raise Conflict("the pull was cancelled")
         return {"status": "success"}
-    return StreamingResponse(_lines(job), media_type=NDJSON)
+    return StreamingResponse(_lines(job), media_type="application/x-ndjson")
 
 
 @router.delete("/delete", summary="Ollama: delete a model")

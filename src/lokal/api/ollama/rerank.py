@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import Field
 
-from lokal.api.ollama import models as catalog
+import lokal.api.ollama.models as catalog
 from lokal.api.ollama.protocol import _Request
 from lokal.api.ollama.routes import read_body
 from lokal.models import serving

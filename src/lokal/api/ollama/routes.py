@@ -10,23 +10,21 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ValidationError
 from starlette.background import BackgroundTask
 
 from lokal import __version__
-from lokal.api.errors import as_lokal_error
 from lokal.api.generation import start
 from lokal.api.images import loader_for
-from lokal.api.ollama import models as catalog
-from lokal.api.ollama import ollama_envelope
+import lokal.api.ollama.models as catalog
 from lokal.api.ollama.protocol import ChatRequest, EmbeddingsRequest, EmbedRequest, GenerateRequest, ShowRequest
-from lokal.api.ollama.render import Shaper, Timer, ndjson, now
+from lokal.api.ollama.render import OllamaRenderer, Timer, now
+from lokal.api.respond import respond
 from lokal.errors import BadRequest, ModelUnavailableError
 from lokal.models import serving
 from lokal.models.config import ModelEntry
@@ -42,8 +40,6 @@ from lokal.tasks import EmbedTask
 #: search and fetch) lokal does not do, and /api/status says so (cloud disabled).
 #: Raise it with those files' diff checked against the routes.
 OLLAMA_VERSION = "0.32.15"
-
-NDJSON = "application/x-ndjson"
 
 router = APIRouter()
 root = APIRouter()
@@ -108,25 +104,12 @@ async def _generate(request: Request, body: ChatRequest | GenerateRequest, entry
     registry = _registry(request)
     task = await body.to_task_with_images(entry.name, loader_for(request))
     timer.load_ns = await _load(registry, entry, task.task)
-    run = await start(request, task)
-    timer.first_token()
-    shaper = Shaper(kind, body.model, timer)
-    after = _after(registry, entry, body.keep_alive_seconds)
+    run = await start(request, task, family="ollama")
     if not body.stream:
-        deltas = await run.collect()
-        return JSONResponse(shaper.whole(deltas, run.usage), background=after)
-
-    async def lines() -> AsyncIterator[bytes]:
-        try:
-            async for batch in run.batches():
-                data = shaper.lines(batch)
-                if data:
-                    yield data
-            yield ndjson(shaper.final(run.usage))
-        except Exception as exc:  # noqa: BLE001 - after the first token: reported in-stream
-            yield ndjson(ollama_envelope(as_lokal_error(exc)))
-
-    return StreamingResponse(lines(), media_type=NDJSON, background=after)
+        timer.first_token()  # the first deltas have arrived (a stream's renderer marks them)
+    after = _after(registry, entry, body.keep_alive_seconds)
+    renderer = OllamaRenderer(kind, body.model, timer)
+    return await respond(request, run, renderer, stream=body.stream, background=after)
 
 
 async def _load_or_unload(registry: ModelRegistry, entry: ModelEntry, keep_alive: float | None,

@@ -124,6 +124,8 @@ class _SamplingRequest(_Request):
     cache_prompt: bool | None = None
     n_probs: int | None = Field(None, ge=0, le=20)
     json_schema: dict[str, Any] | None = None
+    # llama-server: stream the prompt's processing progress (`prompt_progress` chunks).
+    return_progress: bool = False
     user: str | None = None
     # lokal: end this request after so many seconds (overrides REQUEST_TIMEOUT).
     timeout: float | None = Field(None, gt=0, le=86_400)

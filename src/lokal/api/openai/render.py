@@ -1,7 +1,9 @@
 """Deltas into OpenAI's chunks and answers: chat completions and text completions.
 
-A whole (non-streamed) answer is assembled from the same chunks a stream sends,
-so both say the same thing.
+`OpenAIRenderer` is the family's `api.respond.Renderer`: a stream is one chunk per
+delta that says something (a chat choice's role chunk first), a closing usage
+chunk when asked, and `[DONE]`; a whole answer is the same deltas assembled
+(`api.assembly` for a chat message's content, reasoning and tool calls).
 """
 
 from __future__ import annotations
@@ -10,6 +12,12 @@ import time
 import uuid
 from typing import Any
 
+from fastapi.responses import JSONResponse
+
+from lokal.api.assembly import Assembler
+from lokal.api.errors import openai_envelope
+from lokal.api.respond import SSE_COMMENT, sse
+from lokal.errors import LokalError
 from lokal.tasks import Delta, Usage
 
 
@@ -151,56 +159,110 @@ def _tool_call(call: Any) -> dict[str, Any]:
     return out
 
 
-class Aggregator:
-    """Assembles a whole (non-streaming) answer from shaped chunks."""
+class OpenAIRenderer:
+    """One OpenAI answer (see the module's docstring). `progress`: the client asked for
+    llama-server's `return_progress`, prompt progress chunks while the prompt runs."""
 
-    def __init__(self, shaper: Shaper) -> None:
+    media_type = "text/event-stream"
+
+    def __init__(self, shaper: Shaper, *, include_usage: bool = False, progress: bool = False) -> None:
         self.shaper = shaper
-        self._choices: dict[int, dict[str, Any]] = {}
+        self.include_usage = include_usage
+        self.progress = progress
 
-    def add(self, chunk: dict[str, Any]) -> None:
-        for choice in chunk["choices"]:
-            index = choice["index"]
-            if self.shaper.kind == "completion":
-                slot = self._choices.setdefault(index, {"index": index, "text": "", "logprobs": None,
-                                                        "finish_reason": None})
-                slot["text"] += choice.get("text") or ""
-            else:
-                slot = self._choices.setdefault(index, {
-                    "index": index, "message": {"role": "assistant", "content": None},
-                    "logprobs": None, "finish_reason": None})
-                _merge_delta(slot["message"], choice.get("delta") or {})
-            if self.shaper.kind == "completion":
-                _merge_legacy_logprobs(slot, choice.get("logprobs"))
-            else:
-                _merge_logprobs(slot, choice.get("logprobs"))
-            if choice.get("finish_reason"):
-                slot["finish_reason"] = choice["finish_reason"]
+    def start(self) -> bytes:
+        return b""
 
-    def result(self, usage: Usage) -> dict[str, Any]:
+    def feed(self, deltas: list[Delta]) -> bytes:
+        data = b"".join(sse(chunk) for chunk in self.shaper.shape(deltas))
+        if self.progress:
+            for delta in deltas:
+                if delta.progress is not None:
+                    p = delta.progress
+                    chunk = self.shaper.chunk([])
+                    chunk["prompt_progress"] = {"total": p.total, "cache": p.cache,
+                                                "processed": p.processed, "time_ms": p.time_ms}
+                    data += sse(chunk)
+        return data
+
+    def keepalive(self) -> bytes:
+        return SSE_COMMENT
+
+    def end(self, usage: Usage) -> bytes:
+        closing = sse(self.shaper.usage_chunk(usage)) if self.include_usage else b""
+        return closing + sse("[DONE]")
+
+    def fail(self, err: LokalError) -> bytes:
+        return sse(openai_envelope(err)) + sse("[DONE]")
+
+    def whole(self, deltas: list[Delta], usage: Usage) -> JSONResponse:
         shaper = self.shaper
-        choices = [self._choices[i] for i in sorted(self._choices)]
-        for choice in choices:
-            message = choice.get("message")
-            if (message is not None and message.get("content") is None and not message.get("tool_calls")
-                    and not message.get("function_call")):
-                message["content"] = ""
-        return {
+        if shaper.kind == "chat":
+            choices = _chat_choices(shaper, deltas)
+        else:
+            aggregator = _CompletionAggregator()
+            for chunk in shaper.shape(deltas):
+                aggregator.add(chunk)
+            choices = aggregator.choices()
+        return JSONResponse({
             "id": shaper.id,
             "object": "chat.completion" if shaper.kind == "chat" else "text_completion",
             "created": shaper.created,
             "model": shaper.model,
             "choices": choices,
             "usage": shaper.usage(usage),
-        }
+        })
 
 
-def _merge_logprobs(slot: dict[str, Any], logprobs: Any) -> None:
-    if not logprobs:
-        return
-    if slot["logprobs"] is None:
-        slot["logprobs"] = {"content": []}
-    slot["logprobs"]["content"].extend(logprobs.get("content") or [])
+def _chat_choices(shaper: Shaper, deltas: list[Delta]) -> list[dict[str, Any]]:
+    """The whole answer's choices: each choice's parts assembled into one message."""
+    assemblers: dict[int, Assembler] = {}
+    logprobs: dict[int, list[dict[str, Any]]] = {}
+    for delta in deltas:
+        assemblers.setdefault(delta.index, Assembler(delta.index)).feed([delta])
+        if delta.logprobs:
+            logprobs.setdefault(delta.index, []).extend(delta.logprobs)
+    choices = []
+    for index in sorted(assemblers):
+        assembler = assemblers[index]
+        assembler.close()
+        message: dict[str, Any] = {"role": "assistant", "content": assembler.text or None}
+        if assembler.reasoning:
+            message["reasoning_content"] = assembler.reasoning
+        calls = assembler.calls
+        finish: str | None = assembler.finish
+        if calls and shaper.legacy:
+            message["function_call"] = {"name": calls[0].name, "arguments": calls[0].arguments}
+            finish = "function_call" if finish == "tool_calls" else finish
+        elif calls:
+            message["tool_calls"] = [{"id": c.call_id, "type": "function",
+                                      "function": {"name": c.name, "arguments": c.arguments}} for c in calls]
+        if message["content"] is None and not calls:
+            message["content"] = ""
+        choices.append({"index": index, "message": message,
+                        "logprobs": {"content": logprobs[index]} if index in logprobs else None,
+                        "finish_reason": finish})
+    return choices
+
+
+class _CompletionAggregator:
+    """A whole text completion from its shaped chunks (text, legacy logprobs)."""
+
+    def __init__(self) -> None:
+        self._choices: dict[int, dict[str, Any]] = {}
+
+    def add(self, chunk: dict[str, Any]) -> None:
+        for choice in chunk["choices"]:
+            index = choice["index"]
+            slot = self._choices.setdefault(index, {"index": index, "text": "", "logprobs": None,
+                                                    "finish_reason": None})
+            slot["text"] += choice.get("text") or ""
+            _merge_legacy_logprobs(slot, choice.get("logprobs"))
+            if choice.get("finish_reason"):
+                slot["finish_reason"] = choice["finish_reason"]
+
+    def choices(self) -> list[dict[str, Any]]:
+        return [self._choices[i] for i in sorted(self._choices)]
 
 
 def _merge_legacy_logprobs(slot: dict[str, Any], logprobs: Any) -> None:
@@ -210,24 +272,3 @@ def _merge_legacy_logprobs(slot: dict[str, Any], logprobs: Any) -> None:
         slot["logprobs"] = {key: [] for key in logprobs}
     for key, values in logprobs.items():
         slot["logprobs"][key].extend(values)
-
-
-def _merge_delta(message: dict[str, Any], delta: dict[str, Any]) -> None:
-    for key in ("content", "reasoning_content"):
-        if delta.get(key):
-            message[key] = (message.get(key) or "") + delta[key]
-    if delta.get("function_call"):
-        target = message.setdefault("function_call", {"name": "", "arguments": ""})
-        target["name"] += delta["function_call"].get("name") or ""
-        target["arguments"] += delta["function_call"].get("arguments") or ""
-    for call in delta.get("tool_calls") or []:
-        calls = message.setdefault("tool_calls", [])
-        position = call.get("index", len(calls))
-        while len(calls) <= position:
-            calls.append({"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
-        target = calls[position]
-        if call.get("id"):
-            target["id"] = call["id"]
-        function = call.get("function") or {}
-        target["function"]["name"] += function.get("name") or ""
-        target["function"]["arguments"] += function.get("arguments") or ""

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
 
-from lokal.api.errors import error_body
+from lokal.api.generation import start
 from lokal.api.images import loader_for
-from lokal.api.generation import SSE_HEADERS, Run, sse, start
 from lokal.api.openai.protocol import ChatCompletionRequest, CompletionRequest
-from lokal.api.openai.render import Aggregator, Shaper
+from lokal.api.openai.render import OpenAIRenderer, Shaper
+from lokal.api.respond import respond
 from lokal.errors import UnknownModelError
 from lokal.models.config import ModelEntry
 from lokal.models.registry import ModelRegistry
@@ -56,33 +54,13 @@ async def get_model(model_id: str, request: Request) -> dict[str, Any]:
     return _model(_registry(request), entry, request.app.state.started)
 
 
-async def _answer(request: Request, run: Run, shaper: Shaper, *, stream: bool, include_usage: bool) -> Any:
-    if not stream:
-        aggregator = Aggregator(shaper)
-        for chunk in shaper.shape(await run.collect()):
-            aggregator.add(chunk)
-        return JSONResponse(aggregator.result(run.usage))
-
-    async def events() -> AsyncIterator[bytes]:
-        try:
-            async for batch in run.batches():
-                # Everything the engine sent since the last write goes out in one write.
-                data = b"".join(sse(chunk) for chunk in shaper.shape(batch))
-                if data:
-                    yield data
-            yield (sse(shaper.usage_chunk(run.usage)) if include_usage else b"") + sse("[DONE]")
-        except Exception as exc:  # noqa: BLE001 - reported to the client in-stream
-            yield sse(error_body(exc, request.url.path)) + sse("[DONE]")
-
-    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
-
-
 @router.post("/chat/completions", summary="Create a chat completion")
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     task = await body.to_task_with_images(loader_for(request))
     run = await start(request, task)
-    return await _answer(request, run, Shaper("chat", body.model, legacy=body.legacy_functions),
-                         stream=body.stream, include_usage=body.include_usage)
+    renderer = OpenAIRenderer(Shaper("chat", body.model, legacy=body.legacy_functions),
+                              include_usage=body.include_usage, progress=body.return_progress)
+    return await respond(request, run, renderer, stream=body.stream)
 
 
 @router.post("/completions", summary="Create a text completion")
@@ -94,4 +72,5 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
         echo = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)  # type: ignore[arg-type]
     top = body.logprobs if body.logprobs is not None else body.n_probs
     shaper = Shaper("completion", body.model, echo=echo, n=body.n, top_logprobs=top)
-    return await _answer(request, run, shaper, stream=body.stream, include_usage=body.include_usage)
+    renderer = OpenAIRenderer(shaper, include_usage=body.include_usage, progress=body.return_progress)
+    return await respond(request, run, renderer, stream=body.stream)

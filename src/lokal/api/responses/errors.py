@@ -6,10 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from lokal.api.errors import openai_envelope, register_envelope
+from lokal.api.errors import openai_envelope
 from lokal.errors import ContextOverflowError, LokalError
-
-PREFIXES = ("/v1/responses", "/responses")
 
 
 def responses_envelope(err: LokalError) -> dict[str, Any]:
@@ -20,8 +18,3 @@ def responses_envelope(err: LokalError) -> dict[str, Any]:
                      f"{err.context}). Please adjust your input and try again."),
             param="input", code="context_length_exceeded")
     return body
-
-
-def register() -> None:
-    for prefix in PREFIXES:
-        register_envelope(prefix, responses_envelope)

@@ -1,9 +1,10 @@
 """Deltas into a Responses API answer: its stream events, and the whole response.
 
-One `ResponseRenderer` follows a generation: every batch of deltas becomes the
-events OpenAI sends (output items opened, their parts, text and argument deltas,
-items closed), each with its `sequence_number`; the whole response object is
-the state those events built, so a streamed and a whole answer say the same.
+`ResponseRenderer` is the family's `api.respond.Renderer`: the parts `api.assembly`
+makes of the deltas become the events OpenAI sends (output items opened, their
+parts, text and argument deltas, items closed), each with its `sequence_number`,
+and `response.in_progress` again while the prompt runs; the whole response object
+is the state those events built, so a streamed and a whole answer say the same.
 """
 
 from __future__ import annotations
@@ -12,7 +13,12 @@ import time
 import uuid
 from typing import Any
 
-from lokal.api.generation import sse
+from fastapi.responses import JSONResponse
+
+from lokal.api.assembly import Assembler, Closed, Grew, Opened, Part
+from lokal.api.responses.errors import responses_envelope
+from lokal.api.respond import sse_events
+from lokal.errors import LokalError
 from lokal.tasks import Delta, Usage
 
 Event = tuple[str, dict[str, Any]]
@@ -35,6 +41,8 @@ def usage_object(usage: Usage | None) -> dict[str, Any] | None:
 class ResponseRenderer:
     """The events and the response of one Responses request."""
 
+    media_type = "text/event-stream"
+
     def __init__(self, model: str, echo: dict[str, Any],
                  namespaced: dict[str, tuple[str, str]] | None = None) -> None:
         self.id = _id("resp_")
@@ -43,11 +51,50 @@ class ResponseRenderer:
         self.model = model
         self.created_at = int(time.time())
         self.echo = echo  # request fields a response repeats (instructions, tools, ...)
-        self.output: list[dict[str, Any]] = []
+        self.assembler = Assembler()
+        self.output: list[dict[str, Any]] = []  # the items, by part index
         self.sequence = 0
-        self._open: int | None = None  # output index of the item still being written
-        self._calls: dict[int, int] = {}  # tool-call position -> output index
-        self.finish: str | None = None
+
+    @property
+    def finish(self) -> str | None:
+        return self.assembler.finish
+
+    # Renderer ---------------------------------------------------------------
+
+    def start(self) -> bytes:
+        return sse_events([self._event("response.created", response=self.response("in_progress")),
+                           self._event("response.in_progress", response=self.response("in_progress"))])
+
+    def feed(self, deltas: list[Delta]) -> bytes:
+        return sse_events(self._events(self.assembler.feed(deltas)))
+
+    def keepalive(self) -> bytes:
+        return sse_events([self._event("response.in_progress", response=self.response("in_progress"))])
+
+    def end(self, usage: Usage) -> bytes:
+        """The closing events: the last item's, then completed (or incomplete when cut)."""
+        events = self._events(self.assembler.close())
+        status = self.status
+        events.append(self._event(f"response.{status}", response=self.response(status, usage)))
+        return sse_events(events)
+
+    def fail(self, err: LokalError) -> bytes:
+        """An error after the stream began: an `error` event, then `response.failed`."""
+        error = responses_envelope(err)["error"]
+        # its code where it has a word for it (context_length_exceeded), else its type
+        code = str(error["code"] if isinstance(error.get("code"), str) else error.get("type") or "server_error")
+        message = str(error.get("message") or "The server had an error.")
+        return sse_events([self._event("error", code=code, message=message, param=error.get("param")),
+                           self._event("response.failed", response=self.response(
+                               "failed", error={"code": code, "message": message}))])
+
+    def whole(self, deltas: list[Delta], usage: Usage) -> JSONResponse:
+        self._events(self.assembler.feed(deltas) + self.assembler.close())
+        return JSONResponse(self.response(self.status, usage))
+
+    @property
+    def status(self) -> str:
+        return "incomplete" if self.finish == "length" else "completed"
 
     # Events -----------------------------------------------------------------
 
@@ -56,41 +103,37 @@ class ResponseRenderer:
         self.sequence += 1
         return kind, data
 
-    def start(self) -> list[Event]:
-        return [self._event("response.created", response=self.response("in_progress")),
-                self._event("response.in_progress", response=self.response("in_progress"))]
+    def _events(self, events: list[Opened | Grew | Closed]) -> list[Event]:
+        out: list[Event] = []
+        for event in events:
+            part = event.part
+            if isinstance(event, Opened):
+                out += self._opened(part)
+            elif isinstance(event, Grew):
+                out.append(self._grew(part, event.text))
+            else:
+                out += self._closed(part)
+        return out
 
-    def feed(self, deltas: list[Delta]) -> list[Event]:
-        events: list[Event] = []
-        for delta in deltas:
-            if delta.index != 0:
-                continue  # the Responses API has one answer per request
-            if delta.reasoning:
-                events += self._text("reasoning", delta.reasoning)
-            if delta.text:
-                events += self._text("message", delta.text)
-            for call in delta.tool_calls or ():
-                index = self._calls.get(call.position)
-                if index is None or call.id is not None and self.output[index]["call_id"] != call.id:
-                    events += self._close()
-                    index = len(self.output)
-                    self._calls[call.position] = index
-                    item = {"id": _id("fc_"), "type": "function_call", "status": "in_progress",
-                            "call_id": call.id or _id("call_"), "name": "", "arguments": ""}
-                    self._name(item, call.name)
-                    self.output.append(item)
-                    self._open = index
-                    events.append(self._event("response.output_item.added", output_index=index,
-                                              item=dict(item)))
-                item = self.output[index]
-                if call.name and not item["name"]:
-                    self._name(item, call.name)
-                if call.arguments:
-                    item["arguments"] += call.arguments
-                    events.append(self._event("response.function_call_arguments.delta", item_id=item["id"],
-                                              output_index=index, delta=call.arguments))
-            if delta.finish_reason is not None:
-                self.finish = delta.finish_reason
+    def _opened(self, part: Part) -> list[Event]:
+        index = part.index
+        if part.kind == "tool_call":
+            item: dict[str, Any] = {"id": _id("fc_"), "type": "function_call", "status": "in_progress",
+                                    "call_id": part.call_id or _id("call_"), "name": "", "arguments": ""}
+            self._name(item, part.name)
+            self.output.append(item)
+            return [self._event("response.output_item.added", output_index=index, item=dict(item))]
+        if part.kind == "text":
+            item = {"id": _id("msg_"), "type": "message", "status": "in_progress", "role": "assistant",
+                    "content": []}
+        else:
+            item = {"id": _id("rs_"), "type": "reasoning", "summary": [], "content": [], "status": "in_progress"}
+        self.output.append(item)
+        events = [self._event("response.output_item.added", output_index=index, item={**item, "content": []})]
+        content = _part("output_text" if part.kind == "text" else "reasoning_text", "")
+        item["content"].append(content)
+        events.append(self._event("response.content_part.added", item_id=item["id"], output_index=index,
+                                  content_index=0, part=dict(content)))
         return events
 
     def _name(self, item: dict[str, Any], name: str | None) -> None:
@@ -103,80 +146,42 @@ class ResponseRenderer:
         else:
             item["namespace"], item["name"] = namespaced
 
-    def _text(self, kind: str, text: str) -> list[Event]:
-        events: list[Event] = []
-        open_item = self.output[self._open] if self._open is not None else None
-        if open_item is None or open_item["type"] != kind:
-            events += self._close()
-            index = len(self.output)
-            part_type = "output_text" if kind == "message" else "reasoning_text"
-            if kind == "message":
-                item: dict[str, Any] = {"id": _id("msg_"), "type": "message", "status": "in_progress",
-                                        "role": "assistant", "content": []}
-            else:
-                item = {"id": _id("rs_"), "type": "reasoning", "summary": [], "content": [],
-                        "status": "in_progress"}
-            self.output.append(item)
-            self._open = index
-            events.append(self._event("response.output_item.added", output_index=index,
-                                      item={**item, "content": []}))
-            part = _part(part_type, "")
-            item["content"].append(part)
-            events.append(self._event("response.content_part.added", item_id=item["id"], output_index=index,
-                                      content_index=0, part=dict(part)))
-            open_item = item
-        index = self._open
-        assert index is not None
-        open_item["content"][0]["text"] += text
-        if kind == "message":
-            events.append(self._event("response.output_text.delta", item_id=open_item["id"],
-                                      output_index=index, content_index=0, delta=text, logprobs=[]))
-        else:
-            events.append(self._event("response.reasoning_text.delta", item_id=open_item["id"],
-                                      output_index=index, content_index=0, delta=text))
-        return events
+    def _grew(self, part: Part, text: str) -> Event:
+        item = self.output[part.index]
+        if part.kind == "tool_call":
+            if part.name and not item["name"]:
+                self._name(item, part.name)
+            item["arguments"] += text
+            return self._event("response.function_call_arguments.delta", item_id=item["id"],
+                               output_index=part.index, delta=text)
+        item["content"][0]["text"] += text
+        if part.kind == "text":
+            return self._event("response.output_text.delta", item_id=item["id"], output_index=part.index,
+                               content_index=0, delta=text, logprobs=[])
+        return self._event("response.reasoning_text.delta", item_id=item["id"], output_index=part.index,
+                           content_index=0, delta=text)
 
-    def _close(self, status: str = "completed") -> list[Event]:
-        """The done events of the item being written, if any."""
-        if self._open is None:
-            return []
-        index, self._open = self._open, None
+    def _closed(self, part: Part) -> list[Event]:
+        index = part.index
         item = self.output[index]
-        item["status"] = status
+        item["status"] = "incomplete" if self.finish == "length" else "completed"
         events: list[Event] = []
-        if item["type"] == "function_call":
+        if part.kind == "tool_call":
+            item["name"] = item["name"] or part.name
             events.append(self._event("response.function_call_arguments.done", item_id=item["id"],
                                       output_index=index, name=item["name"], arguments=item["arguments"]))
         else:
-            part = item["content"][0]
-            if item["type"] == "message":
+            content = item["content"][0]
+            if part.kind == "text":
                 events.append(self._event("response.output_text.done", item_id=item["id"], output_index=index,
-                                          content_index=0, text=part["text"], logprobs=[]))
+                                          content_index=0, text=content["text"], logprobs=[]))
             else:
                 events.append(self._event("response.reasoning_text.done", item_id=item["id"],
-                                          output_index=index, content_index=0, text=part["text"]))
+                                          output_index=index, content_index=0, text=content["text"]))
             events.append(self._event("response.content_part.done", item_id=item["id"], output_index=index,
-                                      content_index=0, part=dict(part)))
+                                      content_index=0, part=dict(content)))
         events.append(self._event("response.output_item.done", output_index=index, item=_copy(item)))
         return events
-
-    def end(self, usage: Usage) -> list[Event]:
-        """The closing events: the last item's, then completed (or incomplete when cut)."""
-        incomplete = self.finish == "length"
-        events = self._close("incomplete" if incomplete else "completed")
-        status = "incomplete" if incomplete else "completed"
-        events.append(self._event(f"response.{status}", response=self.response(status, usage)))
-        return events
-
-    def fail(self, error: dict[str, Any]) -> list[Event]:
-        """An error after the stream began: an `error` event, then `response.failed`
-        (its code: the error's own where it has a word for it, else its type)."""
-        code = error.get("code") if isinstance(error.get("code"), str) else None
-        code = str(code or error.get("type") or "server_error")
-        message = str(error.get("message") or "The server had an error.")
-        return [self._event("error", code=code, message=message, param=error.get("param")),
-                self._event("response.failed", response=self.response(
-                    "failed", error={"code": code, "message": message}))]
 
     # The response -----------------------------------------------------------
 
@@ -212,7 +217,3 @@ def _copy(item: dict[str, Any]) -> dict[str, Any]:
     if "content" in out:
         out["content"] = [dict(p) for p in out["content"]]
     return out
-
-
-def encode(events: list[Event]) -> bytes:
-    return b"".join(sse(data, event=kind) for kind, data in events)

@@ -6,18 +6,16 @@ continued by id (those answer 404 / 400 with the reason).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
 
 from lokal.api.counting import count_prompt_tokens
-from lokal.api.errors import error_body
-from lokal.api.generation import SSE_HEADERS, start
+from lokal.api.generation import start
 from lokal.api.images import loader_for
+from lokal.api.respond import respond
 from lokal.api.responses.protocol import ResponsesRequest
-from lokal.api.responses.render import ResponseRenderer, encode
+from lokal.api.responses.render import ResponseRenderer
 from lokal.errors import NotFound
 
 router = APIRouter()
@@ -46,26 +44,9 @@ def _echo(body: ResponsesRequest) -> dict[str, Any]:
 @router.post("/responses", summary="Create a model response (OpenAI Responses API)")
 async def create_response(body: ResponsesRequest, request: Request) -> Any:
     task = await body.to_task_with_images(loader_for(request))
-    run = await start(request, task)
+    run = await start(request, task, family="responses")
     renderer = ResponseRenderer(body.model, _echo(body), body.namespaced())
-    if not body.stream:
-        renderer.feed(await run.collect())
-        renderer.end(run.usage)
-        status = "incomplete" if renderer.finish == "length" else "completed"
-        return JSONResponse(renderer.response(status, run.usage))
-
-    async def events() -> AsyncIterator[bytes]:
-        yield encode(renderer.start())
-        try:
-            async for batch in run.batches():
-                data = encode(renderer.feed(batch))
-                if data:
-                    yield data
-            yield encode(renderer.end(run.usage))
-        except Exception as exc:  # noqa: BLE001 - reported to the client in-stream
-            yield encode(renderer.fail(error_body(exc, request.url.path)["error"]))
-
-    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+    return await respond(request, run, renderer, stream=body.stream)
 
 
 @router.post("/responses/input_tokens", summary="Count a Responses request's input tokens")

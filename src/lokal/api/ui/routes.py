@@ -17,13 +17,11 @@ from importlib import resources
 
 from fastapi import APIRouter, Request, Response
 
-from lokal.api.observability import register_family
 from lokal.errors import NotFound
 
 router = APIRouter(include_in_schema=False)
 
 PREFIX = "/ui"
-register_family(PREFIX, "ui")
 _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
           ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "

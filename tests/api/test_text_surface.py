@@ -112,3 +112,20 @@ def test_infill_whole_streamed_and_through_the_families(fim: httpx.Client) -> No
     r = fim.post("/v1/completions", json={"model": "fim", "prompt": body["input_prefix"],
                                           "suffix": body["input_suffix"], "max_tokens": 6})
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1, r.text
+
+
+def test_ollama_logprobs(http: httpx.Client) -> None:
+    """Ollama's `logprobs` / `top_logprobs` on chat and generate (part of its API level)."""
+    body = {"model": "smol", "messages": [{"role": "user", "content": "Hi"}], "logprobs": True,
+            "top_logprobs": 2, "options": {"num_predict": 3}}
+    whole = http.post("/api/chat", json=dict(body, stream=False)).json()
+    assert len(whole["logprobs"]) == whole["eval_count"]
+    first = whole["logprobs"][0]
+    assert set(first) >= {"token", "logprob", "bytes", "top_logprobs"} and len(first["top_logprobs"]) == 2
+    assert "".join(e["token"] for e in whole["logprobs"]) == whole["message"]["content"]
+    lines = [json.loads(line) for line in http.post("/api/chat", json=body).text.splitlines()]
+    streamed = [e for line in lines for e in line.get("logprobs", [])]
+    assert [e["token"] for e in streamed] == [e["token"] for e in whole["logprobs"]]
+    plain = http.post("/api/generate", json={"model": "smol", "prompt": "Hi", "stream": False,
+                                             "options": {"num_predict": 2}}).json()
+    assert "logprobs" not in plain

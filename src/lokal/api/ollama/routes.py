@@ -108,7 +108,7 @@ async def _generate(request: Request, body: ChatRequest | GenerateRequest, entry
     if not body.stream:
         timer.first_token()  # the first deltas have arrived (a stream's renderer marks them)
     after = _after(registry, entry, body.keep_alive_seconds)
-    renderer = OllamaRenderer(kind, body.model, timer)
+    renderer = OllamaRenderer(kind, body.model, timer, body.top_logprobs if body.logprobs else None)
     return await respond(request, run, renderer, stream=body.stream, background=after)
 
 

@@ -114,7 +114,9 @@ def _engine_params(xllamacpp: Any, options: LoadOptions, info: GGUFInfo, loopbac
     params.use_jinja = True
     params.cpuparams.n_threads = options.threads
     params.cpuparams_batch.n_threads = options.threads
-    params.n_threads_http = 1
+    # The loopback listener answers tokenize/apply-template (token counts) and streams
+    # /infill: a thread per slot and one more, so a long infill never holds up a count.
+    params.n_threads_http = options.parallel + 1
     params.api_keys = [loopback_key]
     if options.embeddings:
         # A whole input must fit one micro-batch; vectors come back unit length.

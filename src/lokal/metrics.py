@@ -18,7 +18,7 @@ imports nothing of lokal but the request context it fills in for the access log.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,13 +79,12 @@ class RequestObservation:
     Cheap: a clock read and one histogram observation per token.
     """
 
-    __slots__ = ("_metrics", "model", "family", "started", "_last", "_first", "_itl",
+    __slots__ = ("_metrics", "model", "started", "_last", "_first", "_itl",
                  "tokens_seen", "_prompt_seconds", "_done")
 
-    def __init__(self, metrics: Metrics, model: str, family: str) -> None:
+    def __init__(self, metrics: Metrics, model: str) -> None:
         self._metrics = metrics
         self.model = model
-        self.family = family
         self.started = time.perf_counter()
         self._last = 0.0
         self._first: float | None = None
@@ -112,21 +111,6 @@ class RequestObservation:
         for _ in range(n_tokens):
             observe(gap)
         self._last = now
-
-    def batch(self, chunks: Iterable[dict[str, Any]]) -> None:
-        """Engine chunks (OpenAI streaming shape) that arrived together: counts the ones
-        that carry a token, and picks up the engine's timings when it sends them."""
-        n = 0
-        for chunk in chunks:
-            for choice in chunk.get("choices") or ():
-                delta = choice.get("delta")
-                if (delta and (delta.get("content") or delta.get("reasoning_content")
-                               or delta.get("tool_calls"))) or choice.get("text"):
-                    n += 1
-            timings = chunk.get("timings")
-            if timings and timings.get("prompt_ms") is not None:
-                self.prompt_seconds(float(timings["prompt_ms"]) / 1000)
-        self.chunk(n)
 
     def prompt_seconds(self, seconds: float) -> None:
         """How long the engine spent on the prompt (the rest of the time to the first
@@ -208,6 +192,21 @@ class Metrics:
                                  ["model", "status"], registry=r)
         self.download_bytes = Counter("lokal_download_bytes", "Bytes of model files downloaded",
                                       ["model"], registry=r)
+        # Usage per API key (its name, "" for none or an unnamed one) and model.
+        usage = ["key", "model"]
+        self.key_requests = Counter("lokal_key_requests", "Requests that used a model, by API key "
+                                    "name and model", usage, registry=r)
+        self.key_prompt_tokens = Counter("lokal_key_prompt_tokens", "Prompt (input) tokens, as the "
+                                         "answers reported them, by API key name and model", usage, registry=r)
+        self.key_completion_tokens = Counter("lokal_key_completion_tokens", "Completion (output) tokens, "
+                                             "by API key name and model", usage, registry=r)
+        self.key_audio_seconds = Counter("lokal_key_audio_seconds", "Seconds of audio transcribed or "
+                                         "spoken, by API key name and model", usage, registry=r)
+        self.key_images = Counter("lokal_key_images", "Images made, by API key name and model",
+                                  usage, registry=r)
+        self.key_refusals = Counter("lokal_key_limited", "Requests refused because their API key "
+                                    "was over a limit (429), by key name and limit", ["key", "limit"],
+                                    registry=r)
         self._state = _StateCollector()
         r.register(self._state)
 
@@ -228,9 +227,9 @@ class Metrics:
         self.requests.labels(family, route, model, str(status)).inc()
         self.request_seconds.labels(family, route, model).observe(seconds)
 
-    def observe(self, model: str, family: str = "openai") -> RequestObservation:
+    def observe(self, model: str) -> RequestObservation:
         """The observation of one generation request, started now."""
-        return RequestObservation(self, model, family)
+        return RequestObservation(self, model)
 
     def first_token(self, model: str, seconds: float) -> None:
         self.ttft.labels(model).observe(seconds)
@@ -248,6 +247,20 @@ class Metrics:
             self.cached_tokens.labels(model).inc(cached)
         if generated:
             self.generated_tokens.labels(model).inc(generated)
+
+    def key_usage(self, key: str, model: str, *, prompt: int = 0, completion: int = 0,
+                  audio_seconds: float = 0.0, images: int = 0) -> None:
+        """One request of the key (its name) that used model, and what it used."""
+        self.key_requests.labels(key, model).inc()
+        self.key_prompt_tokens.labels(key, model).inc(prompt)
+        self.key_completion_tokens.labels(key, model).inc(completion)
+        if audio_seconds:
+            self.key_audio_seconds.labels(key, model).inc(audio_seconds)
+        if images:
+            self.key_images.labels(key, model).inc(images)
+
+    def key_refused(self, key: str, limit: str) -> None:
+        self.key_refusals.labels(key, limit).inc()
 
     # Models ----------------------------------------------------------------
 

@@ -207,6 +207,12 @@ class Settings(BaseSettings):
         None, validation_alias=_env("API_KEY_FILE"),
         description="A file of API keys, one per line (# comments allowed), added to --api-key.",
     )
+    api_keys_file: Path | None = Field(
+        None, validation_alias=_env("API_KEYS_FILE"),
+        description="A YAML list of named API keys (their sha256, never the keys) with optional "
+        "limits: requests_per_minute, tokens_per_minute, concurrent_requests, models, admin, "
+        "weight. Read again when it changes; `lokal keys add NAME` makes a key.",
+    )
     metrics_open: bool = Field(
         False, validation_alias=_env("METRICS_OPEN"),
         description="Serve /metrics without an API key even when keys are set.",

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Role = Literal["system", "user", "assistant", "tool"]
-Task = Literal["chat", "complete", "embed", "rerank", "transcribe"]
+Task = Literal["chat", "complete", "embed", "rerank", "transcribe", "speak", "vad"]
 
-#: Every task lokal knows, in the order a model's main task is picked.
-TASKS: tuple[Task, ...] = ("chat", "complete", "embed", "rerank", "transcribe")
+#: Every task lokal knows, in the order a model's main task is picked. `speak` is text to
+#: speech, `vad` voice activity detection (where in a recording someone speaks).
+TASKS: tuple[Task, ...] = ("chat", "complete", "embed", "rerank", "transcribe", "speak", "vad")
 
 
 @dataclass(slots=True)
@@ -141,13 +142,6 @@ class CompletionTask:
     middle: str = ""
     task: Task = "complete"
 
-    @property
-    def prompt_count(self) -> int:
-        prompt = self.prompt
-        if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
-            return len(prompt)
-        return 1
-
 
 @dataclass(slots=True)
 class EmbedTask:
@@ -176,7 +170,35 @@ class TranscribeTask:
     language: str | None = None
     prompt: str | None = None
     temperature: float = 0.0
+    #: transcribe only where voice activity detection hears speech
+    vad_filter: bool = False
     task: Task = "transcribe"
+
+
+@dataclass(slots=True)
+class SpeakTask:
+    """Text to speech. None leaves voice and language to the model's config (then the
+    model's first voice, and the voice's own language)."""
+
+    model: str
+    text: str
+    voice: str | None = None
+    language: str | None = None
+    speed: float = 1.0
+    task: Task = "speak"
+
+
+@dataclass(slots=True)
+class VadTask:
+    """Voice activity detection on float32 mono samples at `rate` Hz."""
+
+    model: str
+    audio: bytes  # float32 little-endian samples
+    rate: int = 16000
+    threshold: float = 0.5
+    min_silence_ms: int = 100
+    speech_pad_ms: int = 30
+    task: Task = "vad"
 
 
 # What a generation yields ----------------------------------------------------
@@ -232,3 +254,11 @@ class Usage:
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(slots=True)
+class SpeechUsage:
+    """What a synthesis took: the input's characters and the audio's length."""
+
+    characters: int
+    seconds: float = 0.0

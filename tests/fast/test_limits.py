@@ -6,7 +6,6 @@ import threading
 import time
 
 import httpx
-import pytest
 
 from lokal.engines.fake import forever, reply, sleep, stall
 from tests.fakeengine import chat, completion, sse_events

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from lokal.api.app import create_app
-from lokal.models.registry import EngineDefaults, ModelRegistry
+from lokal.models.registry import EngineDefaults, local_registry
 from lokal.settings import Settings
 from tests.install.conftest import Fixture, blob, sha
 
@@ -26,7 +26,7 @@ def app_for(models: Path, fixture: Fixture | None = None, **settings: Any) -> An
         settings.setdefault("allowed_download_hosts", "127.0.0.1")
         settings.setdefault("galleries", f'[{{"name": "test", "url": "{fixture.base}/index.yaml"}}]')
     s = Settings(models_path=models, **settings)
-    registry = ModelRegistry(models, EngineDefaults(threads=1, parallel=1))
+    registry = local_registry(models, EngineDefaults(threads=1, parallel=1))
     return create_app(s, registry)
 
 

@@ -13,7 +13,7 @@ import pytest
 from lokal.api.app import create_app
 from lokal.engines.base import Engine, LoadOptions
 from lokal.errors import ModelUnavailableError, UnknownModelError
-from lokal.models.registry import EngineDefaults, ModelRegistry, default_engine_factory
+from lokal.models.registry import EngineDefaults, ModelRegistry, default_engine_factory, local_registry
 from lokal.settings import Settings
 from tests.conftest import place_model
 
@@ -56,7 +56,7 @@ async def use(registry: ModelRegistry, name: str) -> None:
 
 
 def make(models: Path, factory: CountingFactory, **kwargs: object) -> ModelRegistry:
-    return ModelRegistry(models, EngineDefaults(threads=2, parallel=2, context_size=512),
+    return local_registry(models, EngineDefaults(threads=2, parallel=2, context_size=512),
                          engine_factory=factory, **kwargs)  # type: ignore[arg-type]
 
 

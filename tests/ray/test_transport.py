@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("ray")
 
 from lokal import errors  # noqa: E402
-from lokal.scale.cluster import ReplicaSetupError, check_model_files, decode_error, encode_error  # noqa: E402
+from lokal.scale.wire import ReplicaSetupError, check_model_files, decode_error, encode_error  # noqa: E402
 
 
 @pytest.mark.parametrize("exc, kind, status", [

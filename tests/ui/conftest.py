@@ -28,6 +28,7 @@ from tests.install.conftest import Fixture, sha
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 CHAT = "smol"
+TTS = "en_US-joe-medium.onnx"
 EMBED = "minilm"
 STT = "whisper-1"
 INSTALLED = "tiny-chat"
@@ -85,8 +86,10 @@ def gallery() -> Iterator[Fixture]:
 
 @pytest.fixture(scope="session")
 def ui_server(tmp_path_factory: pytest.TempPathFactory, gallery: Fixture) -> Iterator[LokalServer]:
-    """The demo models: SmolLM2 chat, MiniLM embeddings (a folder), Whisper, and a broken entry."""
+    """The demo models: SmolLM2 chat, MiniLM embeddings (a folder), Whisper, a Piper voice and
+    a broken entry."""
     from tests.api.test_transcriptions import place_whisper
+    from tests.speech.conftest import place_joe
 
     models = tmp_path_factory.mktemp("ui") / "models"
     place_model(models, "smol.gguf")
@@ -96,6 +99,7 @@ def ui_server(tmp_path_factory: pytest.TempPathFactory, gallery: Fixture) -> Ite
         f"name: {EMBED}\nbackend: sentence-transformers\nparameters:\n  model: minilm\n")
     place_whisper(models, "whisper")
     (models / "whisper-1.yaml").write_text(f"name: {STT}\nbackend: whisper\nparameters:\n  model: whisper\n")
+    place_joe(models)
     (models / "broken.yaml").write_text("name: broken\nparameters:\n  model: missing.gguf\n")
     env = {"ALLOWED_DOWNLOAD_HOSTS": "127.0.0.1",
            "GALLERIES": f'[{{"name": "test", "url": "{gallery.base}/index.yaml"}}]'}

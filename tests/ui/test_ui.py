@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.conftest import LokalServer
-from tests.ui.conftest import BAD, CHAT, EMBED, FOX_WAV, INSTALLED, SLOW, STT, UI, Watch, screenshot
+from tests.ui.conftest import BAD, CHAT, EMBED, FOX_WAV, INSTALLED, SLOW, STT, TTS, UI, Watch, screenshot
 
 pytestmark = pytest.mark.slow
 
@@ -278,6 +278,43 @@ def test_an_error_is_shown_as_the_server_words_it(ui: UI) -> None:
     alert = page.locator("#rerank-out [role=alert]")
     alert.wait_for()
     assert "documents" in (alert.text_content() or "").lower()
+
+
+def _audio_seconds(page: object, selector: str) -> float:
+    """The length of the audio an <audio> element loaded (its metadata read by the browser)."""
+    return page.evaluate(  # type: ignore[attr-defined,no-any-return]
+        """sel => new Promise((resolve, reject) => {
+             const audio = document.querySelector(sel);
+             if (!audio) return reject(new Error("no audio element"));
+             const done = () => resolve(audio.duration);
+             if (audio.readyState >= 1) done();
+             else { audio.addEventListener("loadedmetadata", done); audio.addEventListener("error",
+                    () => reject(new Error("the browser cannot decode the audio"))); }
+           })""", selector)
+
+
+def test_playground_speaks_and_chat_reads_aloud(ui: UI) -> None:
+    page = ui.open("playground")
+    page.select_option("#tts-model", TTS)
+    assert page.locator("#tts-voice option").all_text_contents() == ["joe"]
+    page.select_option("#tts-format", "wav")
+    page.fill("#tts-input", "Hello from the speech playground.")
+    page.click("#tts-form button[type=submit]")
+    page.locator("#tts-out audio").wait_for(timeout=120_000)
+    assert (page.locator("#tts-out audio").get_attribute("src") or "").startswith("blob:")
+    assert 1.0 < _audio_seconds(page, "#tts-out audio") < 6.0
+    assert "of wav" in (page.locator("#tts-out p").text_content() or "")
+    # a chat answer, read aloud with the playground's model and voice
+    page.evaluate(
+        "chat => { localStorage.setItem('lokal.chats', JSON.stringify([chat]));"
+        " localStorage.setItem('lokal.currentChat', chat.id); }", SAMPLE_CHAT)
+    page = ui.open("chat")
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]")
+    page.click(".msg.assistant button.read-aloud")
+    page.locator(".msg.assistant audio").wait_for(state="attached", timeout=120_000)
+    assert _audio_seconds(page, ".msg.assistant audio") > 2.0
+    assert not page.locator(".msg.assistant .error").count()
 
 
 # Phone width ----------------------------------------------------------------------------

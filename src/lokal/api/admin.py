@@ -3,6 +3,7 @@
 Installing, deleting and copying models makes the server fetch URLs and write and
 remove files, so these routes are closed unless their owner opens them (#21):
 
+* a named key of ``API_KEYS_FILE`` passes if it has ``admin: true``, else gets 403;
 * with ``ADMIN_API_KEY`` set, that key is required (Bearer or x-api-key);
 * else with API keys set, a valid API key (the auth middleware checks it first);
 * else ``ALLOW_REMOTE_ADMIN`` opens them to everyone (a warning is logged at start);
@@ -24,6 +25,7 @@ from typing import Any
 from fastapi import Request
 
 from lokal.errors import Forbidden, Unauthorized
+from lokal.keys import current_caller
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,12 @@ def _matches(key: bytes | None, keys: list[str]) -> bool:
 async def require_admin(request: Request) -> None:
     """Refuse a management request its client may not make (403/401, in the family's envelope)."""
     settings = request.app.state.settings
+    caller = current_caller()
+    if caller is not None and caller.key is not None:  # a named key (the middleware checked it)
+        if caller.key.admin:
+            return
+        raise Forbidden(f"The API key '{caller.name}' may not manage this server: it is not an admin "
+                        "key (admin: true in API_KEYS_FILE). Use an admin key, or ADMIN_API_KEY.")
     if settings.admin_keys:
         if not _matches(_presented(request), settings.admin_keys):
             raise Unauthorized("This route manages models and needs the ADMIN_API_KEY: send "
@@ -114,10 +122,11 @@ async def require_admin(request: Request) -> None:
 
 def log_admin_posture(settings: Any) -> None:
     """Say at start how the management routes are guarded (a warning when wide open)."""
-    if settings.allow_remote_admin and not settings.admin_keys and not settings.api_keys:
+    if settings.allow_remote_admin and not settings.admin_keys and not settings.api_keys \
+            and settings.api_keys_file is None:
         log.warning("ALLOW_REMOTE_ADMIN is set and no key is configured: anyone who can reach this "
                     "server can install and delete models and make it download from the network.")
     elif settings.admin_keys:
         log.info("model management needs the ADMIN_API_KEY")
-    elif not settings.api_keys:
+    elif not settings.api_keys and settings.api_keys_file is None:
         log.info("model management is open to loopback clients only (no API key set)")

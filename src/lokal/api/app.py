@@ -12,32 +12,34 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from lokal import __version__
-from lokal.api import anthropic, llamaserver, localai, lokal, ollama, openai, responses, routes, ui
+from lokal.api import anthropic, elevenlabs, llamaserver, localai, lokal, ollama, openai, responses, routes, ui
 from lokal.api.admin import log_admin_posture
 from lokal.api.errors import install_handlers
 from lokal.api.family import Families, Family
-from lokal.api.middleware import (AuthMiddleware, BodyLimitMiddleware, DecompressMiddleware,
-                                  NormalizeMiddleware)
+from lokal.api.keys import KeysMiddleware
+from lokal.api.middleware import BodyLimitMiddleware, DecompressMiddleware, NormalizeMiddleware
 from lokal.api.observability import ObservabilityMiddleware
 from lokal.api.ui.redirect import BrowserRedirectMiddleware
 from lokal.install.manager import InstallManager
-from lokal.metrics import Metrics
+from lokal.keys import Keyring, KeysFile
 from lokal.models.registry import ModelRegistry
 from lokal.settings import Settings
+from lokal.usage import UsageLedger
 
 log = logging.getLogger(__name__)
 
 #: The API families a server speaks, in the order their routes are matched (LocalAI's
 #: /models/... paths before OpenAI's /models/{id}).
 FAMILIES: tuple[Family, ...] = (routes.HEALTH, routes.METRICS, localai.FAMILY, openai.FAMILY, openai.RERANK,
-                                ollama.FAMILY, responses.FAMILY, anthropic.FAMILY, llamaserver.FAMILY, lokal.FAMILY,
+                                ollama.FAMILY, responses.FAMILY, anthropic.FAMILY, elevenlabs.FAMILY,
+                                llamaserver.FAMILY, lokal.FAMILY,
                                 ui.FAMILY)
 
 
-def create_app(settings: Settings, registry: ModelRegistry,
-               families: tuple[Family, ...] = FAMILIES) -> FastAPI:
-    """The server for one registry, speaking families. Nothing global: two apps can live
-    side by side."""
+def create_app(settings: Settings, registry: ModelRegistry, families: tuple[Family, ...] = FAMILIES, *,
+               installer: InstallManager | None = None) -> FastAPI:
+    """The server for one registry, speaking families, installing models with installer
+    (default: one for settings). Nothing global: two apps can live side by side."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -53,30 +55,30 @@ def create_app(settings: Settings, registry: ModelRegistry,
                   description="OpenAI- and LocalAI-compatible API for local models.",
                   docs_url="/docs", redoc_url=None)
     app.state.registry = registry
-    registry.catalog.aliases = dict(settings.model_aliases)
     app.state.settings = settings
     app.state.started = int(time.time())
     app.state.ready = asyncio.Event()
     app.state.stopping = asyncio.Event()  # set when shutdown's grace period is over
     install_handlers(app)
-    app.state.metrics = Metrics()
-    app.state.installer = InstallManager.from_settings(settings, on_change=registry.scan)
-    registry.catalog.fetch_file = app.state.installer.fetch_for_registry
+    app.state.metrics = registry.metrics  # the registry's loads, unloads and embeddings count there too
+    app.state.installer = installer or InstallManager.from_settings(settings, on_change=registry.scan)
     log_admin_posture(settings)
     app.state.metrics.track(registry.snapshot)
-    registry.metrics = app.state.metrics  # its load, unload and embedding counters
     app.state.families = Families.of(families)
     for family in families:
         family.install(app)
 
-    # Added innermost first: requests meet Normalize, Observability, CORS, Auth, BodyLimit,
-    # Decompress in that order (answers of Auth and BodyLimit get request ids and are counted).
+    # Added innermost first: requests meet Normalize, Observability, CORS, Keys, BodyLimit,
+    # Decompress in that order (answers of Keys and BodyLimit get request ids and are counted).
     app.add_middleware(DecompressMiddleware, limit_bytes=settings.upload_limit_bytes)
     app.add_middleware(BodyLimitMiddleware, limit_bytes=settings.upload_limit_bytes,
                        exempt=ollama.STREAMED_UPLOADS)  # uploads its routes stream to disk
     open_paths = app.state.families.open_paths + (("/metrics",) if settings.metrics_open else ())
-    keys = settings.api_keys + settings.admin_keys if settings.api_keys else []  # admin key works too
-    app.add_middleware(AuthMiddleware, keys=keys, open_paths=open_paths)
+    keys_file = KeysFile(settings.api_keys_file) if settings.api_keys_file is not None else None
+    app.state.keys = Keyring(settings.api_keys, settings.admin_keys, keys_file)  # admin key works too
+    app.state.usage = UsageLedger()
+    app.add_middleware(KeysMiddleware, keyring=app.state.keys, open_paths=open_paths,
+                       ledger=app.state.usage, metrics=app.state.metrics)
     if settings.cors:
         origins = settings.cors_origins
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"],

@@ -124,12 +124,11 @@ async def _first_deltas(generation: Generation, stream: bool) -> list[Delta] | a
         return []
 
 
-async def start(request: Request, task: ChatTask | CompletionTask, family: str = "openai") -> Run:
-    """Lease, plan and start task for request; see the module's docstring. `family`
-    names the API family in the metrics."""
+async def start(request: Request, task: ChatTask | CompletionTask) -> Run:
+    """Lease, plan and start task for request; see the module's docstring."""
     app = request.app
     stack = contextlib.AsyncExitStack()
-    observation = app.state.metrics.observe(task.model, family)
+    observation = app.state.metrics.observe(task.model)
     try:
         lease = await stack.enter_async_context(app.state.registry.lease(task.model, task.task))
         slots = lease.engine.slots

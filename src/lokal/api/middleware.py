@@ -1,4 +1,5 @@
-"""ASGI middleware: path and content-type normalizing, API keys, body size limit.
+"""ASGI middleware: path and content-type normalizing, body size limit, decompression
+(API keys: `lokal.api.keys`).
 
 Each answers bad requests itself in the OpenAI error envelope, before any route
 runs, so a rejected request costs nothing and never reaches a model.
@@ -6,7 +7,6 @@ runs, so a rejected request costs nothing and never reaches a model.
 
 from __future__ import annotations
 
-import hmac
 import io
 import re
 import zlib
@@ -54,40 +54,6 @@ class NormalizeMiddleware:
                 content_type = dict(scope["headers"]).get(b"content-type", b"")
                 if not content_type.startswith(b"multipart/"):
                     scope = dict(scope, headers=[*headers, (b"content-type", b"application/json")])
-        await self.app(scope, receive, send)
-
-
-class AuthMiddleware:
-    """With API keys set, every route but the open ones needs one."""
-
-    def __init__(self, app: ASGIApp, keys: list[str], open_paths: Iterable[str]) -> None:
-        self.app = app
-        self.keys = [k.encode() for k in keys]
-        self.open_paths = frozenset(open_paths)
-
-    def _presented(self, scope: Scope) -> bytes | None:
-        headers = dict(scope["headers"])
-        auth = headers.get(b"authorization", b"")
-        if auth[:7].lower() == b"bearer ":
-            return auth[7:].strip()
-        return headers.get(b"x-api-key") or headers.get(b"xi-api-key")
-
-    def _valid(self, key: bytes | None) -> bool:
-        if key is None:
-            return False
-        ok = False
-        for expected in self.keys:  # compare with every key: timing says nothing
-            ok |= hmac.compare_digest(key, expected)
-        return ok
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or scope["path"] in self.open_paths:
-            await self.app(scope, receive, send)
-            return
-        if not self._valid(self._presented(scope)):
-            await send_error(send, scope, 401, "Missing or invalid API key. Send 'Authorization: "
-                             "Bearer <key>' or 'x-api-key: <key>'.", [(b"www-authenticate", b"Bearer")])
-            return
         await self.app(scope, receive, send)
 
 

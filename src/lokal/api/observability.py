@@ -124,10 +124,11 @@ def _access(context: logs.RequestContext, route: str, family: str, status: int, 
     if context.prompt_tokens is not None or context.completion_tokens is not None:
         tokens = f" tokens={context.prompt_tokens or 0}+{context.completion_tokens or 0}"
     model = f" model={context.model}" if context.model else ""
-    access_log.log(level, "%s %s %d %.3fs%s%s", context.method, context.path, status, seconds, model,
-                   tokens, extra={
+    key = f" key={context.key}" if context.key else ""
+    access_log.log(level, "%s %s %d %.3fs%s%s%s", context.method, context.path, status, seconds, model,
+                   tokens, key, extra={
                        "method": context.method, "path": context.path, "route": route,
                        "family": family, "status": status, "duration_s": round(seconds, 6),
                        "model": context.model, "prompt_tokens": context.prompt_tokens,
                        "cached_tokens": context.cached_tokens,
-                       "completion_tokens": context.completion_tokens})
+                       "completion_tokens": context.completion_tokens, "key": context.key})

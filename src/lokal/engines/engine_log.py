@@ -118,11 +118,6 @@ _engine_log: EngineLog | None = None
 _install_lock = threading.Lock()
 
 
-def get() -> EngineLog | None:
-    """The installed capture, or None when engine output goes to stderr untouched."""
-    return _engine_log
-
-
 def passthrough() -> None:
     """Leave fd 2 alone in this process (see `Passthrough`); before any `install()`."""
     global _engine_log

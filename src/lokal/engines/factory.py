@@ -23,4 +23,16 @@ def create_engine(engine: str, options: LoadOptions) -> Engine:
         from lokal.engines.whisper import WhisperEngine
 
         return WhisperEngine(options)
+    if engine == "piper":
+        from lokal.engines.piper import PiperEngine
+
+        return PiperEngine(options)
+    if engine == "kokoro":
+        from lokal.engines.kokoro import KokoroEngine
+
+        return KokoroEngine(options)
+    if engine == "silero-vad":
+        from lokal.engines.silero_vad import SileroVadEngine
+
+        return SileroVadEngine(options)
     raise ModelLoadError(f"the {engine!r} engine is not available in this version of lokal")

@@ -330,7 +330,7 @@ class FakeEngine(Engine):
         return Scores(scores, _count(query) + sum(_count(d) for d in documents))
 
     def transcribe(self, audio: bytes, *, language: str | None = None, prompt: str | None = None,
-                   temperature: float = 0.0) -> Transcription:
+                   temperature: float = 0.0, vad_filter: bool = False) -> Transcription:
         if self.purpose != "transcribe":
             return super().transcribe(audio, language=language, prompt=prompt, temperature=temperature)
         return Transcription(text=f"{len(audio)} bytes of audio", language=language or "en",

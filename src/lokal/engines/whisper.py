@@ -155,7 +155,7 @@ class WhisperEngine(Engine):
                  "multilingual" if self.multilingual else "English-only", compute_type)
 
     def transcribe(self, audio: bytes, *, language: str | None = None, prompt: str | None = None,
-                   temperature: float = 0.0) -> Transcription:
+                   temperature: float = 0.0, vad_filter: bool = False) -> Transcription:
         code = language_code(language)
         if code is not None and code != "en" and not self.multilingual:
             log.warning("%s is an English-only model: transcribing as English, not %r",
@@ -167,7 +167,7 @@ class WhisperEngine(Engine):
             try:
                 pieces, info = self._model.transcribe(
                     samples, language=code, task="transcribe", initial_prompt=prompt or None,
-                    temperature=_temperatures(temperature), beam_size=5, vad_filter=False)
+                    temperature=_temperatures(temperature), beam_size=5, vad_filter=vad_filter)
                 segments = list(pieces)  # the decoding runs while this is consumed
             except EngineError:
                 raise

@@ -44,8 +44,8 @@ from collections.abc import Callable
 from typing import Any
 
 from lokal.engines import engine_log
-from lokal.engines.base import (Engine, ChunkSink, EngineDied, Embeddings, LoadOptions,
-                                ModelLoadError, Scores, Transcription)
+from lokal.engines.base import (AudioSink, Engine, ChunkSink, EngineDied, Embeddings, LoadOptions,
+                                ModelLoadError, Scores, Speech, SpeechSegment, Transcription)
 from lokal.errors import EngineError, EngineStopped
 
 # Named, not __name__: the worker runs as `python -m lokal.engines.worker` (__main__).
@@ -223,8 +223,21 @@ class WorkerEngine(Engine):
         return self._call("count_tokens", (body,))  # type: ignore[no-any-return]
 
     def transcribe(self, audio: bytes, *, language: str | None = None, prompt: str | None = None,
-                   temperature: float = 0.0) -> Transcription:
-        return self._call("transcribe", (audio, language, prompt, temperature))  # type: ignore[no-any-return]
+                   temperature: float = 0.0, vad_filter: bool = False) -> Transcription:
+        return self._call("transcribe", (audio, language, prompt, temperature, vad_filter))  # type: ignore[no-any-return]
+
+    def speak(self, text: str, *, voice: str, speed: float = 1.0, language: str | None = None,
+              sink: AudioSink) -> Speech:
+        return self._call("speak", (text, voice, speed, language), sink)  # type: ignore[no-any-return]
+
+    @property
+    def voices(self) -> tuple[str, ...]:
+        return self._call("voices", ())  # type: ignore[no-any-return]
+
+    def detect_speech(self, audio: bytes, *, rate: int = 16000, threshold: float = 0.5,
+                      min_silence_ms: int = 100, speech_pad_ms: int = 30) -> list[SpeechSegment]:
+        return self._call("detect_speech", (audio, rate, threshold, min_silence_ms,  # type: ignore[no-any-return]
+                                            speech_pad_ms))
 
     def kill(self, reason: str) -> bool:
         process = self._process
@@ -447,6 +460,10 @@ class WorkerEngine(Engine):
         except (OSError, ValueError):
             pass
         finally:
+            try:
+                stream.close()  # now, not when the Popen is collected: the server's open files stay level
+            except OSError:
+                pass
             process.stderr_done.set()
 
 
@@ -489,7 +506,9 @@ def _wait(popen: subprocess.Popen[bytes]) -> int | None:
 def _error(payload: tuple[Any, ...]) -> BaseException:
     if payload[0] == "engine":
         _, status, message, kind, details = payload
-        return EngineError(status, message, kind, details)
+        error = EngineError(status, message, kind, details)
+        error.param = details.get("param") if isinstance(details, dict) else None
+        return error
     _, name, message = payload
     return RuntimeError(f"the engine raised {name}: {message}")
 
@@ -528,23 +547,34 @@ class _ToServer(logging.Handler):
 
 def _serve(engine: Engine, channel: _Channel, message: tuple[Any, ...], cancelled: set[int]) -> None:
     kind, call_id, *args = message
+
+    def sink(chunk: Any) -> bool:
+        if call_id in cancelled:
+            return True
+        channel.send(("c", call_id, chunk))
+        return call_id in cancelled
+
     try:
         if kind in ("chat", "complete", "infill"):
-            def sink(chunk: dict[str, Any]) -> bool:
-                if call_id in cancelled:
-                    return True
-                channel.send(("c", call_id, chunk))
-                return call_id in cancelled
-
             getattr(engine, kind)(args[0], sink)
             result: Any = None
+        elif kind == "speak":
+            text, voice, speed, language = args
+            result = engine.speak(text, voice=voice, speed=speed, language=language, sink=sink)
+        elif kind == "voices":
+            result = engine.voices
+        elif kind == "detect_speech":
+            audio, rate, threshold, silence, pad = args
+            result = engine.detect_speech(audio, rate=rate, threshold=threshold, min_silence_ms=silence,
+                                          speech_pad_ms=pad)
         elif kind == "embed":
             result = engine.embed(*args)
         elif kind == "rerank":
             result = engine.rerank(*args)
         elif kind == "transcribe":
-            audio, language, prompt, temperature = args
-            result = engine.transcribe(audio, language=language, prompt=prompt, temperature=temperature)
+            audio, language, prompt, temperature, vad_filter = args
+            result = engine.transcribe(audio, language=language, prompt=prompt, temperature=temperature,
+                                       **({"vad_filter": True} if vad_filter else {}))
         elif kind == "count_tokens":
             result = engine.count_tokens(*args)
         elif kind == "text_op":

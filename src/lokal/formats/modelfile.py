@@ -211,9 +211,11 @@ def check_magic(path: Path, head: bytes, size: int) -> None:
 class ModelFile:
     """What kind of model a path holds."""
 
-    kind: str  # "gguf", "hf" (a Hugging Face model folder) or "whisper-ct2" (CTranslate2 Whisper)
+    kind: str  # "gguf", "hf" (a Hugging Face model folder) or "whisper-ct2" (CTranslate2 Whisper);
+    # speech models: "piper", "kokoro", "silero-vad" (lokal.formats.speechfile)
     gguf: GGUFInfo | None = None
     hf_config: dict[str, Any] | None = None
+    speech: Any = None  # a speech model's SpeechFile (voices, sample rate)
 
 
 def inspect(path: Path) -> ModelFile:

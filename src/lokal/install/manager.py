@@ -51,8 +51,7 @@ from lokal.transfer.downloader import (DISK_RESERVE, Cancelled, Downloader, file
 from lokal.install.gallery import (Entry, Galleries, GallerySource, load_yaml, parse_galleries,
                                    read_source)
 from lokal.transfer.netguard import OutboundPolicy, URLRefused
-from lokal.transfer.paths import (STATE_DIR, UnsafePath, check_model_name, check_relative,
-                                 confined_target)
+from lokal.transfer.paths import STATE_DIR, UnsafePath, check_model_name, check_relative, confine
 from lokal.models.config import BACKEND_ALIASES, ModelConfig, scan_models
 
 log = logging.getLogger(__name__)
@@ -313,11 +312,12 @@ class InstallManager:
 
     @classmethod
     def from_settings(cls, settings: Any, *, on_change: Callable[[], Any] | None = None,
-                      allow_file: bool = False) -> InstallManager:
-        """A manager for a server (or a CLI run) from its settings."""
+                      allow_file: bool = False, downloader: Downloader | None = None) -> InstallManager:
+        """A manager for a server (or a CLI run) from its settings; `downloader`: one shared
+        with the server's first-use downloads (one transfer per file)."""
         return cls(settings.models_path, policy_from_settings(settings),
                    parse_galleries(settings.galleries), on_change=on_change,
-                   config_file=settings.config_file, allow_file=allow_file)
+                   config_file=settings.config_file, allow_file=allow_file, downloader=downloader)
 
     # Jobs ---------------------------------------------------------------------------
 
@@ -342,13 +342,6 @@ class InstallManager:
         except KeyError:
             raise NotFound(f"no job {uuid!r} (jobs are kept until the server restarts)",
                            param="uuid") from None
-
-    def fetch_for_registry(self, item: Any) -> bool:
-        """`lokal.models.download.fetch` with this manager's downloader and policy (shared
-        transfers with install jobs); for the registry's first-use downloads."""
-        from lokal.models import download
-
-        return download.fetch(item, downloader=self.downloader)
 
     async def _run(self, job: Job, ref: str, name: str | None, force: bool,
                    overrides: dict[str, Any], files: list[dict[str, Any]]) -> None:
@@ -417,8 +410,8 @@ class InstallManager:
         files = self._file_specs(file_items, config)
         templates = self._templates(prompt_templates)
         self._check_config(config, files, templates)
-        config_path = confined_target(self.models_path, f"{name}.yaml", what="config name",
-                                      allow_config=True)
+        config_path = confine(self.models_path, f"{name}.yaml", what="config name", write=True,
+                              allow_config=True)
         plan = Plan(name=name, config=config, config_path=config_path, files=files,
                     templates=templates, source=ref.text)
         with self._claim_lock:
@@ -593,7 +586,7 @@ class InstallManager:
                     or not isinstance(item.get("uri"), str):
                 raise BadRequest(f"each file needs a filename and a uri: {str(item)[:200]}", param="files")
             filename = item["filename"].strip()
-            target = confined_target(self.models_path, filename)
+            target = confine(self.models_path, filename, write=True)
             url = self.policy.map(item["uri"])
             self.policy.check(url)  # scheme, host, address rules now, before any byte
             sha = item.get("sha256")
@@ -643,7 +636,7 @@ class InstallManager:
                 raise BadRequest("each prompt template needs a name and a content", param="id")
             filename = item["name"].strip()
             filename = filename if filename.endswith(".tmpl") else f"{filename}.tmpl"
-            confined_target(self.models_path, filename, what="template name")
+            confine(self.models_path, filename, what="template name", write=True)
             out[filename] = item["content"]
         return out
 
@@ -665,7 +658,7 @@ class InstallManager:
         for field_name, value in [("parameters.model", model)] + [
                 (f, config.get(f)) for f in FILE_FIELDS if isinstance(config.get(f), str)]:
             check_relative(value, what=field_name)
-            target = confined_target(self.models_path, value, what=field_name)
+            target = confine(self.models_path, value, what=field_name, write=True)
             if value not in names and not any(n.startswith(value.rstrip("/") + "/") for n in names) \
                     and not target.exists():
                 raise BadRequest(f"{field_name} names {value!r}, which is neither among the files to "
@@ -774,7 +767,7 @@ class InstallManager:
                 if not spec.skip:
                     self.downloader.place(spec.target)
             for template, content in plan.templates.items():
-                _write_atomic(confined_target(self.models_path, template, what="template name"),
+                _write_atomic(confine(self.models_path, template, what="template name", write=True),
                               content.encode())
             text = yaml.safe_dump(plan.config, sort_keys=False, allow_unicode=True)
             _write_atomic(plan.config_path, text.encode())
@@ -862,7 +855,7 @@ class InstallManager:
         job = Job(name, name=name, deletion=True)
         for rel in dict.fromkeys(candidates):
             try:
-                target = confined_target(self.models_path, rel, what="recorded file")
+                target = confine(self.models_path, rel, what="recorded file", write=True)
             except UnsafePath as exc:
                 job.kept.append(f"{rel} ({exc.rule})")
                 continue

@@ -39,16 +39,19 @@ def resolve_alias(name: str, aliases: dict[str, str]) -> str | None:
 class Catalog:
     """Named entries of one models folder (and an optional list of configs)."""
 
-    def __init__(self, models_path: Path, config_file: Path | None = None) -> None:
+    def __init__(self, models_path: Path, config_file: Path | None = None, *,
+                 aliases: dict[str, str] | None = None,
+                 fetch_file: Callable[[download.Download], bool] | None = None,
+                 metrics: Metrics | None = None) -> None:
         self.models_path = models_path
         self.config_file = config_file
         self._entries: dict[str, ModelEntry] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
-        # How a config's download_files are fetched; the app sets its installer's (shared, confined).
-        self.fetch_file: Callable[[download.Download], bool] = download.fetch
-        self.metrics = Metrics()  # the registry's replaces it
+        # How a config's download_files are fetched (the server's: shared with its installer).
+        self.fetch_file: Callable[[download.Download], bool] = fetch_file or download.fetch
+        self.metrics = metrics or Metrics()
         #: names clients hard-code -> served models (MODEL_ALIASES); see `resolve_alias`
-        self.aliases: dict[str, str] = {}
+        self.aliases: dict[str, str] = dict(aliases or {})
         self.scan()
 
     def scan(self) -> list[ModelEntry]:
@@ -60,14 +63,6 @@ class Catalog:
     @property
     def entries(self) -> list[ModelEntry]:
         return list(self._entries.values())
-
-    @property
-    def servable(self) -> list[ModelEntry]:
-        return [e for e in self._entries.values() if e.ok]
-
-    @property
-    def broken(self) -> list[ModelEntry]:
-        return [e for e in self._entries.values() if not e.ok]
 
     def entry(self, name: str) -> ModelEntry:
         """The entry a request's model name means: its own, else its alias's; unknown: 404.

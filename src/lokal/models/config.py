@@ -17,11 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from lokal import templates
 from lokal.formats.modelfile import GGUFInfo, ModelFile, ModelFileError, inspect, is_cross_encoder, read_gguf
-from lokal.models import download
+from lokal.models import download, speech
+from lokal.transfer import paths
 
 log = logging.getLogger(__name__)
 
-MODEL_SUFFIXES = (".gguf", ".bin")  # .bin: old GGML downloads, reported as legacy
+MODEL_SUFFIXES = (".gguf", ".bin", ".onnx")  # .bin: old GGML downloads, reported as legacy; .onnx: speech
 # LocalAI backend names that lokal serves, and the engine each one maps to.
 BACKEND_ALIASES = {
     "llama": "llama-cpp",
@@ -37,6 +38,10 @@ BACKEND_ALIASES = {
     "rerankers": "sentence-transformers",
     "whisper": "whisper",
     "faster-whisper": "whisper",
+    # Speech (lokal.models.speech): text to speech and voice activity detection.
+    "piper": "piper",
+    "kokoro": "kokoro",
+    "silero-vad": "silero-vad",
 }
 _NAME = re.compile(r"^[^/\\\x00-\x1f\x7f]{1,256}$")
 
@@ -223,7 +228,7 @@ class ModelConfig(BaseModel):
 
     @property
     def unknown_fields(self) -> list[str]:
-        return sorted(self.model_extra or {})
+        return sorted(k for k in (self.model_extra or {}) if k not in speech.CONFIG_FIELDS)
 
 
 @dataclass
@@ -263,6 +268,8 @@ class ModelEntry:
     vision: bool = False
     # Whether the GGUF's own chat template knows tools (read from its header once).
     native_tools: bool = False
+    # A speech model's voice pack (Kokoro: config `tts.voices`), in the folder.
+    voices_path: Path | None = None
 
     @property
     def tool_format(self) -> Literal["native", "grammar"]:
@@ -288,19 +295,12 @@ class ModelEntry:
 
 
 def confine(models_path: Path, relative: str, what: str = "model file") -> Path:
-    """Resolve a path named by a config inside the models folder, or refuse it."""
-    if not relative or "\x00" in relative:
-        raise ConfigError(f"{what} name is empty or invalid")
-    candidate = Path(relative)
-    if candidate.is_absolute() or relative.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", relative):
-        raise ConfigError(f"{what} {relative!r} must be a path relative to the models folder, not absolute")
-    if ".." in candidate.parts or "\\" in relative:
-        raise ConfigError(f"{what} {relative!r} may not contain '..' or backslashes")
-    root = models_path.resolve()
-    resolved = (root / candidate).resolve()
-    if resolved != root and root not in resolved.parents:
-        raise ConfigError(f"{what} {relative!r} points outside the models folder (symlink?)")
-    return resolved
+    """Resolve a path named by a config inside the models folder, or refuse it (the one
+    set of rules: `lokal.transfer.paths.confine`)."""
+    try:
+        return paths.confine(models_path, relative, what=what)
+    except paths.UnsafePath as exc:
+        raise ConfigError(exc.message) from None
 
 
 def load_templates(models_path: Path, config: ModelConfig) -> ChatTemplates:
@@ -392,6 +392,11 @@ def _entry_from_config(models_path: Path, config: ModelConfig, source: Path) -> 
             fetched = any(d.path == entry.mmproj_path for d in entry.downloads)
             if not entry.mmproj_path.is_file() and not fetched:
                 raise ConfigError(f"mmproj file {config.mmproj!r} does not exist in the models folder")
+        voices = speech.tts_config(config).voices
+        if voices is not None:
+            entry.voices_path = confine(models_path, voices, what="voice pack (tts.voices)")
+            if not entry.voices_path.is_file() and all(d.path != entry.voices_path for d in entry.downloads):
+                raise ConfigError(f"voice pack {voices!r} (tts.voices) does not exist in the models folder")
         if config.function_calling == "native" and (config.template.chat or config.template.chat_message) \
                 and not config.template.use_tokenizer_template:
             raise ConfigError("function_calling: native needs the model's own chat template, but this config "
@@ -606,6 +611,11 @@ def describe(entry: ModelEntry) -> None:
     if entry.error is not None or entry.model_path is None or not entry.model_path.exists():
         return
     try:
+        engine = entry.config.engine if entry.config is not None else None
+        speech_file = speech.describe(entry.model_path, engine, entry.voices_path)
+        if speech_file is not None:  # text to speech, voice activity detection
+            entry.file, entry.tasks = speech_file, speech.tasks_of(speech_file)
+            return
         entry.file = inspect(entry.model_path)
     except (ModelFileError, OSError) as exc:
         entry.error = str(exc)

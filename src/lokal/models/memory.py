@@ -24,7 +24,9 @@ MIB = 1 << 20
 GIB = 1 << 30
 # A worker process with Python, lokal and the engine library, before any model (measured: ~56 MiB
 # for llama.cpp with a small model; torch-based engines import far more).
-PROCESS_OVERHEAD = {"llama-cpp": 56 * MIB, "sentence-transformers": 450 * MIB, "whisper": 200 * MIB}
+PROCESS_OVERHEAD = {"llama-cpp": 56 * MIB, "sentence-transformers": 450 * MIB, "whisper": 200 * MIB,
+                    # onnxruntime engines; Kokoro loads OpenJTalk's dictionary for Japanese too
+                    "piper": 110 * MIB, "kokoro": 220 * MIB, "silero-vad": 60 * MIB}
 DEFAULT_UBATCH = 512
 
 
@@ -74,10 +76,11 @@ def _int(value: object, default: int = 0) -> int:
 
 def estimate(engine: str, options: LoadOptions) -> Estimate:
     """What loading options.model_path with engine will take, in bytes."""
-    weights = _size(options.model_path)
+    weights = _size(options.model_path) + (_size(options.voices_path) if options.voices_path else 0)
     overhead = PROCESS_OVERHEAD.get(engine, 128 * MIB) + options.prompt_cache_mb * MIB
     if engine != "llama-cpp":
-        # torch and CTranslate2 hold the weights in memory as stored (no mmap), plus their runtime.
+        # torch, CTranslate2 and onnxruntime hold the weights in memory as stored (no mmap), plus
+        # their runtime.
         return Estimate(weights, 0, weights // 4, overhead)
     info = options.gguf
     if info is None:

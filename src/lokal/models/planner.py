@@ -22,12 +22,16 @@ DEFAULT_CONTEXT = 4096
 #: llama.cpp's multimodal path needs at least this much context per slot.
 VISION_MIN_CONTEXT = 2048
 
-_FILE_ENGINES = {"gguf": "llama-cpp", "hf": "sentence-transformers", "whisper-ct2": "whisper"}
+_FILE_ENGINES = {"gguf": "llama-cpp", "hf": "sentence-transformers", "whisper-ct2": "whisper",
+                 "piper": "piper", "kokoro": "kokoro", "silero-vad": "silero-vad"}
 _WRONG_ENGINE = {
     "gguf": "a GGUF file (use backend llama-cpp)",
     "hf": "a Hugging Face model folder (use backend sentence-transformers, or convert it with "
           "`lokal models convert`)",
     "whisper-ct2": "a Whisper model (use backend whisper)",
+    "piper": "a Piper voice (use backend piper)",
+    "kokoro": "a Kokoro model (use backend kokoro)",
+    "silero-vad": "a Silero VAD model (use backend silero-vad)",
 }
 
 
@@ -48,8 +52,9 @@ class EngineDefaults:
 @dataclass(frozen=True)
 class LoadPlan:
     engine: str
-    instance: str  # generate, embed, rerank, transcribe
+    instance: str  # generate, embed, rerank, transcribe, speak, vad
     options: LoadOptions
+    task: str = "chat"  # the task it was planned for
 
 
 def instance_for(entry: ModelEntry, task: str) -> str:
@@ -68,7 +73,7 @@ def check_task(entry: ModelEntry, task: str) -> None:
     if task in ("embed", "rerank") and "chat" in entry.tasks:
         hint = (" It is a text-generation model: set `embeddings: true` in its config to serve "
                 "embeddings and rerank too.")
-    elif task in ("chat", "complete"):
+    elif task in ("chat", "complete", "speak", "vad", "transcribe"):
         hint = " It serves: " + ", ".join(sorted(entry.tasks)) + "."
     else:
         hint = ""
@@ -121,8 +126,9 @@ def plan_load(entry: ModelEntry, task: str, defaults: EngineDefaults) -> LoadPla
         speculative=speculative,
         draft_path=entry.draft_path if speculative is not None else None,
         mmproj_path=entry.mmproj_path if vision else None,
+        voices_path=entry.voices_path,
     )
-    return LoadPlan(engine, instance, options)
+    return LoadPlan(engine, instance, options, task)
 
 
 def check_draft(entry: ModelEntry) -> None:
@@ -143,7 +149,7 @@ def check_draft(entry: ModelEntry) -> None:
 
 def main_task(entry: ModelEntry) -> str:
     """What a model is mainly for (what a preload loads)."""
-    for task in ("chat", "embed", "rerank", "transcribe"):
+    for task in ("chat", "embed", "rerank", "transcribe", "speak", "vad"):
         if task in entry.tasks:
             return task
     return "chat"

@@ -27,6 +27,8 @@ from lokal.formats.modelfile import disk_size
 from lokal.metrics import Metrics
 from lokal.models.config import ModelEntry
 from lokal.models.embedding import EmbeddingBatcher
+from lokal.models.leasing import InstanceStatus, PoolStatus
+from lokal.models.fairshare import FairQueue, Share
 from lokal.models.memory import Estimate, MemoryBudget, estimate, human
 from lokal.models.planner import EngineDefaults, LoadPlan
 
@@ -46,33 +48,24 @@ def default_engine_factory(engine_name: str, options: LoadOptions) -> Engine:
 class Slots:
     """Admission to an engine's slots: a generation waits here, in lokal, until as many
     slots as it decodes choices are free, so that time in the queue is never taken for
-    an engine that went quiet (the busy watchdog starts once a request is admitted)."""
+    an engine that went quiet (the busy watchdog starts once a request is admitted).
+    Waiting requests are admitted fairly across API keys (`fairshare.FairQueue`)."""
 
     def __init__(self, count: int) -> None:
         self.count = count
-        self.free = count
-        self._changed = asyncio.Condition()
+        self._queue = FairQueue(count)
 
-    async def take(self, n: int) -> Callable[[], None]:
+    @property
+    def free(self) -> int:
+        return self._queue.free
+
+    @property
+    def waiting(self) -> int:
+        return self._queue.waiting
+
+    async def take(self, n: int, share: Share | None = None) -> Callable[[], None]:
         """Wait for n slots; the function returned gives them back (once)."""
-        n = min(max(1, n), self.count)
-        async with self._changed:
-            await self._changed.wait_for(lambda: self.free >= n)
-            self.free -= n
-        given = False
-
-        def give_back() -> None:
-            nonlocal given
-            if not given:
-                given = True
-                self.free += n
-                asyncio.get_running_loop().create_task(self._notify())
-
-        return give_back
-
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+        return await self._queue.take(n, share)
 
 
 class Instance:
@@ -107,10 +100,12 @@ class Instance:
 
 
 class Lease:
-    """A loaded model held for one request (see `Pool.lease`)."""
+    """A loaded model held for one request (see `LocalPool.lease`; the `models.leasing.Lease`
+    protocol)."""
 
-    def __init__(self, pool: Pool, entry: ModelEntry, instance: Instance) -> None:
+    def __init__(self, pool: LocalPool, entry: ModelEntry, instance: Instance, share: Share | None = None) -> None:
         self.entry = entry
+        self.share = share  # whose request it is, for a fair turn at the slots
         self.engine = instance.engine
         self.busy_timeout = pool.busy_timeout
         self._pool = pool
@@ -142,7 +137,7 @@ class Lease:
         slots = self._instance.slots
         if slots is None:
             return lambda: None
-        return await slots.take(n)
+        return await slots.take(n, self.share)
 
     def retire(self) -> None:
         """The engine stopped responding: take its instance out of service."""
@@ -173,14 +168,15 @@ class Lease:
             release()
 
 
-class Pool:
-    """Engine instances of the catalog's models, loaded on demand."""
+class LocalPool:
+    """Engine instances of the catalog's models, loaded on demand on this machine (the
+    `models.leasing.Pool` protocol)."""
 
     def __init__(self, defaults: EngineDefaults, *, max_active: int = 0,
                  idle_timeout: float | None = None, busy_timeout: float | None = None,
                  engine_factory: EngineFactory = default_engine_factory,
                  memory: MemoryBudget | None = None, crash_limit: int = CRASH_LIMIT,
-                 crash_window: float = CRASH_WINDOW) -> None:
+                 crash_window: float = CRASH_WINDOW, metrics: Metrics | None = None) -> None:
         self.defaults = defaults
         self.max_active = max_active
         self.memory = memory  # None: no memory check (MEMORY_LIMIT=off)
@@ -196,11 +192,16 @@ class Pool:
         self._locks: dict[Key, asyncio.Lock] = {}
         self._capacity = asyncio.Lock()
         self._watchdog: asyncio.Task[None] | None = None
-        self.metrics = Metrics()  # the registry's replaces it
+        self.metrics = metrics or Metrics()
 
-    @property
-    def loaded_count(self) -> int:
-        return len(self._loaded)
+    def status(self) -> PoolStatus:
+        now = time.monotonic()
+        instances = [InstanceStatus(model=name, purpose=purpose, engine=i.engine_name, in_use=i.in_use,
+                                    slots=i.engine.slots, memory_bytes=i.size, idle_seconds=now - i.last_used,
+                                    pid=getattr(i.engine, "pid", None))
+                     for (name, purpose), i in self._loaded.items()]
+        loading = frozenset(k[0] for k, lock in self._locks.items() if lock.locked() and k not in self._loaded)
+        return PoolStatus(instances, loading, dict(self.failed), self.restarts, self.idle_timeout)
 
     def loaded(self) -> dict[Key, Instance]:
         return dict(self._loaded)
@@ -208,14 +209,10 @@ class Pool:
     def is_loaded(self, name: str, instance: str | None = None) -> bool:
         return any(k[0] == name and instance in (None, k[1]) for k in self._loaded)
 
-    def is_loading(self, name: str) -> bool:
-        """Whether an instance of the model is being loaded now."""
-        return any(k[0] == name and lock.locked() and k not in self._loaded
-                   for k, lock in self._locks.items())
-
     @contextlib.asynccontextmanager
-    async def lease(self, entry: ModelEntry, plan: LoadPlan) -> AsyncIterator[Lease]:
-        """The planned instance of entry, loaded, held for the block."""
+    async def lease(self, entry: ModelEntry, plan: LoadPlan, share: Share | None = None) -> AsyncIterator[Lease]:
+        """The planned instance of entry, loaded, held for the block; share says whose
+        request it is (None: no named key) for a fair turn at the engine's slots."""
         key = (entry.name, plan.instance)
         if entry.name in self.failed:
             raise ModelFailedError(entry.name, self.failed[entry.name])
@@ -229,7 +226,7 @@ class Pool:
         if plan.instance == "generate" and instance.in_use >= limit:
             raise ModelBusyError(entry.name, limit)
         instance.take()
-        lease = Lease(self, entry, instance)
+        lease = Lease(self, entry, instance, share)
         crashes = instance.crashes
         try:
             yield lease

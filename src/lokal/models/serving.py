@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from lokal import logs
 from lokal.engines.base import Transcription
 from lokal.errors import BadRequest
 from lokal.models.embedding import decode_openai_tokens
@@ -49,6 +50,7 @@ async def embed(registry: ModelRegistry, task: EmbedTask) -> EmbedResult:
             raise BadRequest(f"dimensions must be at most {native} for the model '{task.model}'.",
                              param="dimensions")
         result = await lease.embed(inputs, task.truncate)
+    logs.annotate(prompt_tokens=result.prompt_tokens)  # the access log and usage per key
     vectors = result.vectors
     if task.dimensions is not None:
         vectors = [shorten(v, task.dimensions) if task.dimensions < len(v) else v for v in vectors]
@@ -60,8 +62,10 @@ async def rerank(registry: ModelRegistry, task: RerankTask) -> RerankResult:
     async with registry.lease(task.model, "rerank") as lease:
         if lease.entry.rerank_by == "cross-encoder":
             ranked = await lease.run(lease.engine.rerank, task.query, task.documents)
+            logs.annotate(prompt_tokens=ranked.prompt_tokens)
             return RerankResult(ranked.scores, ranked.prompt_tokens, ranked.raw or ranked.scores)
         embedded = await lease.embed([task.query, *task.documents])
+    logs.annotate(prompt_tokens=embedded.prompt_tokens)
     query, *documents = embedded.vectors
     scores = [sum(q * d for q, d in zip(query, doc)) for doc in documents]
     return RerankResult(scores, embedded.prompt_tokens, scores)
@@ -69,5 +73,10 @@ async def rerank(registry: ModelRegistry, task: RerankTask) -> RerankResult:
 
 async def transcribe(registry: ModelRegistry, task: TranscribeTask) -> Transcription:
     async with registry.lease(task.model, "transcribe") as lease:
-        return await lease.run(lambda: lease.engine.transcribe(
-            task.audio, language=task.language, prompt=task.prompt, temperature=task.temperature))
+        # vad_filter is passed only when asked for, so engines without it (a Ray replica) serve the rest.
+        vad = {"vad_filter": True} if task.vad_filter else {}
+        result: Transcription = await lease.run(lambda: lease.engine.transcribe(
+            task.audio, language=task.language, prompt=task.prompt, temperature=task.temperature, **vad))
+    if result.duration is not None:
+        logs.annotate(audio_seconds=float(result.duration))
+    return result

@@ -3,9 +3,9 @@
 Three deployments in one Serve application (`lokal`):
 
 * `lokal-ingress`: lokal's own FastAPI app (every route, validation, auth,
-  streaming, the catalog) over a `RayRegistry`; behind Ray's HTTP proxy on
+  streaming, the catalog) over a registry whose pool is the replicas'; behind Ray's HTTP proxy on
   ADDRESS. It uses no CPU of its own and runs on the head node.
-* `lokal-models`: the model replicas (`lokal.scale.cluster.ModelReplica`), each
+* `lokal-models`: the model replicas (`lokal.scale.replica.ModelReplica`), each
   reserving RAY_CPUS_PER_REPLICA CPUs (default: THREADS), RAY_REPLICAS of them or
   autoscaled between RAY_MIN_REPLICAS and RAY_MAX_REPLICAS; Serve's multiplexing
   routes model M to a replica that holds M.
@@ -29,7 +29,9 @@ from typing import Any
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from lokal.scale.cluster import Board, ClusterView, ModelReplica, RayRegistry, expected_files, served_by
+from lokal.scale.ingress import ClusterView, remote_registry, served_by
+from lokal.scale.replica import Board, ModelReplica
+from lokal.scale.wire import expected_files
 from lokal.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -132,14 +134,15 @@ class Ingress:
 
         logs.setup(settings.effective_log_level, settings.log_format)
         self.settings = settings
-        self.registry = RayRegistry(models, board, **options)
+        self.registry = remote_registry(models, board, options, aliases=dict(settings.model_aliases))
 
     def __serve_build_asgi_app__(self) -> Any:
         from lokal.api.app import create_app
 
         app = create_app(self.settings, self.registry)
-        app.add_middleware(ClusterMiddleware, view=self.registry.view)
-        app.state.metrics.registry.register(ReplicaCollector(self.registry.view))
+        view = self.registry.pool.view  # the RemotePool's view of the replicas
+        app.add_middleware(ClusterMiddleware, view=view)
+        app.state.metrics.registry.register(ReplicaCollector(view))
         return app
 
 

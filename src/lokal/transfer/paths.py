@@ -49,12 +49,12 @@ def check_relative(name: str, *, what: str = "file name") -> str:
     if "\x00" in name or _CONTROL.search(name):
         raise UnsafePath(name, f"the {what} contains NUL or control characters")
     if "\\" in name:
-        raise UnsafePath(name, f"the {what} contains a backslash")
+        raise UnsafePath(name, f"the {what} may not contain '..' or backslashes")
     if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
-        raise UnsafePath(name, f"the {what} is an absolute path; it must be relative to the models folder")
+        raise UnsafePath(name, f"the {what} must be a path relative to the models folder, not absolute")
     parts = name.split("/")
     if any(part in ("", ".", "..") for part in parts):
-        raise UnsafePath(name, f"the {what} contains '..', '.' or an empty path component")
+        raise UnsafePath(name, f"the {what} may not contain '..', '.' or empty path components")
     if any(part.startswith(".") for part in parts):
         raise UnsafePath(name, f"the {what} has a hidden component (names starting with '.' are "
                                "lokal's own partial files and records)")
@@ -63,15 +63,29 @@ def check_relative(name: str, *, what: str = "file name") -> str:
     return name
 
 
-def confined_target(models_path: Path, name: str, *, what: str = "file name",
-                    allow_config: bool = False) -> Path:
-    """The path name denotes under the models folder, checked: no escape, no symlink on
-    the way (the target itself included), no config file unless allow_config."""
+def confine(models_path: Path, name: str, *, what: str = "file name", write: bool = False,
+            allow_config: bool = False) -> Path:
+    """The path name denotes under the models folder, checked by one set of rules
+    (`check_relative`), wherever the name came from:
+
+    - to read (a config naming its files): the path may go through symlinks that stay in
+      the folder (a model linked in from a subfolder), never to one that leaves it, and
+      `./` steps are read as nothing (configs write `./model.gguf`); the resolved path is
+      returned;
+    - to write (`write`: downloads, installs, records): no symlink anywhere on the way
+      (the target itself included) and no model config unless allow_config."""
+    if not write and isinstance(name, str) and "/" in name:
+        name = "/".join(part for part in name.split("/") if part != ".") or name
     check_relative(name, what=what)
+    root = models_path.resolve()
+    if not write:
+        resolved = (root / name).resolve()
+        if resolved != root and root not in resolved.parents:
+            raise UnsafePath(name, f"the {what} points outside the models folder (symlink?)")
+        return resolved
     if not allow_config and name.lower().endswith(CONFIG_SUFFIXES):
         raise UnsafePath(name, f"the {what} names a model config; configs are written by lokal "
                                "from the entry, not downloaded over")
-    root = models_path.resolve()
     current = root
     for part in name.split("/"):
         current = current / part

@@ -32,7 +32,7 @@ def _keep_billing(request: Request) -> bool:
 @router.post("/messages", summary="Create a message (Anthropic Messages API)")
 async def create_message(body: MessagesRequest, request: Request) -> Any:
     task = await body.to_task_with_images(loader_for(request), keep_billing_line=_keep_billing(request))
-    run = await start(request, task, family="anthropic")
+    run = await start(request, task)
     return await respond(request, run, MessageRenderer(body.model), stream=body.stream)
 
 

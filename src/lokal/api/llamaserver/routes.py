@@ -150,5 +150,5 @@ async def infill(body: InfillRequest, request: Request) -> Any:
     entry = pick_model(registry, body.model)
     task = tasks.CompletionTask(entry.name, body.input_prefix, body.options(), suffix=body.input_suffix,
                                 context_files=body.input_extra, middle=body.prompt)
-    run = await start(request, task, family="llamaserver")
+    run = await start(request, task)
     return await respond(request, run, InfillRenderer(entry.name), stream=body.stream)

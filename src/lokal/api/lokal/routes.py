@@ -1,7 +1,8 @@
 """lokal's own model routes: every catalog entry with its state, and load/unload.
 
 `GET /lokal/models` lists every configured model (broken ones too, with the reason):
-state (`loaded`, `loading`, `idle` or `broken`), its loaded instances, tasks, engine
+state (`loaded`, `loading`, `idle` or `broken`), its loaded instances (with their
+worker process's pid under ENGINE_ISOLATION=process), tasks, engine
 file name and size, and the context size a load would use. Any client the auth
 middleware lets through may read it (as `/v1/models`).
 
@@ -21,7 +22,7 @@ from fastapi import APIRouter, Depends, Request
 from lokal.api.admin import require_admin
 from lokal.formats.modelfile import disk_size
 from lokal.models.config import ModelEntry
-from lokal.models.planner import main_task, plan_load
+from lokal.models.planner import main_task
 from lokal.models.registry import ModelRegistry
 
 router = APIRouter(prefix="/lokal", tags=["lokal"])
@@ -37,25 +38,24 @@ def _context(registry: ModelRegistry, entry: ModelEntry) -> tuple[int | None, in
         return None, None
     trained = entry.file.gguf.context_length
     try:
-        planned = plan_load(entry, main_task(entry), registry.defaults).options.context_size
+        planned = registry.plan(entry, main_task(entry)).options.context_size
     except Exception:  # noqa: BLE001 - a model that cannot plan shows no context; its load says why
         planned = None
     return planned, trained
 
 
 def describe(registry: ModelRegistry, entry: ModelEntry, size: int | None) -> dict[str, Any]:
-    pool = registry.pool
-    instances = [{"purpose": purpose, "engine": inst.engine_name, "in_use": inst.in_use,
-                  "memory_bytes": inst.size}
-                 for (name, purpose), inst in pool.loaded().items() if name == entry.name]
-    failure = registry.failure(entry.name)
+    status = registry.status()
+    instances = [{"purpose": i.purpose, "engine": i.engine, "in_use": i.in_use, "memory_bytes": i.memory_bytes,
+                  "pid": i.pid} | ({"node": i.node} if i.node else {}) for i in status.of(entry.name)]
+    failure = status.failed.get(entry.name)
     if not entry.ok:
         state = "broken"
     elif failure is not None:
         state = "failed"  # its engine crashed again and again: refused until a load clears it
     elif instances:
         state = "loaded"
-    elif pool.is_loading(entry.name):
+    elif entry.name in status.loading:
         state = "loading"
     else:
         state = "idle"
@@ -74,6 +74,7 @@ def describe(registry: ModelRegistry, entry: ModelEntry, size: int | None) -> di
         "trained_context": trained,
         "instances": instances,
         "pending_downloads": [d.path.name for d in entry.pending_downloads],
+        "voices": list(entry.file.speech.voices) if entry.file is not None and entry.file.speech else [],
     }
 
 
@@ -97,7 +98,7 @@ async def model(name: str, request: Request) -> dict[str, Any]:
 async def load(name: str, request: Request) -> dict[str, Any]:
     registry = _registry(request)
     entry = registry.entry(name)  # unknown: 404; broken: the lease says why (503)
-    registry.pool.clear_failures(entry.name)  # loading by hand is the retry a failed model waits for
+    registry.retry(entry.name)  # loading by hand is the retry a failed model waits for
     async with registry.lease(name, main_task(entry)):
         pass
     return describe(registry, registry.entry(name), await asyncio.to_thread(disk_size, entry.model_path))

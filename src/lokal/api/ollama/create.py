@@ -50,7 +50,7 @@ from lokal.api.respond import ndjson
 from lokal.errors import BadRequest, Conflict, InsufficientStorage, LokalError, NotFound
 from lokal.formats.modelfile import ModelFileError, read_gguf
 from lokal.models.config import ModelConfig
-from lokal.transfer.paths import STATE_DIR, check_model_name, confined_target
+from lokal.transfer.paths import STATE_DIR, check_model_name, confine
 
 router = APIRouter(dependencies=[Depends(require_admin)])
 
@@ -275,7 +275,7 @@ def _same_content(path: Path, blob: Path) -> bool:
 def _place(models_path: Path, filename: str, blob: Path) -> None:
     """The blob in the models folder under filename: a hard link, else a copy (whole or
     not at all); a different file of that name already there is a 409."""
-    target = confined_target(models_path, filename, what="file name")
+    target = confine(models_path, filename, what="file name", write=True)
     if target.exists():
         if _same_content(target, blob):
             return

@@ -48,7 +48,9 @@ def wire_name(name: str) -> str:
 
 
 def resolve(registry: ModelRegistry, name: str) -> ModelEntry:
-    """The entry an Ollama model name means: the exact name, else without `:latest`."""
+    """The entry an Ollama model name means: the exact name, else without `:latest`
+    (403 for a model the request's API key may not use, whether or not it exists)."""
+    registry.permit(name)
     names = {e.name: e for e in registry.entries}
     if name in names:
         return names[name]

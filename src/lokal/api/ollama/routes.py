@@ -28,7 +28,7 @@ from lokal.api.respond import respond
 from lokal.errors import BadRequest, ModelUnavailableError
 from lokal.models import serving
 from lokal.models.config import ModelEntry
-from lokal.models.planner import instance_for, plan_load
+from lokal.models.planner import instance_for
 from lokal.models.registry import ModelRegistry
 from lokal.tasks import EmbedTask
 
@@ -84,7 +84,7 @@ def _registry(request: Request) -> ModelRegistry:
 
 async def _load(registry: ModelRegistry, entry: ModelEntry, task: str) -> int:
     """Load the model for task if it is not loaded yet; the nanoseconds it took."""
-    if registry.pool.is_loaded(entry.name, instance_for(entry, task)):
+    if registry.is_loaded(entry.name, instance_for(entry, task)):
         return 0
     started = time.perf_counter_ns()
     async with registry.lease(entry.name, task):
@@ -104,7 +104,7 @@ async def _generate(request: Request, body: ChatRequest | GenerateRequest, entry
     registry = _registry(request)
     task = await body.to_task_with_images(entry.name, loader_for(request))
     timer.load_ns = await _load(registry, entry, task.task)
-    run = await start(request, task, family="ollama")
+    run = await start(request, task)
     if not body.stream:
         timer.first_token()  # the first deltas have arrived (a stream's renderer marks them)
     after = _after(registry, entry, body.keep_alive_seconds)
@@ -198,17 +198,18 @@ async def show(request: Request) -> dict[str, Any]:
 @router.get("/ps", summary="Ollama: the models loaded now")
 async def ps(request: Request) -> dict[str, Any]:
     registry = _registry(request)
-    pool = registry.pool
-    by_name: dict[str, float] = {}
-    for (name, _instance), loaded in pool.loaded().items():
-        by_name[name] = max(by_name.get(name, 0.0), loaded.last_used)
+    status = registry.status()
+    idle_by_name: dict[str, float] = {}
+    for instance in status.instances:
+        seen = idle_by_name.get(instance.model)
+        idle_by_name[instance.model] = instance.idle_seconds if seen is None else min(seen, instance.idle_seconds)
     out = []
     for entry in registry.entries:
-        if entry.name not in by_name:
+        if entry.name not in idle_by_name:
             continue
-        idle = time.monotonic() - by_name[entry.name]
-        if pool.idle_timeout:
-            expires = datetime.now(timezone.utc) + timedelta(seconds=max(0.0, pool.idle_timeout - idle))
+        idle = idle_by_name[entry.name]
+        if status.idle_timeout:
+            expires = datetime.now(timezone.utc) + timedelta(seconds=max(0.0, status.idle_timeout - idle))
         else:  # never unloaded for idleness: as Ollama shows keep_alive -1
             expires = datetime.now(timezone.utc) + timedelta(days=365 * 292)
         row = catalog.listing(entry)
@@ -216,7 +217,7 @@ async def ps(request: Request) -> dict[str, Any]:
         row.pop("capabilities", None)
         task = "chat" if "chat" in entry.tasks else next(iter(sorted(entry.tasks)), "chat")
         try:
-            context = plan_load(entry, task, registry.defaults).options.context_size
+            context = registry.plan(entry, task).options.context_size
         except Exception:  # noqa: BLE001 - a model that loaded plans; this is only a report
             context = None
         row.update({"expires_at": expires.astimezone().isoformat(), "size_vram": 0,

@@ -66,6 +66,8 @@ async def create_transcription(
     response_format: Annotated[str | None, Form(
         description="json (default), text, srt, vtt or verbose_json.")] = "json",
     temperature: Annotated[float | None, Form(description="Sampling temperature, 0 to 1.")] = None,
+    vad_filter: Annotated[bool, Form(description="lokal: transcribe only where voice activity "
+                                                 "detection (Silero VAD) hears speech, skipping silence.")] = False,
 ) -> Response:
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/"):
@@ -92,7 +94,8 @@ async def create_transcription(
     if not audio:
         raise APIError(400, "Invalid file: the audio file is empty.", param="file")
     result = await serving.transcribe(request.app.state.registry, TranscribeTask(
-        name.strip(), audio, language=_blank(language), prompt=_blank(prompt), temperature=temp))
+        name.strip(), audio, language=_blank(language), prompt=_blank(prompt), temperature=temp,
+        vad_filter=vad_filter))
     if fmt == "text":
         return PlainTextResponse(result.text + "\n")
     if fmt == "srt":

@@ -33,13 +33,17 @@ async def list_models(request: Request) -> dict[str, Any]:
 
 def _model(registry: ModelRegistry, entry: ModelEntry, created: int) -> dict[str, Any]:
     """OpenAI's model object, with lokal's `capabilities`: the tasks the model serves
-    (chat, complete, embed, rerank, transcribe) and `vision` when it takes images; a
+    (chat, complete, embed, rerank, transcribe, speak, vad) and `vision` when it takes images
+    (a speech model lists its `voices`); a
     model refused after repeated engine crashes says so (until it is reloaded)."""
     capabilities = [t for t in TASKS if t in entry.tasks]
     if entry.vision:
         capabilities.append("vision")
     model = {"id": entry.name, "object": "model", "created": created, "owned_by": "lokal",
              "capabilities": capabilities}
+    speech = entry.file.speech if entry.file is not None else None
+    if speech is not None and speech.voices:  # a text-to-speech model: the voices it speaks
+        model["voices"] = list(speech.voices)
     reason = registry.failure(entry.name)
     if reason:
         model.update(status="failed", error=reason)

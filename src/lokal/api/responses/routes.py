@@ -44,7 +44,7 @@ def _echo(body: ResponsesRequest) -> dict[str, Any]:
 @router.post("/responses", summary="Create a model response (OpenAI Responses API)")
 async def create_response(body: ResponsesRequest, request: Request) -> Any:
     task = await body.to_task_with_images(loader_for(request))
-    run = await start(request, task, family="responses")
+    run = await start(request, task)
     renderer = ResponseRenderer(body.model, _echo(body), body.namespaced())
     return await respond(request, run, renderer, stream=body.stream)
 

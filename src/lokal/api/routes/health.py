@@ -16,9 +16,9 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz", summary="Readiness: preloading is done")
 async def readyz(request: Request) -> JSONResponse:
     if request.app.state.ready.is_set():
-        pool = request.app.state.registry.pool
-        body: dict[str, object] = {"status": "ready", "worker_restarts": pool.restarts}
-        if pool.failed:
-            body["failed_models"] = dict(pool.failed)
+        status = request.app.state.registry.status()
+        body: dict[str, object] = {"status": "ready", "worker_restarts": status.restarts}
+        if status.failed:
+            body["failed_models"] = dict(status.failed)
         return JSONResponse(body)
     return JSONResponse({"status": "loading"}, status_code=503)

@@ -102,11 +102,22 @@ function fillSelect(select, task) {
   if (usable.some((m) => m.name === previous)) select.value = previous;
 }
 
+function fillVoices() {
+  const select = $("tts-voice");
+  const previous = select.value;
+  const model = models.find((m) => m.name === $("tts-model").value);
+  const voices = model?.voices ?? [];
+  select.replaceChildren(...voices.map((v) => make("option", { value: v, text: v })));
+  if (voices.includes(previous)) select.value = previous;
+}
+
 function fillPickers() {
   fillSelect($("chat-model"), "chat");
   fillSelect($("embed-model"), "embed");
   fillSelect($("rerank-model"), "rerank");
   fillSelect($("stt-model"), "transcribe");
+  fillSelect($("tts-model"), "speak");
+  fillVoices();
   const chat = current();
   if (chat && chat.model && [...$("chat-model").options].some((o) => o.value === chat.model)) $("chat-model").value = chat.model;
   renderModels();
@@ -188,6 +199,12 @@ function messageNode(msg) {
     make("div", { class: "who", text: msg.role === "user" ? "You" : "Assistant" }), body);
   if (msg.stats) node.append(make("div", { class: "stats muted small", text: msg.stats }));
   if (msg.error) node.append(make("div", { class: "error small", role: "alert", text: msg.error }));
+  if (msg.role === "assistant" && msg.content && models.some((m) => m.state !== "broken" && m.tasks.includes("speak"))) {
+    const status = make("span", { class: "muted small", role: "status" });
+    const button = make("button", { type: "button", class: "ghost small read-aloud", text: "Read aloud",
+      onclick: () => readAloud(msg.content, button, status) });
+    node.append(make("div", { class: "row" }, button, status));
+  }
   return node;
 }
 
@@ -584,6 +601,64 @@ $("stt-form").addEventListener("submit", (event) => {
     out.replaceChildren(make("p", { class: "result transcript", text: result.text }));
   });
 });
+
+// Speech: the playground's speak box, and chat answers read aloud with its model and voice.
+
+let speaking = null; // the <audio> playing now, and its blob URL
+
+function stopSpeaking() {
+  if (!speaking) return;
+  speaking.audio.pause();
+  URL.revokeObjectURL(speaking.url);
+  speaking = null;
+}
+
+async function speech(text, format) {
+  const model = $("tts-model").value;
+  if (!model) throw new Error("No text-to-speech model is available: install one (a Piper voice) on the Models page.");
+  const response = await call("/v1/audio/speech", { method: "POST", json: {
+    model, input: text, voice: $("tts-voice").value || undefined, response_format: format } });
+  return response.blob();
+}
+
+function player(blob) {
+  stopSpeaking();
+  const url = URL.createObjectURL(blob);
+  const audio = make("audio", { controls: true, src: url, class: "player" });
+  speaking = { audio, url };
+  return audio;
+}
+
+$("tts-model").addEventListener("change", fillVoices);
+$("tts-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const out = $("tts-out");
+  busyForm(event.target, out, async () => {
+    const blob = await speech($("tts-input").value, $("tts-format").value);
+    const audio = player(blob);
+    out.replaceChildren(audio, make("p", { class: "muted small", text: `${bytes(blob.size)} of ${$("tts-format").value}` }));
+    audio.play().catch(() => {}); // a browser may refuse to play before the page was used; the controls remain
+  });
+});
+
+async function readAloud(text, button, status) {
+  button.disabled = true;
+  status.textContent = "Speaking…";
+  status.classList.remove("error");
+  try {
+    const audio = player(await speech(text.slice(0, 4096), "mp3"));
+    audio.hidden = true;
+    button.after(audio);
+    audio.addEventListener("ended", () => { status.textContent = ""; });
+    await audio.play().catch(() => { audio.hidden = false; });
+    status.textContent = "";
+  } catch (exc) {
+    status.textContent = message(exc);
+    status.classList.add("error");
+  } finally {
+    button.disabled = false;
+  }
+}
 
 // ---------------------------------------------------------------- pages
 

@@ -84,6 +84,7 @@ class FakeServer:
             if text is None:
                 write_gguf(folder / name, context_length=context_length)
             else:
+                (folder / name).parent.mkdir(parents=True, exist_ok=True)
                 (folder / name).write_text(text)
         settings.setdefault("threads", 1)
         self.settings = _OnlyGiven(models_path=folder, address="127.0.0.1:0", **settings)

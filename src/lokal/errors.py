@@ -84,6 +84,13 @@ class ServerError(LokalError):
     type = "server_error"
 
 
+class BadGateway(LokalError):
+    """A server lokal had to reach (a model source, a gallery) could not be reached or failed (502)."""
+
+    status = 502
+    type = "upstream_error"
+
+
 class Unavailable(LokalError):
     status = 503
     type = "service_unavailable_error"
@@ -160,12 +167,16 @@ class EngineError(LokalError):
 
 
 class ContextOverflowError(BadRequest):
-    """A prompt longer than the model's context window."""
+    """A prompt longer than the model's context window. It carries the numbers, so that
+    each API family says it in its own clients' words (Anthropic's "prompt is too long",
+    OpenAI's context_length_exceeded, ...): the envelopes pick it by type."""
 
     def __init__(self, prompt_tokens: int, context: int, *, param: str = "messages") -> None:
         super().__init__(f"This model's maximum context length is {context} tokens, but the request "
                          f"has {prompt_tokens} prompt tokens. Shorten the messages or prompt.",
                          param=param, extra={"n_prompt_tokens": prompt_tokens, "n_ctx": context})
+        self.prompt_tokens = prompt_tokens
+        self.context = context
 
 
 class RequestTimeout(Timeout):
@@ -210,8 +221,23 @@ class InsufficientMemory(InsufficientStorage):
         super().__init__(message, extra={"needed_bytes": needed, "free_bytes": free})
 
 
+class InfillNotSupported(BadRequest):
+    """Fill in the middle (a suffix) asked of a model without FIM tokens."""
+
+    def __init__(self) -> None:
+        super().__init__("This model cannot fill in the middle: its vocabulary has no fill-in-the-middle "
+                         "tokens (prefix, suffix, middle). Leave out suffix, or use a code model made "
+                         "for infill.", param="suffix")
+
+
+#: The engine's kind for a model without fill-in-the-middle tokens.
+INFILL_NOT_SUPPORTED = "infill_not_supported"
+
+
 def normalize_engine_error(exc: EngineError) -> LokalError:
     """An engine's refusal in lokal's words where lokal knows better ones."""
+    if exc.kind == INFILL_NOT_SUPPORTED:
+        return InfillNotSupported()
     if exc.kind == "exceed_context_size_error":
         prompt, ctx = exc.details.get("n_prompt_tokens"), exc.details.get("n_ctx")
         if isinstance(prompt, int) and isinstance(ctx, int):

@@ -134,9 +134,14 @@ class CompletionTask:
     prompt: Prompt
     options: GenerationOptions = field(default_factory=GenerationOptions)
     echo: bool = False
+    #: text after the gap: fill in the middle (the model's FIM format) instead of continuing
     suffix: str | None = None
     #: the legacy completions `logprobs`: alternatives per token (None: no logprobs)
     logprobs: int | None = None
+    #: fill in the middle: other files for context ({"filename", "text"}), and the start of
+    #: the middle already written (llama-server's /infill `input_extra` and `prompt`)
+    context_files: list[dict[str, str]] = field(default_factory=list)
+    middle: str = ""
     task: Task = "complete"
 
 

@@ -74,7 +74,10 @@ def test_malformed_bodies_are_400(http: httpx.Client, raw: bytes) -> None:
 
 
 def test_context_overflow_is_400_with_token_counts(http: httpx.Client) -> None:
-    error = _error(http.post(CHAT, json={"model": MODEL, "messages": [{"role": "user", "content": "word " * 3000}]}), 400)
+    r = http.post(CHAT, json={"model": MODEL, "messages": [{"role": "user", "content": "word " * 3000}]})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["code"] == "context_length_exceeded" and error["type"] == "invalid_request_error"
     assert error["n_prompt_tokens"] > error["n_ctx"] == 2048
     assert "2048" in error["message"]
 

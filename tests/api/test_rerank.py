@@ -126,7 +126,8 @@ def test_gguf_reranker_scores_with_its_classification_head(tmp_path: Path) -> No
         expected.append(1 / (1 + math.exp(-logit)))
     with LokalServer(models) as server:
         r = httpx.post(f"{server.base}/v1/rerank", json={"model": "reranker", "query": query,
-                                                         "documents": docs}, timeout=120)
+                                                         "documents": docs, "return_documents": True},
+                       timeout=120)
         assert r.status_code == 200, r.text
         results = r.json()["results"]
         assert [item["index"] for item in results] == sorted(range(len(docs)), key=lambda i: -expected[i])

@@ -43,7 +43,10 @@ def test_context_overflow_is_400_with_counts(fake_server) -> None:
                                "exceed_context_size_error", n_prompt_tokens=2031, n_ctx=512)])
     with server.client() as client:
         for stream in (False, True):
-            error = _envelope(client.post("/v1/chat/completions", json=chat("x", stream=stream)), 400)
+            r = client.post("/v1/chat/completions", json=chat("x", stream=stream))
+            assert r.status_code == 400
+            error = r.json()["error"]
+            assert error["code"] == "context_length_exceeded"  # OpenAI's code, not the status
             assert error["n_prompt_tokens"] == 2031 and error["n_ctx"] == 512
             assert "512" in error["message"] and "2031" in error["message"]
             assert error["type"] == "invalid_request_error"

@@ -129,10 +129,17 @@ def test_our_fields_never_reach_the_engine(tmp_path: Path) -> None:
     entry = make_entry(tmp_path, "")
     body = plan_completion(entry, {"model": "m", "prompt": "p", "user": "u", "stream": True,
                                    "stream_options": {"include_usage": True}, "echo": False,
-                                   "suffix": "s", "best_of": 1, "n_probs": 2}).body
+                                   "best_of": 1, "n_probs": 2}).body
     # (the sampling values are LocalAI's defaults for what neither request nor config sets)
     assert body == {"prompt": "p", "n_probs": 2, "temperature": 0.9, "top_p": 0.95, "top_k": 40, "min_p": 0.0,
                     "return_progress": True}
+
+
+def test_a_suffix_is_a_fill_in_the_middle_call(tmp_path: Path) -> None:
+    call = plan_completion(make_entry(tmp_path, ""), {"model": "m", "prompt": "p", "suffix": "s", "max_tokens": 3})
+    assert call.mode == "infill" and call.body == {"input_prefix": "p", "input_suffix": "s", "max_tokens": 3,
+                                                   "return_progress": True, "temperature": 0.9, "top_p": 0.95,
+                                                   "top_k": 40, "min_p": 0.0}
 
 
 # Stopwords -----------------------------------------------------------------------------

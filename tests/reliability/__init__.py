@@ -80,7 +80,7 @@ def envelope_problem(status: int, text: str, path: str = "") -> str | None:
     missing = {"message", "type", "param", "code"} - set(error)
     if missing:
         return f"error lacks {sorted(missing)}: {text[:200]!r}"
-    if error["code"] != status:
+    if error["code"] != status and not (status == 400 and error["code"] == "context_length_exceeded"):
         return f"code {error['code']!r} != status {status}: {text[:200]!r}"
     if not isinstance(error["message"], str) or not error["message"]:
         return f"empty message: {text[:200]!r}"

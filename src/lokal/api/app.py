@@ -12,8 +12,8 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from lokal import __version__
-from lokal.api import (anthropic, elevenlabs, generated_images, localai, lokal, ollama, openai, responses,
-                       routes, ui)
+from lokal.api import (anthropic, elevenlabs, generated_images, llamaserver, localai, lokal, ollama, openai,
+                       responses, routes, ui)
 from lokal.api.admin import log_admin_posture
 from lokal.api.errors import install_handlers
 from lokal.api.family import Families, Family
@@ -32,8 +32,8 @@ log = logging.getLogger(__name__)
 #: The API families a server speaks, in the order their routes are matched (LocalAI's
 #: /models/... paths before OpenAI's /models/{id}).
 FAMILIES: tuple[Family, ...] = (routes.HEALTH, routes.METRICS, localai.FAMILY, openai.FAMILY, openai.RERANK,
-                                ollama.FAMILY, responses.FAMILY, anthropic.FAMILY, elevenlabs.FAMILY, generated_images.FAMILY,
-                                lokal.FAMILY, ui.FAMILY)
+                                ollama.FAMILY, responses.FAMILY, anthropic.FAMILY, elevenlabs.FAMILY,
+                                generated_images.FAMILY, llamaserver.FAMILY, lokal.FAMILY, ui.FAMILY)
 
 
 def create_app(settings: Settings, registry: ModelRegistry, families: tuple[Family, ...] = FAMILIES, *,
@@ -76,7 +76,8 @@ def create_app(settings: Settings, registry: ModelRegistry, families: tuple[Fami
     # Added innermost first: requests meet Normalize, Observability, CORS, Keys, BodyLimit,
     # Decompress in that order (answers of Keys and BodyLimit get request ids and are counted).
     app.add_middleware(DecompressMiddleware, limit_bytes=settings.upload_limit_bytes)
-    app.add_middleware(BodyLimitMiddleware, limit_bytes=settings.upload_limit_bytes)
+    app.add_middleware(BodyLimitMiddleware, limit_bytes=settings.upload_limit_bytes,
+                       exempt=ollama.STREAMED_UPLOADS)  # uploads its routes stream to disk
     open_paths = app.state.families.open_paths + (("/metrics",) if settings.metrics_open else ())
     keys_file = KeysFile(settings.api_keys_file) if settings.api_keys_file is not None else None
     app.state.keys = Keyring(settings.api_keys, settings.admin_keys, keys_file)  # admin key works too

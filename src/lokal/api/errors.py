@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lokal.errors import EngineError, LokalError, normalize_engine_error
+from lokal.errors import ContextOverflowError, EngineError, LokalError, normalize_engine_error
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,14 @@ Envelope = Callable[[LokalError], dict[str, Any]]
 
 
 def openai_envelope(err: LokalError) -> dict[str, Any]:
-    error = {"message": err.message, "type": err.type, "param": err.param, "code": err.status}
+    message, code = err.message, err.status
+    if isinstance(err, ContextOverflowError):
+        # OpenAI's words and code, which SDK users and agents test for.
+        what = "messages" if err.param == "messages" else "prompt"
+        message = (f"This model's maximum context length is {err.context} tokens. However, your "
+                   f"{what} resulted in {err.prompt_tokens} tokens. Please reduce the length of the {what}.")
+        code = "context_length_exceeded"
+    error = {"message": message, "type": err.type, "param": err.param, "code": code}
     error.update(err.extra)
     return {"error": error}
 

@@ -58,14 +58,18 @@ class NormalizeMiddleware:
 
 
 class BodyLimitMiddleware:
-    """Refuse bodies over the limit with 413, before reading them whole."""
+    """Refuse bodies over the limit with 413, before reading them whole. Uploads to the
+    `exempt` path prefixes (POST) are streamed to disk by their routes, which apply
+    their own limit (Ollama's blobs: MAX_DOWNLOAD_SIZE)."""
 
-    def __init__(self, app: ASGIApp, limit_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, limit_bytes: int, exempt: Iterable[str] = ()) -> None:
         self.app = app
         self.limit = limit_bytes
+        self.exempt = tuple(exempt)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (self.exempt and scope["method"] == "POST"
+                                       and scope["path"].startswith(self.exempt)):
             await self.app(scope, receive, send)
             return
         length = dict(scope["headers"]).get(b"content-length")

@@ -33,6 +33,9 @@ ChunkSink = Callable[[dict[str, Any]], bool]
 #: "data"} (a preview, encoded), and {"event": "image", "image", "data", "seed"}. True: stop.
 ProgressSink = Callable[[dict[str, Any]], bool]
 
+#: llama-server's text utilities an engine may answer (`Engine.text_op`).
+TEXT_OPS = ("tokenize", "detokenize", "apply-template", "props", "slots")
+
 
 class ModelLoadError(Exception):
     """A model that could not be loaded; the message says why, for the user."""
@@ -210,6 +213,17 @@ class Engine(ABC):
         """Speech in an audio file (any format the engine decodes) to text; `vad_filter`:
         transcribe only where a voice-activity detector hears speech (skips silence)."""
         raise EngineError(400, "this model cannot transcribe audio")
+
+    def infill(self, body: dict[str, Any], sink: ChunkSink, *, streamed: bool = True) -> None:
+        """Fill in the middle (llama-server's /infill): body has `input_prefix`, `input_suffix`
+        (and `input_extra`, `prompt`) and the sampling fields; chunks in the text-completion
+        shape of `complete`."""
+        raise EngineError(400, "this model cannot fill in the middle")
+
+    def text_op(self, op: str, payload: dict[str, Any]) -> Any:
+        """llama-server's text utilities on this model, answered in its shapes: `tokenize`,
+        `detokenize`, `apply-template`, `props`, `slots` (see TEXT_OPS)."""
+        raise EngineError(400, f"this model's engine has no {op}")
 
     def speak(self, text: str, *, voice: str, speed: float = 1.0, language: str | None = None,
               sink: AudioSink) -> Speech:

@@ -152,7 +152,7 @@ def stall(gate: threading.Event | None = None, limit: float = 60.0) -> Stall:
 class FakeRequest:
     """One engine call: what a script sees, and what it did (for assertions)."""
 
-    mode: str  # "chat" or "completion"
+    mode: str  # "chat", "completion" or "infill"
     body: dict[str, Any]
     streamed: bool = True  # whether the client reads the answer as it is made
     chunks: list[dict[str, Any]] = field(default_factory=list)
@@ -167,6 +167,8 @@ class FakeRequest:
         """The prompt as text: every message's content, or the prompt(s), joined."""
         if self.mode == "chat":
             return "\n".join(_content(m.get("content")) for m in self.body.get("messages") or [])
+        if self.mode == "infill":
+            return f"{self.body.get('input_prefix', '')}<gap>{self.body.get('input_suffix', '')}"
         prompt = self.body.get("prompt")
         if isinstance(prompt, list):
             return "\n".join(p if isinstance(p, str) else " ".join(map(str, p)) for p in prompt)
@@ -244,6 +246,34 @@ class FakeEngine(Engine):
 
     def complete(self, body: dict[str, Any], sink: ChunkSink, *, streamed: bool = True) -> None:
         self._run("completion", body, sink, streamed)
+
+    def infill(self, body: dict[str, Any], sink: ChunkSink, *, streamed: bool = True) -> None:
+        if self.purpose != "generate":
+            return super().infill(body, sink, streamed=streamed)
+        self._run("infill", body, sink, streamed)
+
+    def text_op(self, op: str, payload: dict[str, Any]) -> Any:
+        """llama-server's shapes, on words: a token is a word (its id a hash), the template
+        `role: content` lines."""
+        if op == "tokenize":
+            words = str(payload.get("content", "")).split()
+            ids = [_word_id(w) for w in words]
+            if payload.get("with_pieces"):
+                return {"tokens": [{"id": i, "piece": w} for i, w in zip(ids, words)]}
+            return {"tokens": ids}
+        if op == "detokenize":
+            return {"content": " ".join(f"<{int(t)}>" for t in payload.get("tokens") or [])}
+        if op == "apply-template":
+            return {"prompt": "".join(f"{m.get('role')}: {_content(m.get('content'))}\n"
+                                      for m in payload.get("messages") or []) + "assistant:"}
+        if op == "props":
+            return {"default_generation_settings": {"n_ctx": self.options.context_size},
+                    "total_slots": self.slots, "model_path": str(self.options.model_path),
+                    "chat_template": "fake", "modalities": {"vision": False}, "build_info": "fake"}
+        if op == "slots":
+            return [{"id": i, "n_ctx": self.options.context_size, "is_processing": False}
+                    for i in range(self.slots or 1)]
+        return super().text_op(op, payload)
 
     def _steps(self, request: FakeRequest) -> list[Step]:
         script = self.script
@@ -420,6 +450,10 @@ class _Run:
                 raise step.exc
             else:  # pragma: no cover - a test's typo
                 raise TypeError(f"not a fake engine step: {step!r}")
+
+
+def _word_id(word: str) -> int:
+    return int(hashlib.sha256(word.encode()).hexdigest()[:6], 16)
 
 
 def _count(item: str | list[int]) -> int:

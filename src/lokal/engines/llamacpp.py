@@ -21,6 +21,7 @@ from lokal import threadnames
 from lokal.engines import engine_log
 from lokal.engines.base import (Engine, ChunkSink, Embeddings, EngineError, LoadOptions,
                                 ModelLoadError, Scores)
+from lokal.errors import INFILL_NOT_SUPPORTED
 from lokal.formats.modelfile import GGUFInfo, ModelFileError, read_gguf
 
 log = logging.getLogger(__name__)
@@ -103,13 +104,19 @@ def _engine_params(xllamacpp: Any, options: LoadOptions, info: GGUFInfo, loopbac
         params.kv_unified = False
     params.cont_batching = True
     params.cache_prompt = True
+    # A request goes to the idle slot whose cached prompt shares the most with its own (when
+    # over a tenth of it), so an agent's next turn finds its prefix; other requests take
+    # the least recently used slot. llama.cpp's default, stated: lokal depends on it.
+    params.slot_prompt_similarity = 0.1
     # llama.cpp's default keeps up to 8 GiB of saved slot states in RAM per model,
     # growing with every finished request; lokal bounds it (PROMPT_CACHE_RAM).
     params.cache_ram_mib = options.prompt_cache_mb
     params.use_jinja = True
     params.cpuparams.n_threads = options.threads
     params.cpuparams_batch.n_threads = options.threads
-    params.n_threads_http = 1
+    # The loopback listener answers tokenize/apply-template (token counts) and streams
+    # /infill: a thread per slot and one more, so a long infill never holds up a count.
+    params.n_threads_http = options.parallel + 1
     params.api_keys = [loopback_key]
     if options.embeddings:
         # A whole input must fit one micro-batch; vectors come back unit length.
@@ -209,18 +216,13 @@ class LlamaCppEngine(Engine):
                    if key in body}
         return str(self._loopback("/apply-template", payload)["prompt"])
 
-    def _loopback(self, path: str, payload: dict[str, Any]) -> Any:
+    def _loopback(self, path: str, payload: dict[str, Any] | None) -> Any:
+        """POST payload (GET when None) to the engine's own loopback listener; its JSON answer."""
         import json
         import urllib.error
-        import urllib.request
 
-        address = self._server.listening_address
-        base = address if address.startswith("http") else f"http://{address}"
-        request = urllib.request.Request(base + path, data=json.dumps(payload).encode(), method="POST",
-                                         headers={"Authorization": f"Bearer {self._loopback_key}",
-                                                  "Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(request, timeout=60) as answer:
+            with self._open_loopback(path, payload, timeout=60) as answer:
                 return json.loads(answer.read())
         except urllib.error.HTTPError as exc:
             try:
@@ -231,6 +233,58 @@ class LlamaCppEngine(Engine):
                               str(error.get("message") or f"the engine answered {exc.code}")) from exc
         except OSError as exc:
             raise EngineError(500, f"the engine's tokenizer could not be reached: {exc}") from exc
+
+    def _open_loopback(self, path: str, payload: dict[str, Any] | None, timeout: float | None) -> Any:
+        import json
+        import urllib.request
+
+        address = self._server.listening_address
+        base = address if address.startswith("http") else f"http://{address}"
+        data = json.dumps(payload).encode() if payload is not None else None
+        request = urllib.request.Request(base + path, data=data, method="POST" if data is not None else "GET",
+                                         headers={"Authorization": f"Bearer {self._loopback_key}",
+                                                  "Content-Type": "application/json"})
+        return urllib.request.urlopen(request, timeout=timeout)
+
+    def text_op(self, op: str, payload: dict[str, Any]) -> Any:
+        if op in ("props", "slots"):
+            return self._loopback("/" + op, None)
+        if op in ("tokenize", "detokenize", "apply-template"):
+            return self._loopback("/" + op, payload)
+        return super().text_op(op, payload)
+
+    def infill(self, body: dict[str, Any], sink: ChunkSink, *, streamed: bool = True) -> None:
+        """The engine's own /infill (its FIM tokens and format, and its refusal for a model
+        without them), read as it streams: llama-server's chunks in the text-completion shape;
+        the sink's True closes the connection, which stops the engine."""
+        import json
+        import urllib.error
+
+        try:
+            answer = self._open_loopback("/infill", dict(body, stream=True), timeout=None)
+        except urllib.error.HTTPError as exc:
+            try:
+                error = json.loads(exc.read()).get("error") or {}
+            except ValueError:
+                error = {}
+            if exc.code == 501:  # the engine's word for a vocabulary without FIM tokens
+                raise EngineError(400, str(error.get("message") or "infill is not supported"),
+                                  INFILL_NOT_SUPPORTED) from exc
+            raise EngineError.from_dict(error if isinstance(error, dict) and error.get("code")
+                                        else {"code": exc.code, "message": f"the engine answered {exc.code}"}) from exc
+        except OSError as exc:
+            raise EngineError(500, f"the engine could not be reached: {exc}") from exc
+        with answer:
+            for raw in answer:
+                if not raw.startswith(b"data: "):
+                    continue
+                chunk = json.loads(raw[6:])
+                if "error" in chunk:
+                    raise EngineError.from_dict(chunk["error"])
+                if sink(_completion_chunk(chunk)):
+                    return
+                if chunk.get("stop"):
+                    return
 
     @property
     def dimensions(self) -> int | None:
@@ -328,3 +382,23 @@ def _shorten(item: str | list[int], tokens: int, window: int) -> str | list[int]
         return item[:window]
     keep = max(1, int(len(item) * window / tokens * 0.95))
     return item[:min(keep, len(item) - 1)]
+
+
+def _completion_chunk(chunk: dict[str, Any]) -> dict[str, Any]:
+    """A chunk of llama-server's native stream (/infill) in the text-completion shape."""
+    finish = None
+    out: dict[str, Any] = {"object": "text_completion"}
+    if chunk.get("stop"):
+        finish = "length" if chunk.get("stop_type") == "limit" else "stop"
+        timings = chunk.get("timings") or {}
+        prompt = int(chunk.get("tokens_evaluated") or timings.get("prompt_n") or 0)
+        completion = int(chunk.get("tokens_predicted") or timings.get("predicted_n") or 0)
+        out["usage"] = {"prompt_tokens": prompt, "completion_tokens": completion,
+                        "total_tokens": prompt + completion,
+                        "prompt_tokens_details": {"cached_tokens": int(timings.get("cache_n") or 0)}}
+    out["choices"] = [{"index": 0, "text": chunk.get("content") or "", "logprobs": None,
+                       "finish_reason": finish}]
+    for key in ("prompt_progress", "timings"):  # as the engine's completion chunks carry them
+        if chunk.get(key):
+            out[key] = chunk[key]
+    return out

@@ -208,6 +208,12 @@ class WorkerEngine(Engine):
     def complete(self, body: dict[str, Any], sink: ChunkSink, *, streamed: bool = True) -> None:
         self._call("complete", (body,), sink, _slots_for(body, self.slots))
 
+    def infill(self, body: dict[str, Any], sink: ChunkSink, *, streamed: bool = True) -> None:
+        self._call("infill", (body,), sink, 1)
+
+    def text_op(self, op: str, payload: dict[str, Any]) -> Any:
+        return self._call("text_op", (op, payload))
+
     def embed(self, inputs: list[str] | list[list[int]], truncate: bool) -> Embeddings:
         return self._call("embed", (inputs, truncate))  # type: ignore[no-any-return]
 
@@ -553,7 +559,7 @@ def _serve(engine: Engine, channel: _Channel, message: tuple[Any, ...], cancelle
         return call_id in cancelled
 
     try:
-        if kind in ("chat", "complete", "generate_image"):
+        if kind in ("chat", "complete", "infill", "generate_image"):
             result: Any = getattr(engine, kind)(args[0], sink)
         elif kind == "speak":
             text, voice, speed, language = args
@@ -574,6 +580,8 @@ def _serve(engine: Engine, channel: _Channel, message: tuple[Any, ...], cancelle
                                        **({"vad_filter": True} if vad_filter else {}))
         elif kind == "count_tokens":
             result = engine.count_tokens(*args)
+        elif kind == "text_op":
+            result = engine.text_op(*args)
         else:
             raise ValueError(f"unknown call {kind!r}")
         reply: tuple[Any, ...] = ("d", call_id, result)

@@ -281,6 +281,17 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class ModelExists(Conflict):
+    """An install of a name that is taken; `same_source`: the model there was installed from
+    the same reference (an Ollama pull of it is already done)."""
+
+    def __init__(self, name: str, *, same_source: bool) -> None:
+        super().__init__(f"a model named {name!r} exists already; install with --force "
+                         '(HTTP: "force": true) to replace it, or choose another --name', param="name")
+        self.name = name
+        self.same_source = same_source
+
+
 class InstallManager:
     """Plans, runs and records installs into one models folder."""
 
@@ -741,8 +752,8 @@ class InstallManager:
         current = existing.get(plan.name)
         config_exists = plan.config_path.exists() or plan.config_path.with_suffix(".yml").exists()
         if (current is not None or config_exists) and not force:
-            raise Conflict(f"a model named {plan.name!r} exists already; install with --force "
-                           '(HTTP: "force": true) to replace it, or choose another --name', param="name")
+            same = any(r.get("name") == plan.name and r.get("source") == plan.source for r in self._records())
+            raise ModelExists(plan.name, same_source=same)
         if current is not None and current.source is not None \
                 and current.source.resolve() != plan.config_path.resolve():
             raise Conflict(f"model {plan.name!r} is defined in {current.source.name}, which an install "

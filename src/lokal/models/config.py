@@ -138,6 +138,15 @@ class SpeculativeConfig(BaseModel):
         return self.model_dump(exclude_none=True)
 
 
+class PresetMessage(BaseModel):
+    """A message put before every chat's own (Ollama's Modelfile MESSAGE, its create `messages`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
 class ModelConfig(BaseModel):
     """One model as a LocalAI YAML file describes it. Unknown fields are kept."""
 
@@ -154,6 +163,8 @@ class ModelConfig(BaseModel):
     stopwords: list[str] = Field(default_factory=list)
     roles: dict[str, str] = Field(default_factory=dict)
     system_prompt: str | None = None
+    # lokal: a conversation every chat starts with (after its own system messages)
+    messages: list[PresetMessage] = Field(default_factory=list)
     template: TemplateConfig = Field(default_factory=TemplateConfig)
     known_usecases: list[str] | None = None
     # LocalAI: files fetched into the models folder when the model is first used.

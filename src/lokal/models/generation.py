@@ -203,7 +203,7 @@ class Generation:
         self._generated: dict[int, int] = {}  # tokens seen per choice
         self.progress: dict[int, PromptProgress] = {}  # the engine's prompt progress per choice
         self._n = max(1, call.n)
-        run = lease.engine.chat if call.mode == "chat" else lease.engine.complete
+        run = {"chat": lease.engine.chat, "infill": lease.engine.infill}.get(call.mode, lease.engine.complete)
         body = call.body
         streamed = call.streamed
         engine_done = lease.hold()

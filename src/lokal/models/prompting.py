@@ -12,6 +12,7 @@ any other is held by a grammar to lokal's JSON envelope (see `functions`).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ class ImagesNotSupported(BadRequest):
 class EngineCall:
     """What to ask the engine: a chat or a plain completion, and the body."""
 
-    mode: Literal["chat", "completion"]
+    mode: Literal["chat", "completion", "infill"]
     body: dict[str, Any]
     functions: FunctionPlan | None = None  # the reply is lokal's JSON envelope: a call or an answer
     n: int = 1  # choices per prompt
@@ -308,8 +309,23 @@ def _plan_native(entry: ModelEntry, task: ChatTask, body: dict[str, Any]) -> Eng
                       streamed=task.options.stream, stops=_scanned(task.options))
 
 
+def with_preset(entry: ModelEntry, messages: list[Message]) -> list[Message]:
+    """The config's preset conversation (`messages:`) before the request's own, after the
+    request's leading system messages (a template wants the system prompt first)."""
+    config = entry.config
+    if config is None or not config.messages:
+        return messages
+    lead = 0
+    while lead < len(messages) and messages[lead].role == "system":
+        lead += 1
+    preset = [Message(m.role, m.content) for m in config.messages]
+    return [*messages[:lead], *preset, *messages[lead:]]
+
+
 def plan_chat(entry: ModelEntry, task: ChatTask, defaults: EngineDefaults | None = None) -> EngineCall:
     """The engine call for a chat task (defaults: the server's, for the token cap)."""
+    if entry.config is not None and entry.config.messages:
+        task = dataclasses.replace(task, messages=with_preset(entry, task.messages))
     body = _engine_body(entry, task.options, defaults, scan_stops=task.options.n == 1)
     sampling = task.options.sampling
     if sampling.logprobs:
@@ -374,12 +390,30 @@ def _plan_localai(entry: ModelEntry, task: ChatTask, body: dict[str, Any],
                       stops=_scanned(task.options))
 
 
+def _plan_infill(task: CompletionTask, body: dict[str, Any]) -> EngineCall:
+    if not isinstance(task.prompt, str):
+        raise BadRequest("suffix (fill in the middle) takes one prompt, as text.", param="prompt")
+    if task.echo or task.logprobs is not None or task.options.n != 1:
+        raise BadRequest("suffix (fill in the middle) takes no echo, logprobs or n.", param="suffix")
+    body.pop("n", None)
+    body.update(input_prefix=task.prompt, input_suffix=task.suffix)
+    if task.context_files:
+        body["input_extra"] = task.context_files
+    if task.middle:
+        body["prompt"] = task.middle
+    _completion_format(body)
+    return EngineCall("infill", body, streamed=task.options.stream, stops=_scanned(task.options))
+
+
 def plan_completion(entry: ModelEntry, task: CompletionTask,
                     defaults: EngineDefaults | None = None) -> EngineCall:
-    """The engine call for a text completion (prompt: str, list, or token ids)."""
+    """The engine call for a text completion (prompt: str, list, or token ids); with a
+    suffix, a fill-in-the-middle call (the engine's FIM format, no template)."""
     single = isinstance(task.prompt, str) or (bool(task.prompt) and isinstance(task.prompt[0], int))
     scan = task.options.n == 1 and single
     body = _engine_body(entry, task.options, defaults, scan_stops=scan)
+    if task.suffix is not None:
+        return _plan_infill(task, body)
     prompt = task.prompt
     if task.echo:
         if not isinstance(prompt, str) and not all(isinstance(p, str) for p in prompt):

@@ -35,7 +35,7 @@ from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
 import httpx
 
-from lokal.errors import BadRequest
+from lokal.errors import BadGateway, BadRequest
 from lokal.transfer.wide import WideTransport
 
 Resolver = Callable[[str, int], list[str]]
@@ -252,6 +252,9 @@ class OutboundPolicy:
         """A small document (a gallery index, a config) whole, within limit bytes."""
         try:
             with self.client() as client, self.open(client, url) as response:
+                if response.status_code >= 500:
+                    raise SourceFailed(f"fetching {what} {_shown(url)} failed: the server answered "
+                                       f"HTTP {response.status_code}")
                 if response.status_code != 200:
                     raise FetchFailed(f"fetching {what} {_shown(url)} failed: HTTP {response.status_code}")
                 declared = response.headers.get("content-length")
@@ -265,11 +268,17 @@ class OutboundPolicy:
                         raise URLRefused(url, f"the {what} is over the {limit}-byte limit for it")
                 return bytes(data)
         except httpx.HTTPError as exc:
-            raise FetchFailed(f"fetching {what} {_shown(url)} failed: {exc or type(exc).__name__}") from exc
+            raise SourceFailed(f"fetching {what} {_shown(url)} failed: {exc or type(exc).__name__}") from exc
 
 
 class FetchFailed(BadRequest):
-    """A document the request named could not be fetched (400; the message says why)."""
+    """A document the request named is not there (the server answered 4xx: 400; the
+    message says why)."""
+
+
+class SourceFailed(BadGateway):
+    """A document could not be fetched for a network reason, or its server failed (502):
+    not the request's fault, and worth retrying."""
 
 
 def _is_ip(host: str) -> bool:

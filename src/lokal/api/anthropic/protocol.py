@@ -9,6 +9,14 @@ when the server allows remote images); `file` sources and documents are refused,
 since this server stores no files. Claude Code's per-request billing line at
 the top of the system prompt is dropped unless the server keeps it, so that the
 rest of the prompt is the same from turn to turn and served from the cache.
+
+`role: "system"` messages inside `messages` (Anthropic's mid-conversation system
+messages; Claude Code sends its agent list so whenever it offers its Agent tool) are
+folded into the system prompt, after `system`, in their order. They are not kept in
+place: every chat template takes a system message at the start, but many refuse
+one anywhere else (Gemma's and Mistral's templates raise an error), and Claude
+Code's keep the same text and position from turn to turn, so the folded prompt is
+the same prefix every turn and stays in the prompt cache.
 """
 
 from __future__ import annotations
@@ -112,8 +120,20 @@ ToolResultBlock.model_rebuild()
 
 
 class InputMessage(_Request):
-    role: Literal["user", "assistant"]
+    role: Literal["user", "assistant", "system"]
     content: str | list[Block]
+
+    def system_text(self, where: str) -> str:
+        """A system message's text (its text blocks; other blocks are a 400 naming it)."""
+        if isinstance(self.content, str):
+            return self.content
+        texts = []
+        for j, block in enumerate(self.content):
+            if not isinstance(block, TextBlock):
+                raise BadRequest(f"{where}.content.{j}: a system message takes text blocks only, not "
+                                 f"{block.type!r}.", param=f"{where}.content.{j}")
+            texts.append(block.text)
+        return "\n\n".join(t for t in texts if t)
 
 
 class SystemBlock(_Request):
@@ -190,12 +210,16 @@ class MessagesRequest(_Request):
     def _translate(self, keep_billing_line: bool, count_only: bool) -> tuple[tasks.ChatTask, list[Pending]]:
         messages: list[tasks.Message] = []
         pending: list[Pending] = []
-        system = self.system_text(keep_billing_line)
-        if system:
-            messages.append(tasks.Message("system", system))
+        system = [self.system_text(keep_billing_line)]
         names: dict[str, str] = {}
         for i, message in enumerate(self.messages):
-            _add_message(messages, message, names, pending, f"messages.{i}")
+            if message.role == "system":  # folded into the system prompt (see the module's docstring)
+                system.append(message.system_text(f"messages.{i}"))
+            else:
+                _add_message(messages, message, names, pending, f"messages.{i}")
+        folded = "\n\n".join(text for text in system if text)
+        if folded:
+            messages.insert(0, tasks.Message("system", folded))
         if not count_only and not any(m.role != "system" for m in messages):
             raise BadRequest("messages: at least one message is required.", param="messages")
         tools = []

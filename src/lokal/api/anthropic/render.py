@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 
 from lokal.api.assembly import Assembler, Closed, Grew, Opened, Part
 from lokal.api.respond import sse_events
-from lokal.errors import LokalError
+from lokal.errors import ContextOverflowError, LokalError
 from lokal.tasks import Delta, Usage
 
 Event = tuple[str, dict[str, Any]]
@@ -44,7 +44,11 @@ def error_type(status: int) -> str:
 
 
 def anthropic_envelope(err: LokalError) -> dict[str, Any]:
-    return {"type": "error", "error": {"type": error_type(err.status), "message": err.message}}
+    message = err.message
+    if isinstance(err, ContextOverflowError):
+        # Anthropic's words: Claude Code reads them (and the counts) to compact the conversation.
+        message = f"prompt is too long: {err.prompt_tokens} tokens > {err.context} maximum"
+    return {"type": "error", "error": {"type": error_type(err.status), "message": message}}
 
 
 def usage_object(usage: Usage) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 * pull: an install job (`lokal.install`). The model name is an install reference: a
   gallery entry (`qwen2.5-0.5b-instruct`, `:latest` implied), `GALLERY@NAME`,
-  `hf://owner/repo:QUANT`, or a URL. Its progress streams as Ollama's status lines:
+  `hf://owner/repo:QUANT`, or a URL. Pulling what is here already (the model by its
+  name, or a reference installed before) answers `success`, as Ollama's up-to-date
+  pull does; a source that cannot be reached is a 502. Its progress streams as Ollama's status lines:
   `pulling manifest` while planning, `pulling <file>` with `digest` (the file's name:
   lokal has no content-addressed layers), `total` and `completed` per file,
   `verifying sha256 digest` and `writing manifest` while the files are verified and
@@ -35,7 +37,7 @@ from lokal.api.ollama.protocol import CopyRequest, DeleteRequest, PullRequest
 from lokal.api.ollama.routes import read_body
 from lokal.api.respond import ndjson
 from lokal.errors import Conflict, LokalError
-from lokal.install.manager import InstallManager, Job
+from lokal.install.manager import InstallManager, Job, ModelExists
 from lokal.transfer.paths import check_model_name
 
 router = APIRouter(dependencies=[Depends(require_admin)])
@@ -92,6 +94,14 @@ async def _lines(job: Job) -> AsyncIterator[bytes]:
             job.cancel()
 
 
+def _up_to_date(stream: bool) -> Any:
+    """What a pull of a model that is here already answers."""
+    if not stream:
+        return {"status": "success"}
+    return StreamingResponse(iter([ndjson({"status": "pulling manifest"}), ndjson({"status": "success"})]),
+                             media_type="application/x-ndjson")
+
+
 @router.post("/pull", summary="Ollama: install a model (progress as NDJSON)")
 async def pull(request: Request) -> Any:
     body = await read_body(request, PullRequest)
@@ -100,12 +110,14 @@ async def pull(request: Request) -> Any:
     except LokalError:
         pass
     else:  # already here: as an up-to-date pull
-        if not body.stream:
-            return {"status": "success"}
-        return StreamingResponse(iter([ndjson({"status": "pulling manifest"}), ndjson({"status": "success"})]),
-                                 media_type="application/x-ndjson")
+        return _up_to_date(body.stream)
     job = _installer(request).start(_reference(body.target))
-    await job.planned(timeout=PLAN_WAIT)  # errors found while planning: the HTTP answer
+    try:
+        await job.planned(timeout=PLAN_WAIT)  # errors found while planning: the HTTP answer
+    except ModelExists as exc:
+        if exc.same_source:  # pulled before (a URL's model goes by its file's name)
+            return _up_to_date(body.stream)
+        raise
     if not body.stream:
         await job.wait()
         if job.error is not None:

@@ -166,8 +166,9 @@ def details(entry: ModelEntry) -> dict[str, Any]:
 def capabilities(entry: ModelEntry) -> list[str]:
     """What the model really does, in Ollama's words. Every chat model has `tools` (its
     own format when its template takes tools, else lokal's JSON envelope); `vision` when
-    the model takes images (a multimodal projector). `insert` (suffix) is not offered:
-    lokal does not fill in the middle."""
+    the model takes images (a multimodal projector). `insert` is not listed: whether a
+    GGUF has fill-in-the-middle tokens only its engine knows (llama.cpp finds them by
+    their text in the vocabulary); `suffix` is served when it has them, else a 400."""
     out = []
     if "chat" in entry.tasks or "complete" in entry.tasks:
         out.append("completion")
@@ -255,6 +256,8 @@ def show(entry: ModelEntry, verbose: bool = False) -> dict[str, Any]:
     }
     if entry.config is not None and entry.config.system_prompt:
         out["system"] = entry.config.system_prompt
+    if entry.config is not None and entry.config.messages:
+        out["messages"] = [m.model_dump() for m in entry.config.messages]
     license_ = entry.file.gguf.metadata.get("general.license") if entry.file and entry.file.gguf else None
     if isinstance(license_, str):
         out["license"] = license_

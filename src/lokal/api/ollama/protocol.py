@@ -233,6 +233,8 @@ class _Generation(_Request):
     keep_alive: Any = None
     options: dict[str, Any] | None = None
     think: bool | Literal["low", "medium", "high", "max"] | None = None
+    logprobs: bool = False
+    top_logprobs: int = Field(0, ge=0, le=20)
     truncate: bool | None = None
     shift: bool | None = None
     _options: dict[str, Any] = PrivateAttr(default_factory=dict)
@@ -256,8 +258,12 @@ class _Generation(_Request):
         return self._options.get("num_ctx")
 
     def generation_options(self) -> tasks.GenerationOptions:
-        return tasks.GenerationOptions(sampling=sampling_from(self._options),
-                                       response_format=self._format, stream=self.stream)
+        options = tasks.GenerationOptions(sampling=sampling_from(self._options),
+                                          response_format=self._format, stream=self.stream)
+        if self.logprobs:  # each token's logprob, with top_logprobs alternatives
+            options.sampling.logprobs = True
+            options.sampling.top_logprobs = self.top_logprobs
+        return options
 
 
 async def load_images(loader: ImageLoader, images: list[str] | None, where: str) -> list[tasks.ImagePart]:
@@ -302,13 +308,19 @@ class GenerateRequest(_Generation):
 
     def to_task(self, model: str) -> tasks.ChatTask | tasks.CompletionTask:
         """raw: the prompt as it is (a text completion, no template); else a chat turn
-        through the model's template, with `system` when given."""
+        through the model's template, with `system` when given. With a `suffix`: fill in
+        the middle between prompt and suffix (the model's own FIM format)."""
         options = self.generation_options()
+        if self.suffix:
+            if self.images:
+                raise BadRequest("images cannot go with suffix (fill in the middle)", param="images")
+            return tasks.CompletionTask(model, self.prompt, options, suffix=self.suffix)
         if self.raw:
             if self.images:
                 raise BadRequest("images need the model's chat template: send them without raw "
                                  "(raw prompts have no place for images)", param="images")
-            return tasks.CompletionTask(model, self.prompt, options)
+            return tasks.CompletionTask(model, self.prompt, options,
+                                        logprobs=self.top_logprobs if self.logprobs else None)
         messages = []
         if self.system:
             messages.append(tasks.Message("system", self.system))

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 
 from lokal.api.assembly import Assembler, Closed, Event, Grew, Part
 from lokal.api.respond import ndjson
+from lokal.api.ollama.errors import ollama_message
 from lokal.errors import LokalError
 from lokal.tasks import Delta, Usage
 
@@ -64,7 +65,8 @@ class OllamaRenderer:
 
     media_type = "application/x-ndjson"
 
-    def __init__(self, kind: str, model: str, timer: Timer) -> None:
+    def __init__(self, kind: str, model: str, timer: Timer, top_logprobs: int | None = None) -> None:
+        self.top_logprobs = top_logprobs  # None: the request asked for no logprobs
         self.kind = kind
         self.model = model
         self.timer = timer
@@ -125,7 +127,15 @@ class OllamaRenderer:
         if not (text or thinking or calls):
             return b""
         self.timer.first_token()
-        return ndjson(self._object(text, thinking, calls, False))
+        return ndjson(self._logprobs(self._object(text, thinking, calls, False), deltas))
+
+    def _logprobs(self, obj: dict[str, Any], deltas: list[Delta]) -> dict[str, Any]:
+        """Ollama's `logprobs` of the deltas' tokens (the engine's entries have its shape:
+        token, logprob, bytes, top_logprobs), when the request asked for them."""
+        if self.top_logprobs is not None:
+            obj["logprobs"] = [{**entry, "top_logprobs": (entry.get("top_logprobs") or [])[:self.top_logprobs]}
+                               for delta in deltas for entry in delta.logprobs or ()]
+        return obj
 
     def keepalive(self) -> bytes:
         return ndjson(self._object("", "", [], False))
@@ -135,8 +145,8 @@ class OllamaRenderer:
         return ndjson(self._final("", "", calls, usage))
 
     def fail(self, err: LokalError) -> bytes:
-        return ndjson({"error": err.message})
+        return ndjson({"error": ollama_message(err)})
 
     def whole(self, deltas: list[Delta], usage: Usage) -> JSONResponse:
         text, thinking, calls = self._take(self.assembler.feed(deltas) + self.assembler.close())
-        return JSONResponse(self._final(text, thinking, calls, usage))
+        return JSONResponse(self._logprobs(self._final(text, thinking, calls, usage), deltas))

@@ -32,9 +32,14 @@ from lokal.models.planner import instance_for
 from lokal.models.registry import ModelRegistry
 from lokal.tasks import EmbedTask
 
-#: The Ollama API level lokal follows (docs/api.md, api/types.go of Ollama 0.12/0.13):
-#: clients gate features on this number (VS Code Copilot wants at least 0.6.4).
-OLLAMA_VERSION = "0.13.0"
+#: The Ollama API level lokal follows: clients gate features on this number (VS Code
+#: Copilot wants at least 0.6.4, Codex --oss 0.13.4 for /v1/responses). Checked against
+#: Ollama 0.32.15's docs/api.md, docs/openapi.yaml, api/types.go and server/routes.go:
+#: its local routes are lokal's (/v1/responses and /v1/messages since 0.13.x, /api/status,
+#: blobs and create); what it sends to ollama.com (push, me, signout, experimental web
+#: search and fetch) lokal does not do, and /api/status says so (cloud disabled).
+#: Raise it with those files' diff checked against the routes.
+OLLAMA_VERSION = "0.32.15"
 
 router = APIRouter()
 root = APIRouter()
@@ -103,7 +108,7 @@ async def _generate(request: Request, body: ChatRequest | GenerateRequest, entry
     if not body.stream:
         timer.first_token()  # the first deltas have arrived (a stream's renderer marks them)
     after = _after(registry, entry, body.keep_alive_seconds)
-    renderer = OllamaRenderer(kind, body.model, timer)
+    renderer = OllamaRenderer(kind, body.model, timer, body.top_logprobs if body.logprobs else None)
     return await respond(request, run, renderer, stream=body.stream, background=after)
 
 
@@ -133,8 +138,6 @@ async def generate(request: Request) -> Any:
     timer = Timer()
     body = await read_body(request, GenerateRequest)
     entry = catalog.resolve(_registry(request), body.model)
-    if body.suffix:
-        raise BadRequest(f"model '{body.model}' does not support insert (suffix)", param="suffix")
     if not body.prompt and not body.images:
         task = "complete" if body.raw else "chat"
         reason = await _load_or_unload(_registry(request), entry, body.keep_alive_seconds, task)
@@ -172,9 +175,15 @@ async def embeddings(request: Request) -> Any:
                         background=_after(registry, entry, body.keep_alive_seconds))
 
 
-@router.get("/tags", summary="Ollama: the models this server has")
+#: What Ollama lists: models that complete (chat, text) or embed. Speech, reranker,
+#: image models are not offered to Ollama clients, which take whatever is listed for chat.
+LISTED_TASKS = frozenset({"chat", "complete", "embed"})
+
+
+@router.get("/tags", summary="Ollama: the models that chat, complete or embed")
 async def tags(request: Request) -> dict[str, Any]:
-    return {"models": [catalog.listing(e) for e in _registry(request).entries if e.ok]}
+    return {"models": [catalog.listing(e) for e in _registry(request).entries
+                       if e.ok and LISTED_TASKS & set(e.tasks)]}
 
 
 @router.post("/show", summary="Ollama: one model's details, model_info and capabilities")
@@ -220,6 +229,11 @@ async def ps(request: Request) -> dict[str, Any]:
 @router.get("/version", summary="Ollama: the API version lokal follows")
 async def version() -> dict[str, str]:
     return {"version": OLLAMA_VERSION}
+
+
+@router.get("/status", summary="Ollama: the server's status (no ollama.com cloud here)")
+async def status() -> dict[str, Any]:
+    return {"cloud": {"disabled": True, "source": "config"}}
 
 
 @root.get("/", summary="Ollama's probe: the server answers", response_class=PlainTextResponse)

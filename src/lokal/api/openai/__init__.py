@@ -13,5 +13,6 @@ FAMILY = Family("openai", mounts=(
     Mount(speech.router, "/v1", ("OpenAI",), also_bare=True),
     Mount(images_generation.router, "/v1", ("OpenAI",), also_bare=True),
 ))
-RERANK = Family("rerank", mounts=(Mount(rerank.router, "/v1", ("Rerank",), also_bare=True),),
-                prefixes=("/rerank",))
+RERANK = Family("rerank", mounts=(Mount(rerank.router, "/v1", ("Rerank",), also_bare=True),
+                                  Mount(rerank.router, "/v2", schema=False)),  # Cohere's v2 client
+                prefixes=("/rerank", "/v2/rerank"))

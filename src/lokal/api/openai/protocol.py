@@ -7,6 +7,7 @@ engine failure. NaN and Infinity are refused everywhere.
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -15,9 +16,26 @@ from lokal import tasks
 from lokal.api.images import ImageLoader
 from lokal.models.functions import FunctionSpecError
 
+log = logging.getLogger(__name__)
+
 MAX_STOPS = 16
 MAX_STOP_LENGTH = 1000
 MAX_N = 16
+
+#: Tools OpenAI runs on its own servers (search, files, code, images, remote MCP).
+#: lokal cannot run them; a request that offers them is served without them, with a
+#: log line, as OpenAI-compatible servers do (Codex offers `web_search` by default).
+HOSTED_TOOLS = frozenset({
+    "web_search", "web_search_preview", "web_search_2025_08_26", "web_search_preview_2025_03_11",
+    "file_search", "code_interpreter", "image_generation", "mcp",
+})
+
+
+def skip_hosted(kinds: list[str], where: str) -> None:
+    """The one log line for hosted tools a request offered and lokal left out."""
+    if kinds:
+        log.info("%s: left out tools this server cannot run (hosted by OpenAI): %s", where,
+                 ", ".join(sorted(set(kinds))))
 
 
 def _reject_lone_surrogates(value: Any) -> None:
@@ -257,13 +275,27 @@ class ToolDef(_Request):
     function: FunctionDef
 
 
+class HostedToolDef(_Request):
+    """A tool only OpenAI's servers run (see HOSTED_TOOLS): left out, with a log line."""
+
+    type: str
+
+    @model_validator(mode="after")
+    def _hosted(self) -> HostedToolDef:
+        if self.type == "function":
+            raise ValueError("a function tool needs function.name")
+        if self.type not in HOSTED_TOOLS:
+            raise ValueError(f"tools of type {self.type!r} are not supported; send function tools")
+        return self
+
+
 class ChatCompletionRequest(_SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     response_format: ResponseFormat | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
-    tools: list[ToolDef] | None = Field(None, max_length=128)
+    tools: list[ToolDef | HostedToolDef] | None = Field(None, max_length=128)
     tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     # OpenAI's legacy function calling, which Dify's LocalAI provider sends.
@@ -284,7 +316,8 @@ class ChatCompletionRequest(_SamplingRequest):
             tools = [f.to_task() for f in self.functions or []]
             choice = _tool_choice(self.function_call)
         elif self.tools:
-            tools = [t.function.to_task() for t in self.tools]
+            skip_hosted([t.type for t in self.tools if isinstance(t, HostedToolDef)], "chat completions")
+            tools = [t.function.to_task() for t in self.tools if isinstance(t, ToolDef)]
             choice = _tool_choice(self.tool_choice)
         else:
             tools, choice = [], "auto"
@@ -411,7 +444,10 @@ class RerankRequest(_Request):
     query: str = Field(min_length=1)
     documents: list[str | RerankDocument] | None = Field(None, min_length=1, max_length=MAX_RERANK_DOCUMENTS)
     top_n: int | None = Field(None, ge=1)
-    return_documents: bool = True
+    # Each result's `document` only when asked for (as llama-server, Cohere): Dify's Ollama
+    # provider reads it as a string, its LocalAI provider as {"text"}, and both fall back
+    # to the documents they sent when it is absent.
+    return_documents: bool = False
     # Hugging Face TEI
     texts: list[str] | None = Field(None, min_length=1, max_length=MAX_RERANK_DOCUMENTS)
     raw_scores: bool = False

@@ -1,7 +1,9 @@
 """POST /v1/rerank (and /rerank): documents sorted by relevance to a query.
 
 Two request shapes, told apart by their fields: Jina/Cohere's (`documents`; answer
-`{"results": [{index, relevance_score, document}]}`), as LocalAI and Dify send it,
+`{"results": [{index, relevance_score}]}`, each with `document: {"text"}` when
+`return_documents` is true), as LocalAI, Dify, Jina and Cohere clients send it (Cohere's
+v2 client at /v2/rerank),
 and Hugging Face TEI's (`texts`; answer a bare list of `{index, score, text?}`
 sorted by score), as TEI clients send it.
 

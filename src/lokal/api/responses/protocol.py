@@ -7,6 +7,15 @@ Unknown fields are accepted and ignored; known ones are checked. `input_image`
 parts (in user messages and in function call outputs) go through lokal's one image
 path (`api/images.py`): `image_url` a `data:` URI, or an http(s) URL where the
 server allows remote images; a `file_id` is refused, since nothing is stored.
+
+Tools: function tools, and `namespace` tools (a named group of functions, as Codex
+sends its sub-agent tools) flattened into functions named `<namespace>__<name>`
+(`<namespace><name>` when the namespace already ends with a separator, as MCP's
+`mcp__server__` does). The model sees and calls the flat names; its calls go back
+to the client under the names the client sent, `namespace` and `name` apart
+(`NamespacedNames`), and earlier calls the client sends back with a `namespace`
+are flattened the same way. Tools only OpenAI's servers run (`web_search`, ...)
+are left out with a log line, as OpenAI-compatible servers do.
 """
 
 from __future__ import annotations
@@ -17,8 +26,23 @@ from pydantic import Field, model_validator
 
 from lokal import tasks
 from lokal.api.images import ImageLoader
-from lokal.api.openai.protocol import _Request
+from lokal.api.openai.protocol import HOSTED_TOOLS, _Request, skip_hosted
 from lokal.errors import BadRequest
+
+_SEPARATORS = ("_", ".", "/", ":", "-")
+
+
+def flat_name(namespace: str | None, name: str) -> str:
+    """The one function name a namespaced function goes by (see the module's docstring)."""
+    if not namespace:
+        return name
+    if namespace.endswith(_SEPARATORS):
+        return namespace + name
+    return f"{namespace}__{name}"
+
+
+#: flat function name -> (namespace, name) as the client sent them
+NamespacedNames = dict[str, tuple[str, str]]
 
 
 class InputText(_Request):
@@ -90,6 +114,7 @@ class FunctionCallItem(_Request):
     type: Literal["function_call"]
     call_id: str = Field(min_length=1)
     name: str = Field(min_length=1)
+    namespace: str | None = None
     arguments: str = ""
     id: str | None = None
     status: str | None = None
@@ -139,6 +164,15 @@ class FunctionTool(_Request):
     strict: bool | None = None
 
 
+class NamespaceTool(_Request):
+    """Functions grouped under a name (Codex's `multi_agent_v1`, MCP servers)."""
+
+    type: Literal["namespace"]
+    name: str = Field(min_length=1, max_length=256)
+    description: str | None = None
+    tools: list[FunctionTool | OtherTool] = Field(default_factory=list, max_length=128)
+
+
 class OtherTool(_Request):
     type: str
 
@@ -166,7 +200,7 @@ class ResponsesRequest(_Request):
     model: str = Field(min_length=1, max_length=256)
     input: str | list[InputItem] = Field(default="")
     instructions: str | None = None
-    tools: list[FunctionTool | OtherTool] | None = Field(None, max_length=128)
+    tools: list[FunctionTool | NamespaceTool | OtherTool] | None = Field(None, max_length=128)
     tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     temperature: float | None = Field(None, ge=0, le=2)
@@ -206,6 +240,54 @@ class ResponsesRequest(_Request):
             message.images.append(await loader.load(url, where=where, param=where))
         return task
 
+    def namespaced(self) -> NamespacedNames:
+        """The flat names of namespaced functions, and the names the client gave them."""
+        out: NamespacedNames = {}
+        for tool in self.tools or []:
+            if isinstance(tool, NamespaceTool):
+                for child in tool.tools:
+                    if isinstance(child, FunctionTool):
+                        out[flat_name(tool.name, child.name)] = (tool.name, child.name)
+        return out
+
+    def _tools(self) -> list[tasks.Tool]:
+        """Function tools, namespaced ones flattened, hosted ones left out (logged)."""
+        tools: list[tasks.Tool] = []
+        hosted: list[str] = []
+
+        def function(tool: Any, namespace: str | None, where: str) -> None:
+            if isinstance(tool, FunctionTool):
+                name = flat_name(namespace, tool.name)
+                if any(t.name == name for t in tools):
+                    raise BadRequest(f"{where}: two tools are named {name!r} (a namespace's functions go "
+                                     "by <namespace>__<name>).", param="tools")
+                description = tool.description or ""
+                tools.append(tasks.Tool(name, description, tool.parameters))
+            elif tool.type == "function":
+                raise BadRequest(f"{where}: a function tool needs a name (and may have description and "
+                                 "parameters).", param="tools")
+            elif namespace is not None:
+                raise BadRequest(f"{where}: a namespace holds function tools; {tool.type!r} is not "
+                                 "supported inside one.", param="tools")
+            elif tool.type in HOSTED_TOOLS:
+                hosted.append(tool.type)
+            elif tool.type == "namespace":
+                raise BadRequest(f"{where}: a namespace tool needs a name and its function tools "
+                                 "(namespaces do not nest).", param="tools")
+            else:
+                raise BadRequest(f"{where}: tools of type {tool.type!r} are not supported by this server; "
+                                 "send function tools ({\"type\": \"function\", \"name\", \"parameters\"}), "
+                                 "or namespace tools holding them.", param="tools")
+
+        for i, tool in enumerate(self.tools or []):
+            if isinstance(tool, NamespaceTool):
+                for j, child in enumerate(tool.tools):
+                    function(child, tool.name, f"tools.{i}.tools.{j}")
+            else:
+                function(tool, None, f"tools.{i}")
+        skip_hosted(hosted, "responses")
+        return tools
+
     def _translate(self) -> tuple[tasks.ChatTask, list[Pending]]:
         if self.previous_response_id is not None:
             raise BadRequest("previous_response_id is not supported: this server keeps no responses "
@@ -231,16 +313,7 @@ class ResponsesRequest(_Request):
                 _add_item(messages, item, names, pending, f"input.{i}")
         if not any(m.role != "system" for m in messages):
             raise BadRequest("input is empty: send a string or at least one input item.", param="input")
-        tools: list[tasks.Tool] = []
-        for tool in self.tools or []:
-            if not isinstance(tool, FunctionTool) and tool.type == "function":
-                raise BadRequest("a function tool needs a name (and may have description and "
-                                 "parameters).", param="tools")
-            if not isinstance(tool, FunctionTool):
-                raise BadRequest(f"tools of type {tool.type!r} are not supported by this server; "
-                                 "send function tools ({\"type\": \"function\", \"name\", \"parameters\"}).",
-                                 param="tools")
-            tools.append(tasks.Tool(tool.name, tool.description or "", tool.parameters))
+        tools = self._tools()
         choice, tools = _tool_choice(self.tool_choice, tools)
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         sampling = tasks.Sampling(max_tokens=self.max_output_tokens, temperature=self.temperature,
@@ -271,8 +344,9 @@ def _add_item(messages: list[tasks.Message], item: Any, names: dict[str, str],
             pending.append((message, part.check(at), at))
         messages.append(message)
     elif isinstance(item, FunctionCallItem):
-        names[item.call_id] = item.name
-        call = tasks.ToolCall(item.call_id, item.name, item.arguments)
+        name = flat_name(item.namespace, item.name)
+        names[item.call_id] = name
+        call = tasks.ToolCall(item.call_id, name, item.arguments)
         last = messages[-1] if messages else None
         if last is not None and last.role == "assistant" and last.tool_calls:
             last.tool_calls.append(call)  # parallel calls: one assistant turn
@@ -303,12 +377,14 @@ def _tool_choice(choice: Any, tools: list[tasks.Tool]) -> tuple[str, list[tasks.
         return choice, tools
     kind = choice.get("type")
     if kind == "function" and isinstance(choice.get("name"), str):
-        return choice["name"], tools
+        return flat_name(choice.get("namespace"), choice["name"]), tools
     if kind == "allowed_tools":
-        allowed = {t.get("name") for t in choice.get("tools") or [] if isinstance(t, dict)}
+        allowed = {flat_name(t.get("namespace"), str(t.get("name"))) for t in choice.get("tools") or []
+                   if isinstance(t, dict)}
         mode = choice.get("mode", "auto")
         if mode not in ("auto", "required"):
             raise BadRequest("tool_choice.mode must be auto or required", param="tool_choice")
         return mode, [t for t in tools if t.name in allowed]
     raise BadRequest("tool_choice must be none, auto, required, {\"type\": \"function\", \"name\": ...} "
                      "or {\"type\": \"allowed_tools\", ...}", param="tool_choice")
+

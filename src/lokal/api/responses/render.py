@@ -16,7 +16,7 @@ from typing import Any
 from fastapi.responses import JSONResponse
 
 from lokal.api.assembly import Assembler, Closed, Grew, Opened, Part
-from lokal.api.errors import openai_envelope
+from lokal.api.responses.errors import responses_envelope
 from lokal.api.respond import sse_events
 from lokal.errors import LokalError
 from lokal.tasks import Delta, Usage
@@ -43,8 +43,11 @@ class ResponseRenderer:
 
     media_type = "text/event-stream"
 
-    def __init__(self, model: str, echo: dict[str, Any]) -> None:
+    def __init__(self, model: str, echo: dict[str, Any],
+                 namespaced: dict[str, tuple[str, str]] | None = None) -> None:
         self.id = _id("resp_")
+        # flat function name -> (namespace, name): calls go back under the client's names
+        self.namespaced = namespaced or {}
         self.model = model
         self.created_at = int(time.time())
         self.echo = echo  # request fields a response repeats (instructions, tools, ...)
@@ -77,8 +80,9 @@ class ResponseRenderer:
 
     def fail(self, err: LokalError) -> bytes:
         """An error after the stream began: an `error` event, then `response.failed`."""
-        error = openai_envelope(err)["error"]
-        code = str(error.get("type") or "server_error")
+        error = responses_envelope(err)["error"]
+        # its code where it has a word for it (context_length_exceeded), else its type
+        code = str(error["code"] if isinstance(error.get("code"), str) else error.get("type") or "server_error")
         message = str(error.get("message") or "The server had an error.")
         return sse_events([self._event("error", code=code, message=message, param=error.get("param")),
                            self._event("response.failed", response=self.response(
@@ -115,7 +119,8 @@ class ResponseRenderer:
         index = part.index
         if part.kind == "tool_call":
             item: dict[str, Any] = {"id": _id("fc_"), "type": "function_call", "status": "in_progress",
-                                    "call_id": part.call_id or _id("call_"), "name": part.name, "arguments": ""}
+                                    "call_id": part.call_id or _id("call_"), "name": "", "arguments": ""}
+            self._name(item, part.name)
             self.output.append(item)
             return [self._event("response.output_item.added", output_index=index, item=dict(item))]
         if part.kind == "text":
@@ -131,11 +136,21 @@ class ResponseRenderer:
                                   content_index=0, part=dict(content)))
         return events
 
+    def _name(self, item: dict[str, Any], name: str | None) -> None:
+        """A call's name as the client named the function: a namespaced one split apart."""
+        if not name:
+            return
+        namespaced = self.namespaced.get(name)
+        if namespaced is None:
+            item["name"] = name
+        else:
+            item["namespace"], item["name"] = namespaced
+
     def _grew(self, part: Part, text: str) -> Event:
         item = self.output[part.index]
         if part.kind == "tool_call":
             if part.name and not item["name"]:
-                item["name"] = part.name
+                self._name(item, part.name)
             item["arguments"] += text
             return self._event("response.function_call_arguments.delta", item_id=item["id"],
                                output_index=part.index, delta=text)

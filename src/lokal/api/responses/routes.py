@@ -45,7 +45,8 @@ def _echo(body: ResponsesRequest) -> dict[str, Any]:
 async def create_response(body: ResponsesRequest, request: Request) -> Any:
     task = await body.to_task_with_images(loader_for(request))
     run = await start(request, task)
-    return await respond(request, run, ResponseRenderer(body.model, _echo(body)), stream=body.stream)
+    renderer = ResponseRenderer(body.model, _echo(body), body.namespaced())
+    return await respond(request, run, renderer, stream=body.stream)
 
 
 @router.post("/responses/input_tokens", summary="Count a Responses request's input tokens")

@@ -50,6 +50,8 @@ class LoadPlan:
     engine: str
     instance: str  # generate, embed, rerank, transcribe
     options: LoadOptions
+    #: why the context loaded differs from the one the config or CONTEXT_SIZE asks for
+    context_note: str | None = None
 
 
 def instance_for(entry: ModelEntry, task: str) -> str:
@@ -84,6 +86,9 @@ def plan_load(entry: ModelEntry, task: str, defaults: EngineDefaults) -> LoadPla
     if engine != file_engine:
         raise ModelUnavailableError(entry.name, f"backend {config.backend!r} cannot serve "
                                                 f"{entry.model_path.name}: it is {_WRONG_ENGINE[model_file.kind]}")
+    runtime = quantization = None
+    if engine == "sentence-transformers":
+        engine, runtime, quantization = _embedding_runtime(entry)
     check_task(entry, task)
     instance = instance_for(entry, task)
     speculative = config.speculation if instance == "generate" else None
@@ -93,19 +98,25 @@ def plan_load(entry: ModelEntry, task: str, defaults: EngineDefaults) -> LoadPla
     context = config.context_size or defaults.context_size
     if context is None:
         context = min(trained or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
+    note = None
+    if trained and context > trained:
+        # llama.cpp caps every slot at the trained context whatever n_ctx says (and would still
+        # allocate KV cache for the rest): load what will be used, and say why once per load.
+        asked = "its context_size" if config.context_size else "CONTEXT_SIZE"
+        note = (f"{asked} {context} is more than the {trained} tokens the model was trained on; "
+                f"the engine caps each request there, so it is loaded with {trained}")
+        context = trained
     vision = entry.vision and instance == "generate"
     if vision and context < VISION_MIN_CONTEXT:
-        if config.context_size is not None:  # the model's own config asked for less: say so
-            raise ModelUnavailableError(
+        if config.context_size is not None and config.context_size < VISION_MIN_CONTEXT:
+            raise ModelUnavailableError(  # the model's own config asked for less: say so
                 entry.name, f"it takes images (mmproj), which needs a context of at least "
-                            f"{VISION_MIN_CONTEXT} tokens, but its context_size is {context}; raise it "
+                            f"{VISION_MIN_CONTEXT} tokens, but its context_size is {config.context_size}; raise it "
                             "(or remove mmproj to serve it as a text model)")
         log.warning("model %s: context raised from %d to %d tokens, the least a model taking "
                     "images (mmproj) runs with", entry.name, context, VISION_MIN_CONTEXT)
         context = VISION_MIN_CONTEXT
-    if trained and context > trained:
-        log.warning("model %s: context_size %d exceeds the %d tokens it was trained on",
-                    entry.name, context, trained)
+        note = None
     options = LoadOptions(
         model_path=entry.model_path,
         context_size=context,
@@ -121,8 +132,36 @@ def plan_load(entry: ModelEntry, task: str, defaults: EngineDefaults) -> LoadPla
         speculative=speculative,
         draft_path=entry.draft_path if speculative is not None else None,
         mmproj_path=entry.mmproj_path if vision else None,
+        cache_type_k=config.cache_type_k,
+        cache_type_v=config.cache_type_v,
+        flash_attention=config.flash_attention,
+        batch=config.parameters.batch if instance == "generate" else None,
+        runtime=runtime,
+        quantization=quantization,
     )
-    return LoadPlan(engine, instance, options)
+    return LoadPlan(engine, instance, options, note)
+
+
+def _embedding_runtime(entry: ModelEntry) -> tuple[str, str | None, str | None]:
+    """(engine, runtime, quantization) for a sentence-transformers folder: ONNX Runtime (or
+    OpenVINO) when the config asks or the folder carries an ONNX export, else torch."""
+    config, model_file = entry.config, entry.file
+    assert config is not None and model_file is not None
+    runtime = config.embeddings_backend
+    if runtime is None:
+        runtime = "onnx" if model_file.onnx or config.quantization == "int8" else "torch"
+    quantization = config.quantization
+    if quantization in ("fp32", "float32", "none"):
+        quantization = None
+    if quantization not in (None, "int8"):
+        raise ModelUnavailableError(entry.name, f"quantization {config.quantization!r} is not one lokal "
+                                                "applies to an embedding model (int8, for ONNX Runtime)")
+    if runtime == "torch":
+        if quantization is not None:
+            raise ModelUnavailableError(entry.name, "quantization: int8 needs embeddings_backend: onnx "
+                                                    "(or openvino); torch runs the model as stored")
+        return "sentence-transformers", None, None
+    return "onnx", runtime, quantization
 
 
 def check_draft(entry: ModelEntry) -> None:

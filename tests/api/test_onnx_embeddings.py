@@ -49,7 +49,8 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def onnx_server(folder: Path) -> Iterator[LokalServer]:
     models = folder.parent
     for name, extra in (("torch", "embeddings_backend: torch\n"), ("onnx", "embeddings_backend: onnx\n"),
-                        ("int8", "embeddings_backend: onnx\nquantization: int8\n")):
+                        ("int8", "embeddings_backend: onnx\nquantization: int8\n"),
+                        ("openvino", "embeddings_backend: openvino\n")):
         (models / f"{name}.yaml").write_text(f"name: {name}\nparameters:\n  model: minilm\n{extra}")
     with LokalServer(models, "--preload-models", "onnx,int8") as server:
         server.wait_ready(1200)  # the float export, then the int8 one, on a busy machine
@@ -77,6 +78,13 @@ def test_onnx_vectors_are_torchs(onnx_server: LokalServer) -> None:
     assert float(np.sum(alone[0] * fp32[0])) > 0.9999
     log = onnx_server.log()
     assert "ONNX Runtime, onnx/model.onnx" in log and "onnx/model_int8.onnx, int8" in log
+
+
+def test_openvino_runs_the_same_export(onnx_server: LokalServer) -> None:
+    onnx, _ = vectors(onnx_server, "onnx", SENTENCES)
+    openvino, _ = vectors(onnx_server, "openvino", SENTENCES)
+    assert np.min(np.sum(onnx * openvino, axis=1)) >= 0.9999
+    assert "OpenVINO, onnx/model.onnx" in onnx_server.log()
 
 
 def test_the_export_is_kept_whole_in_the_folder(onnx_server: LokalServer, folder: Path) -> None:

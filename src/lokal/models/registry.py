@@ -42,6 +42,7 @@ class ModelRegistry:
         self.pool = Pool(defaults, max_active=max_active, idle_timeout=idle_timeout,
                          busy_timeout=busy_timeout, engine_factory=engine_factory, memory=memory)
         self.metrics = Metrics()  # the app's replaces it (lokal.api.app)
+        self.pool.want_spares(self.engine_kinds())
 
     @property
     def metrics(self) -> Metrics:
@@ -67,7 +68,21 @@ class ModelRegistry:
         """Read the models folder again (after an install or a removal); models marked
         failed after repeated engine crashes may load again."""
         self.pool.clear_failures()
-        return self.catalog.scan()
+        entries = self.catalog.scan()
+        self.pool.want_spares(self.engine_kinds())
+        return entries
+
+    def engine_kinds(self) -> set[str]:
+        """The engines the servable models load with (what spare workers are kept for)."""
+        kinds = set()
+        for entry in self.catalog.entries:
+            if not entry.ok or entry.file is None or not entry.tasks:
+                continue
+            try:
+                kinds.add(plan_load(entry, main_task(entry), self.defaults).engine)
+            except Exception:  # noqa: BLE001 - a model that cannot plan says why when it is asked for
+                continue
+        return kinds
 
     def failure(self, name: str) -> str | None:
         """Why a model is refused after repeated engine crashes, or None."""

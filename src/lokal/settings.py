@@ -187,10 +187,10 @@ class Settings(BaseSettings):
     )
     spare_workers: str = Field(
         "auto", validation_alias=_env("SPARE_WORKERS"),
-        description="auto: keep one engine worker process per kind of engine the models need "
-        "started ahead, its libraries imported, so a model's first load pays for its weights "
-        "only; started only while free memory stays at least twice the worker's size, and "
-        "stopped first when a load needs room. off: start each worker when a load needs it.",
+        description="auto: keep one engine worker process started ahead, its libraries imported, "
+        "for each kind of engine that has a model not loaded yet, so a model's first load pays for "
+        "its weights only; started only while free memory stays at least twice the worker's size, "
+        "and stopped first when a load needs room. off: start each worker when a load needs it.",
     )
     embeddings_batching: bool = Field(
         True, validation_alias=_env("EMBEDDINGS_BATCHING"),

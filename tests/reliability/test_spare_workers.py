@@ -68,7 +68,7 @@ def _wait_spares(server: LokalServer, kinds: set[str], timeout: float = 120) -> 
         time.sleep(0.2)
 
 
-def test_the_first_load_takes_the_spare_and_a_new_one_is_started(tmp_path: Path) -> None:
+def test_the_first_load_takes_the_spare_and_an_unload_brings_one_back(tmp_path: Path) -> None:
     models = tmp_path / "models"
     place_model(models, "smol.gguf")
     (models / "smol.yaml").write_text("name: smol\nparameters:\n  model: smol.gguf\ncontext_size: 512\n")
@@ -84,9 +84,12 @@ def test_the_first_load_takes_the_spare_and_a_new_one_is_started(tmp_path: Path)
         log = server.log()
         ready = re.search(r"worker (\d+) ready in [\d.]+s \(a spare, started ahead\)", log)
         assert ready is not None and int(ready.group(1)) == before["llama-cpp"]["pid"], log[-2000:]
+        # No other llama.cpp model waits for a first load: no new spare of that kind; whisper's stays.
+        assert set(_spares(server)) == {"whisper"}
+        assert _spares(server)["whisper"]["pid"] == before["whisper"]["pid"]
+        httpx.post(f"{server.base}/lokal/models/smol/unload", timeout=60).raise_for_status()
         after = _wait_spares(server, {"llama-cpp", "whisper"})
-        assert after["llama-cpp"]["pid"] != before["llama-cpp"]["pid"]  # its replacement
-        assert after["whisper"]["pid"] == before["whisper"]["pid"]
+        assert "llama-cpp" in after and after["llama-cpp"]["pid"] != before["llama-cpp"]["pid"]  # a new one
 
 
 def test_spare_workers_off(tmp_path: Path) -> None:
@@ -122,3 +125,35 @@ def test_spares_give_their_memory_back_before_a_load_is_refused(tmp_path: Path) 
         assert "stopped spare worker(s) whisper to free memory" in log
         assert "a spare, started ahead" in log  # the load still got the llama.cpp spare
         assert "whisper" not in _spares(server)  # and no whisper spare comes back: it does not fit
+
+
+def test_a_dead_spare_is_not_given_a_load_and_no_spare_outlives_the_server(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    from tests.reliability.test_workers import alive, workers
+
+    models = tmp_path / "models"
+    place_model(models, "smol.gguf")
+    for name in ("a", "b"):
+        (models / f"{name}.yaml").write_text(f"name: {name}\nparameters:\n  model: smol.gguf\ncontext_size: 512\n")
+    server = LokalServer(models)
+    try:
+        spare = _wait_spares(server, {"llama-cpp"})["llama-cpp"]["pid"]
+        os.kill(spare, signal.SIGKILL)  # the OOM killer, say
+        r = httpx.post(f"{server.base}/v1/chat/completions", timeout=300, json={
+            "model": "a", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
+        assert r.status_code == 200, r.text  # loaded on a worker of its own
+        assert f"spare llama-cpp worker {spare} had ended" in server.log()
+        # b still waits for its first load: a new spare is there for it.
+        assert _wait_spares(server, {"llama-cpp"})["llama-cpp"]["pid"] != spare
+        pids = workers(server.proc.pid)
+        assert len(pids) == 2  # a's worker and the spare
+        server.proc.kill()
+        server.proc.wait(30)
+        deadline = time.monotonic() + 10
+        while any(alive(pid) for pid in pids):
+            assert time.monotonic() < deadline, "orphaned workers"
+            time.sleep(0.05)
+    finally:
+        server.stop()

@@ -4,10 +4,12 @@ A model's first load used to start a worker process and import its engine's
 libraries before it read a byte of the model: Python and lokal, then torch and
 sentence-transformers (seconds on a quiet machine, tens of seconds on a busy
 one), faster-whisper, xllamacpp. `SpareWorkers` keeps one worker per engine kind
-the models folder needs already started and past those imports, and hands it
-the next load of that kind; a new spare is started after each hand-over (it
-imports on a thread of lowered priority, so that it yields the CPU to the
-requests being served; the first spares, at start-up, import at full speed). Each spare is started fresh
+already started and past those imports, for the kinds the pool asks for (those
+with a model not loaded yet), and hands it the next load of that kind; while
+another model of the kind waits for its first load, a new spare is started after
+each hand-over (it imports on a thread of lowered priority, so that it yields the
+CPU to the requests being served; the first spares, at start-up, import at full
+speed). Each spare is started fresh
 (`python -m lokal.engines.worker`, the same as any worker), never forked from
 the server.
 

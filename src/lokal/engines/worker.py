@@ -354,6 +354,7 @@ class WorkerEngine(Engine):
         started = time.monotonic()
         spare = self._spares.take(self.engine_name) if self._spares is not None else None
         process = spare if isinstance(spare, _Process) else _spawn(self._spawner)
+        process.engine_lines = []  # a spare's import-time lines say nothing about this load
         popen = process.popen
         try:
             process.channel.send(("load", self.engine_name, self.options, logging.getLogger().getEffectiveLevel()))

@@ -192,8 +192,10 @@ class Pool:
         self.idle_timeout = idle_timeout
         self.busy_timeout = busy_timeout
         self._factory = engine_factory
-        # Workers started ahead per engine kind (lokal.engines.spares), when the factory keeps them.
+        # Workers started ahead per engine kind (lokal.engines.spares), when the factory keeps them,
+        # for the models of each kind (see want_spares).
         self.spares = getattr(engine_factory, "spares", None)
+        self._spare_models: dict[str, set[str]] = {}
         self._loaded: dict[Key, Instance] = {}
         self._locks: dict[Key, asyncio.Lock] = {}
         self._capacity = asyncio.Lock()
@@ -289,17 +291,17 @@ class Pool:
         pid = getattr(engine, "pid", None)
         log.info("model %s ready in %.1fs%s", entry.name, time.monotonic() - started,
                  f" (worker {pid})" if pid else "")
-        if self.spares is not None:  # the next load of this kind gets one too
+        if self.spares is not None:  # the next first load of this kind gets one too
             await asyncio.to_thread(self.refill_spares, True)
         return instance
 
     # Spare workers -------------------------------------------------------------
 
-    def want_spares(self, kinds: set[str]) -> None:
-        """Keep a spare worker for each of these engine kinds, memory allowing."""
-        if self.spares is not None:
-            self.spares.want(kinds)
-            self.refill_spares()
+    def want_spares(self, models: dict[str, set[str]]) -> None:
+        """The servable models by the engine kind they load with: a spare worker is kept for each
+        kind that has a model not loaded (what a first load would start), memory allowing."""
+        self._spare_models = models
+        self.refill_spares()
 
     def _spares_held(self, but: str = "") -> int:
         """What the spare workers (but the one of engine `but`) are estimated to take, in bytes."""
@@ -308,11 +310,14 @@ class Pool:
         return sum(PROCESS_OVERHEAD.get(kind, 128 * MIB) for kind in self.spares.held() if kind != but)
 
     def refill_spares(self, background: bool = False) -> None:
-        """Start the spares missing, each only while free memory stays at least twice its size
-        (the loaded models' estimates and the other spares counted); in the background (after a
-        load, the server serving) they import at a lowered priority."""
+        """Start the spares missing (and stop those no unloaded model needs), each only while free
+        memory stays at least twice its size (the loaded models' estimates and the other spares
+        counted); in the background (after a load or an unload, the server serving) they import
+        at a lowered priority."""
         if self.spares is None:
             return
+        loaded = {name for name, _ in self._loaded}
+        self.spares.want({kind for kind, names in self._spare_models.items() if names - loaded})
 
         def fits(kind: str) -> bool:
             if self.memory is None:
@@ -390,6 +395,8 @@ class Pool:
         async def close_when_idle() -> None:
             await instance.idle.wait()
             await asyncio.to_thread(instance.engine.close)
+            if self.spares is not None:  # its next load is a first load again
+                await asyncio.to_thread(self.refill_spares, True)
 
         asyncio.get_running_loop().create_task(close_when_idle())
 
@@ -435,6 +442,8 @@ class Pool:
         if instance is not None:
             self.metrics.model_unloaded(*key)
             await asyncio.to_thread(instance.engine.close)
+            if self.spares is not None:  # its next load is a first load again
+                await asyncio.to_thread(self.refill_spares, True)
 
     async def unload(self, name: str) -> bool:
         """Unload a model's instances once their requests are done (and clear a failed

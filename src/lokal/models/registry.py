@@ -72,16 +72,17 @@ class ModelRegistry:
         self.pool.want_spares(self.engine_kinds())
         return entries
 
-    def engine_kinds(self) -> set[str]:
-        """The engines the servable models load with (what spare workers are kept for)."""
-        kinds = set()
+    def engine_kinds(self) -> dict[str, set[str]]:
+        """The servable models by the engine they load with (what spare workers are kept for)."""
+        kinds: dict[str, set[str]] = {}
         for entry in self.catalog.entries:
             if not entry.ok or entry.file is None or not entry.tasks:
                 continue
             try:
-                kinds.add(plan_load(entry, main_task(entry), self.defaults).engine)
+                engine = plan_load(entry, main_task(entry), self.defaults).engine
             except Exception:  # noqa: BLE001 - a model that cannot plan says why when it is asked for
                 continue
+            kinds.setdefault(engine, set()).add(entry.name)
         return kinds
 
     def failure(self, name: str) -> str | None:

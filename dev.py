@@ -90,7 +90,7 @@ def main() -> int:
         return 2
     command, rest = sys.argv[1], sys.argv[2:]
     if command == "demo":
-        setup("sentence-transformers")
+        setup("sentence-transformers,onnx")
         args = rest or ["--address", "0.0.0.0:8080"]
         os.execv(str(BIN / "lokal"), [str(BIN / "lokal"), "demo", *args])
     setup("test")

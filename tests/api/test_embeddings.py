@@ -1,9 +1,9 @@
 """/v1/embeddings with the real all-MiniLM-L6-v2 and a chat GGUF.
 
 The model's contract (shape, order, batch = alone, semantics, token ids,
-base64, dimensions, truncation) is checked on both engines: the Hugging Face
-folder through sentence-transformers, and a GGUF converted from the same folder
-by `lokal models convert` through llama.cpp. Both serve it as LocalAI's
+base64, dimensions, truncation) is checked on every engine: the Hugging Face
+folder through sentence-transformers (torch) and through ONNX Runtime, and a GGUF
+converted from the same folder by `lokal models convert` through llama.cpp. Both serve it as LocalAI's
 `embeddings.yaml` does: `backend: bert-embeddings`, `parameters.model: bert`.
 """
 
@@ -58,10 +58,26 @@ def gguf_emb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LokalServer]:
         yield server
 
 
-@pytest.fixture(params=["sentence-transformers", "gguf"])
+@pytest.fixture(scope="module")
+def onnx_emb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LokalServer]:
+    """The same folder on ONNX Runtime (exported on the first load, as a config asking for it does)."""
+    models = tmp_path_factory.mktemp("emb-onnx") / "models"
+    place_folder(models, "bert")
+    (models / "embeddings.yaml").write_text(
+        "name: text-embedding-ada-002\nparameters:\n  model: bert\nthreads: 2\n"
+        "backend: bert-embeddings\nembeddings: true\nembeddings_backend: onnx\n")
+    (models / "strict.yaml").write_text("name: strict\nparameters:\n  model: bert\ntruncate: false\n"
+                                        "embeddings_backend: onnx\n")
+    with LokalServer(models, "--preload-models", ADA) as server:
+        server.wait_ready(900)  # the export (torch, once) comes first
+        yield server
+
+
+@pytest.fixture(params=["sentence-transformers", "gguf", "onnx"])
 def ada(request: pytest.FixtureRequest) -> LokalServer:
     """A server with text-embedding-ada-002 (and `strict`) on one engine."""
-    server: LokalServer = request.getfixturevalue("emb" if request.param == "sentence-transformers" else "gguf_emb")
+    fixture = {"sentence-transformers": "emb", "gguf": "gguf_emb", "onnx": "onnx_emb"}[request.param]
+    server: LokalServer = request.getfixturevalue(fixture)
     return server
 
 

@@ -98,8 +98,8 @@ def test_synthetic_gallery(tmp_path: Path) -> None:
     # Entries whose own files do not hold their model: refused, for that reason.
     assert by_name["no-model-entry"].status == "refused" and not by_name["no-model-entry"].consistent
     assert by_name["mismatched-files"].status == "refused" and not by_name["mismatched-files"].consistent
-    # The KV-cache fields are accepted, and left to issue #30's work to pass on.
-    assert by_name["native-dflash"].ignored == () and by_name["native-dflash"].pending == ("cache_type_k", "cache_type_v")
+    # The KV-cache fields are used (passed to the engine), not ignored.
+    assert by_name["native-dflash"].ignored == () and by_name["native-dflash"].pending == ()
 
 
 def test_real_localai_gallery(tmp_path: Path) -> None:

@@ -51,7 +51,7 @@ def test_tags_that_build_objects_stay_refused() -> None:
 def test_the_config_reader_reads_the_dialect(tmp_path: Path) -> None:
     found = entry(tmp_path, 'flash_attention: on\ncutstrings:\n  - "it\\\'s"\n')
     assert found.ok, found.error
-    assert found.config.model_extra["flash_attention"] == "on" and found.config.cutstrings == ["it's"]
+    assert found.config.flash_attention == "on" and found.config.cutstrings == ["it's"]
 
 
 # Values ----------------------------------------------------------------------------------------

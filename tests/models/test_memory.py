@@ -66,9 +66,10 @@ def test_free_memory_is_the_limit_less_what_is_loaded_and_never_more_than_the_ma
 def test_a_kv_cache_that_cannot_fit_is_refused_with_507_before_loading(tmp_path: Path) -> None:
     models = tmp_path / "models"
     place_model(models)
+    # 8192 tokens (all SmolLM2 was trained on) x 4 slots of f16 KV cache is 720 MiB.
     (models / "huge.yaml").write_text(f"name: huge\nparameters:\n  model: {CHAT_FILE}\n"
-                                      "context_size: 4000000\n")
-    with LokalServer(models, "--parallel-requests", "4") as server:
+                                      "context_size: 8192\n")
+    with LokalServer(models, "--parallel-requests", "4", "--memory-limit", "400M") as server:
         response = httpx.post(f"{server.base}/v1/chat/completions", timeout=120, json={
             "model": "huge", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
         assert response.status_code == 507, response.text

@@ -75,7 +75,9 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def server(models: Path):  # noqa: ANN201
     # A fresh server per test: crash counts and loaded workers do not carry over.
-    with LokalServer(models, "--parallel-requests", "2") as srv:
+    # Workers started on demand: the tests count and signal the one a load starts
+    # (spare workers, started ahead, have tests of their own: test_spare_workers.py).
+    with LokalServer(models, "--parallel-requests", "2", "--spare-workers", "off") as srv:
         yield srv
         stopped_workers = workers(srv.proc.pid)
     srv.proc.wait(30)
@@ -337,7 +339,7 @@ def test_a_hung_worker_is_killed_and_replaced(models: Path) -> None:
 
 
 def test_no_worker_survives_a_sigkill_of_the_server(models: Path) -> None:
-    server = LokalServer(models)
+    server = LokalServer(models, "--spare-workers", "off")
     try:
         assert chat(server, "chat-a").status_code == 200
         assert embed(server, ["x"]).status_code == 200

@@ -45,9 +45,6 @@ def load_settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_serve(settings: Settings) -> int:
-    import uvicorn
-
-    from lokal.api.app import create_app
     from lokal import threadnames
     from lokal.engines import engine_log
 
@@ -80,9 +77,18 @@ def cmd_serve(settings: Settings) -> int:
     from lokal.install.manager import InstallManager, policy_from_settings
     from lokal.transfer.downloader import Downloader
 
+    # The registry first: its spare workers start importing their engines' libraries while
+    # the server imports its own.
     downloader = Downloader(policy_from_settings(settings))  # one transfer per file, installs included
     registry = make_registry(settings, threads, downloader=downloader)
+    import uvicorn
+
+    from lokal.api.app import create_app
+
+    spares = registry.pool.spares
     log.info("engines: %s; memory budget: %s", "a worker process per model"
+             + (f" (spare workers started ahead: {', '.join(spares.held()) or 'none yet'})"
+                if spares is not None else "")
              if settings.engine_isolation == "process" else "in the server process",
              settings.memory_limit if settings.memory_limit != "auto"
              else "auto (available memory less a margin)")
@@ -161,7 +167,7 @@ def make_registry(settings: Settings, threads: int, engine_factory: Any = None, 
     if engine_factory is None and settings.engine_isolation == "process":
         from lokal.engines.worker import WorkerFactory
 
-        engine_factory = WorkerFactory()
+        engine_factory = WorkerFactory(spares=settings.spare_workers == "auto")
     fetch = functools.partial(download.fetch, downloader=downloader) if downloader is not None else None
     return local_registry(**registry_options(settings, threads), aliases=dict(settings.model_aliases),
                           fetch_file=fetch,
@@ -229,24 +235,80 @@ def add_convert_parser(model_commands: Any) -> None:
     from lokal.models.convert import DEFAULT_OUTTYPE, EXTRA_HINT, OUTTYPES
 
     convert = model_commands.add_parser(
-        "convert", help="convert a Hugging Face model folder to a GGUF file",
+        "convert", help="convert a Hugging Face model folder to a GGUF file (or an ONNX export: --to onnx)",
         description="Convert a Hugging Face model folder (e.g. a sentence-transformers embedding "
                     "model such as all-MiniLM-L6-v2) to a GGUF file that the llama.cpp engine serves, "
                     "with llama.cpp's own converter. Works offline on a local folder. Needs the "
                     f"optional extra: {EXTRA_HINT}.")
     convert.add_argument("src", type=Path, metavar="SRC",
                          help="the model folder (config.json, tokenizer files, weights)")
-    convert.add_argument("dest", type=Path, metavar="DEST",
-                         help="the GGUF file to write; it appears only once complete")
+    convert.add_argument("dest", type=Path, metavar="DEST", nargs="?",
+                         help="the GGUF file to write; it appears only once complete (not with --to onnx)")
+    convert.add_argument("--to", choices=("gguf", "onnx"), default="gguf",
+                         help="gguf (default): a GGUF file for llama.cpp; onnx: an ONNX export for "
+                              "ONNX Runtime / OpenVINO, written into SRC/onnx/ where lokal looks for it "
+                              "(what a config with embeddings_backend: onnx would make on its first load)")
+    convert.add_argument("--quantize", choices=("int8",), default=None,
+                         help="with --to onnx: also write the int8 export (SRC/onnx/model_int8.onnx, "
+                              "for quantization: int8), checked against float32 on probe sentences")
+    convert.add_argument("--rerank", action="store_true",
+                         help="with --to onnx: SRC is a cross-encoder (found from config.json otherwise)")
     convert.add_argument("--outtype", choices=OUTTYPES, default=DEFAULT_OUTTYPE,
-                         help=f"weight type: f32 (exact, largest), f16 (default: {DEFAULT_OUTTYPE}) "
+                         help=f"GGUF weight type: f32 (exact, largest), f16 (default: {DEFAULT_OUTTYPE}) "
                               "or q8_0 (smallest, near-identical vectors)")
-    convert.add_argument("--force", action="store_true", help="replace DEST if it exists")
+    convert.add_argument("--force", action="store_true", help="replace DEST (or SRC's ONNX export) if it exists")
     convert.set_defaults(handler=None)
+
+
+def cmd_models_convert_onnx(args: argparse.Namespace) -> int:
+    import json
+    import subprocess
+
+    from lokal.formats.modelfile import is_cross_encoder
+
+    if args.dest is not None:
+        print(f"lokal models convert: an ONNX export is written into {args.src}/onnx/ (where lokal looks for "
+              "it); leave DEST out", file=sys.stderr)
+        return 2
+    try:
+        config = json.loads((args.src / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = {}
+    command = [sys.executable, "-m", "lokal.engines.onnx_export", str(args.src)]
+    if args.rerank or is_cross_encoder(config):
+        command.append("--rerank")
+    if args.quantize == "int8":
+        command.append("--int8")
+    if args.force:
+        command.append("--force")
+    print(f"exporting {args.src} to ONNX{' (and int8)' if args.quantize else ''}...", file=sys.stderr)
+    try:
+        done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
+    except KeyboardInterrupt:
+        print("lokal models convert: interrupted; nothing half-written was kept", file=sys.stderr)
+        return 130
+    if done.returncode != 0:
+        return 1
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    made = ", ".join(summary["made"]) or "nothing (the export was already there; --force makes it again)"
+    print(f"{args.src}/onnx: made {made}")
+    if summary.get("int8_min_cosine"):
+        print(f"int8 vectors at cosine >= {summary['int8_min_cosine']:.4f} to float32's on lokal's probe sentences")
+    return 0
 
 
 def cmd_models_convert(args: argparse.Namespace) -> int:
     from lokal.models.convert import ConvertError, convert
+
+    if args.to == "onnx":
+        return cmd_models_convert_onnx(args)
+    if args.dest is None:
+        print("lokal models convert: give DEST, the GGUF file to write (or --to onnx)", file=sys.stderr)
+        return 2
+    if args.quantize:
+        print("lokal models convert: --quantize is for --to onnx (a GGUF's weight type is --outtype)",
+              file=sys.stderr)
+        return 2
 
     print(f"converting {args.src} to {args.dest} ({args.outtype})...", file=sys.stderr)
     try:
@@ -310,7 +372,9 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         args.models_path = str(folder)
         if not hasattr(args, "preload_models"):
-            args.preload_models = "gpt-3.5-turbo,text-embedding-ada-002"
+            # The embedding model first: it loads in a second or two, and Dify's embedding
+            # check gives up after 10 s where its chat check waits longer.
+            args.preload_models = "text-embedding-ada-002,gpt-3.5-turbo"
         args.handler = cmd_serve
     try:
         settings = load_settings(args)

@@ -69,6 +69,19 @@ class LoadOptions:
     engine_params: dict[str, Any] = field(default_factory=dict)
     diffusion: DiffusionOptions | None = None  # an image model's pipeline and limits
 
+    #: KV cache element types (llama.cpp's names: f16, q8_0, q4_0 ...; None: f16, or f32 when f16 is off)
+    cache_type_k: str | None = None
+    cache_type_v: str | None = None
+    #: flash attention: "on", "off" or "auto" (None: the engine's default, auto)
+    flash_attention: str | None = None
+    #: prompt tokens per engine step, and per micro-batch (None: the engine module's defaults)
+    batch: int | None = None
+    ubatch: int | None = None
+    #: sentence-transformers models: where they run ("torch", "onnx", "openvino") and how
+    #: an ONNX export is quantised ("int8"; None: float32)
+    runtime: str | None = None
+    quantization: str | None = None
+
 
 @dataclass
 class DiffusionOptions:

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from lokal.engines.base import Engine, LoadOptions, ModelLoadError
 
+#: the engines `create_engine` builds
+ENGINES = ("llama-cpp", "sentence-transformers", "whisper", "onnx")
+
 
 def create_engine(engine: str, options: LoadOptions) -> Engine:
     """The engine module for an engine name, loading options.model_path."""
@@ -47,4 +50,33 @@ def create_engine(engine: str, options: LoadOptions) -> Engine:
         from lokal.engines.sdcpp import StableDiffusionCppEngine
 
         return StableDiffusionCppEngine(options)
+    if engine == "onnx":
+        from lokal.engines.onnx import OnnxEngine
+
+        return OnnxEngine(options)
     raise ModelLoadError(f"the {engine!r} engine is not available in this version of lokal")
+
+
+def prepare_engine(engine: str) -> None:
+    """Import what loading a model with engine needs, before there is a model to load (a
+    spare worker process does this while it waits). A missing library is not an error here:
+    the load says so, with the extra to install."""
+    try:
+        if engine == "llama-cpp":
+            from lokal.engines import llamacpp
+
+            llamacpp.prepare()
+        elif engine == "sentence-transformers":
+            from lokal.engines import sentence_transformers
+
+            sentence_transformers.prepare()
+        elif engine == "whisper":
+            from lokal.engines import whisper
+
+            whisper.prepare()
+        elif engine == "onnx":
+            from lokal.engines import onnx
+
+            onnx.prepare()
+    except ImportError:
+        pass

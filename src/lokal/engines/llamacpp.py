@@ -41,7 +41,19 @@ def _import_engine() -> Any:
     return xllamacpp
 
 
+def prepare() -> None:
+    """Import what a load will need (a spare worker does this before it is given a model)."""
+    _import_engine()
+
+
 _MAX_CONTEXT = 2**31 - 1  # llama.cpp's n_ctx is a 32-bit int
+#: Prompt tokens per engine step when the config names no batch. The engine checks for a
+#: cancelled request between steps (lokal asks for a progress chunk after each one, and the
+#: chunk's answer is the stop), so this bounds how long a client that left holds its slot:
+#: llama.cpp's own default (2048) is minutes of a big model's prefill on a CPU.
+DEFAULT_BATCH = 512
+DEFAULT_UBATCH = 512
+_FLASH = {"auto": "AUTO", "on": "ENABLED", "off": "DISABLED"}
 _GENERIC = re.compile(r"failed to load model|exiting due to|failed to init|error loading model$")
 
 
@@ -118,6 +130,8 @@ def _engine_params(xllamacpp: Any, options: LoadOptions, info: GGUFInfo, loopbac
     # /infill: a thread per slot and one more, so a long infill never holds up a count.
     params.n_threads_http = options.parallel + 1
     params.api_keys = [loopback_key]
+    if not options.embeddings:
+        params.n_batch, params.n_ubatch = batch_sizes(options)
     if options.embeddings:
         # A whole input must fit one micro-batch; vectors come back unit length.
         params.embedding = True
@@ -138,10 +152,32 @@ def _engine_params(xllamacpp: Any, options: LoadOptions, info: GGUFInfo, loopbac
         params.n_gpu_layers = options.gpu_layers
     if options.mmap is False:
         params.load_mode = xllamacpp.llama_load_mode.LLAMA_LOAD_MODE_NONE
-    if options.f16 is False:
-        params.cache_type_k = xllamacpp.ggml_type.GGML_TYPE_F32
-        params.cache_type_v = xllamacpp.ggml_type.GGML_TYPE_F32
+    default_cache = "f32" if options.f16 is False else None
+    for side, name in (("k", options.cache_type_k or default_cache), ("v", options.cache_type_v or default_cache)):
+        if name is not None:
+            setattr(params, f"cache_type_{side}", getattr(xllamacpp.ggml_type, f"GGML_TYPE_{name.upper()}"))
+    if options.flash_attention is not None:
+        params.flash_attn_type = getattr(xllamacpp.llama_flash_attn_type,
+                                         f"LLAMA_FLASH_ATTN_TYPE_{_FLASH[options.flash_attention]}")
     return params
+
+
+def check_cache_types(options: LoadOptions) -> None:
+    """Refuse what llama.cpp refuses, saying why: a quantised V cache is read only by the
+    flash-attention kernels."""
+    quantized_v = (options.cache_type_v or "f16") not in ("f32", "f16", "bf16")
+    if quantized_v and options.flash_attention == "off":
+        raise ModelLoadError(
+            f"{options.model_path.name}: cache_type_v {options.cache_type_v} needs flash attention, "
+            "but the config sets flash_attention: off (llama.cpp reads a quantised V cache only with "
+            "flash attention); set flash_attention: on or auto, or cache_type_v: f16")
+
+
+def batch_sizes(options: LoadOptions) -> tuple[int, int]:
+    """(n_batch, n_ubatch) of a generating instance: the config's batch, else DEFAULT_BATCH;
+    micro-batches no larger than the batch."""
+    batch = options.batch or DEFAULT_BATCH
+    return batch, min(options.ubatch or DEFAULT_UBATCH, batch)
 
 
 class LlamaCppEngine(Engine):
@@ -150,6 +186,7 @@ class LlamaCppEngine(Engine):
     def __init__(self, options: LoadOptions) -> None:
         self.options = options
         self.info = info = _header(options)
+        check_cache_types(options)
         self.slots = options.parallel
         self.ranks = options.rerank
         xllamacpp = _import_engine()
@@ -167,9 +204,16 @@ class LlamaCppEngine(Engine):
                 threading.Event().wait(0.05)
                 reason = _load_failure(capture.since(mark), str(options.model_path.parent)) or str(exc)
                 raise ModelLoadError(f"{options.model_path.name} failed to load: {reason}") from exc
+        extras = []
+        if options.cache_type_k or options.cache_type_v:
+            extras.append(f"KV cache {options.cache_type_k or 'f16'}/{options.cache_type_v or 'f16'}")
+        if options.flash_attention:
+            extras.append(f"flash attention {options.flash_attention}")
+        if options.mmproj_path:
+            extras.append(f"images via {options.mmproj_path.name}")
         log.info("loaded %s (%s, context %d, %d slots, %d threads%s)", options.model_path.name,
                  info.architecture, options.context_size, options.parallel, options.threads,
-                 f", images via {options.mmproj_path.name}" if options.mmproj_path else "")
+                 "".join(", " + extra for extra in extras))
 
     def _stream(self, handler: Any, body: dict[str, Any], sink: ChunkSink) -> None:
         error: dict[str, Any] | None = None
@@ -181,9 +225,15 @@ class LlamaCppEngine(Engine):
             if "error" in chunk:
                 error = chunk["error"]
                 return True
+            progress = chunk.get("prompt_progress")
+            if progress is not None:
+                # One per prompt batch: the engine's only word while it reads a long prompt, and
+                # the sink's answer is the only way to stop it then (the binding never checks
+                # for a client that left on its own). The sink gets the progress alone.
+                return sink({"prompt_progress": progress})
             return sink(chunk)
 
-        body = dict(body, stream=True, stream_options={"include_usage": True})
+        body = dict(body, stream=True, stream_options={"include_usage": True}, return_progress=True)
         try:
             result = handler(body, on_chunk)
         except (ValueError, TypeError) as exc:

@@ -19,6 +19,14 @@ EXTRA_HINT = ("this model needs the sentence-transformers engine: "
               "pip install 'lokal[sentence-transformers]' (torch CPU + sentence-transformers)")
 
 
+def prepare() -> None:
+    """Import what a load will need (a spare worker does this before it is given a model):
+    torch and sentence-transformers take seconds to import, far longer than a small model's weights."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch  # noqa: F401
+    import sentence_transformers  # noqa: F401
+
+
 class SentenceTransformersEngine(Engine):
     """An embedding model folder (modules.json / config.json + weights), or a
     cross-encoder (reranker) folder when loaded for rerank."""

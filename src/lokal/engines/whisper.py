@@ -127,6 +127,12 @@ def _temperatures(temperature: float) -> tuple[float, ...]:
     return tuple(t for t in temps if t <= 1.0) or (1.0,)
 
 
+def prepare() -> None:
+    """Import what a load will need (a spare worker does this before it is given a model)."""
+    import ctranslate2  # noqa: F401
+    import faster_whisper  # noqa: F401
+
+
 class WhisperEngine(Engine):
     """A CTranslate2 Whisper model folder, transcribing one file at a time."""
 

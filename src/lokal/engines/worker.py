@@ -47,6 +47,7 @@ from lokal.engines import engine_log
 from lokal.engines.base import (AudioSink, Engine, ChunkSink, EngineDied, Embeddings, ImageJob, ImageResult,
                                 LoadOptions, ModelLoadError, ProgressSink, Scores, Speech, SpeechSegment,
                                 Transcription)
+from lokal.engines.spares import SpareWorkers
 from lokal.errors import EngineError, EngineStopped
 
 # Named, not __name__: the worker runs as `python -m lokal.engines.worker` (__main__).
@@ -117,13 +118,16 @@ class Spawner:
 
 
 class WorkerFactory:
-    """A pool engine factory: every engine in a worker process of its own."""
+    """A pool engine factory: every engine in a worker process of its own; with spares on,
+    a load of a kind of engine takes the worker started ahead for it (`lokal.engines.spares`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, spares: bool = False) -> None:
         self.spawner = Spawner()
+        self.spares = (SpareWorkers(lambda kind, background: _spawn_spare(self.spawner, kind, background))
+                       if spares else None)
 
     def __call__(self, engine_name: str, options: LoadOptions) -> Engine:
-        return WorkerEngine(engine_name, options, spawner=self.spawner)
+        return WorkerEngine(engine_name, options, spawner=self.spawner, spares=self.spares)
 
 
 def describe_exit(code: int | None) -> str:
@@ -164,15 +168,65 @@ class _Process:
         self.dead = False
         self.kill_reason: str | None = None
 
+    # As a spare (lokal.engines.spares.SpareProcess) ---------------------------
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self) -> None:
+        """End a worker that was never given a model."""
+        self.dead = True
+        try:
+            self.popen.kill()
+        except OSError:
+            pass
+        _wait(self.popen)
+        self.stderr_done.wait(2)
+        self.channel.close()
+
+
+def _spawn(spawner: Spawner) -> _Process:
+    """A new worker process (spawned, never forked), its fd 2 read from now on."""
+    parent, child = socket.socketpair()
+    try:
+        command = [sys.executable, "-m", "lokal.engines.worker", str(child.fileno()), str(os.getpid())]
+        # No gdb backtrace on an abort: slow, and it buries the assert in the log tail.
+        env = dict(os.environ, GGML_NO_BACKTRACE="1")
+        popen = spawner.call(lambda: subprocess.Popen(
+            command, pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, close_fds=True))
+    finally:
+        child.close()
+    process = _Process(popen, _Channel(parent))
+    threading.Thread(target=_read_stderr, args=(process,), name="lokal-worker-log", daemon=True).start()
+    return process
+
+
+def _spawn_spare(spawner: Spawner, engine_name: str, background: bool) -> _Process:
+    """A worker that imports engine_name's libraries now (at a lowered priority when in the
+    background, while the server serves) and waits for its load."""
+    process = _spawn(spawner)
+    try:
+        process.channel.send(("prepare", engine_name, logging.getLogger().getEffectiveLevel(), background))
+    except OSError:
+        pass  # it died at once: its load finds it dead and starts another
+    return process
+
 
 class WorkerEngine(Engine):
     """A model whose engine runs in a supervised worker process."""
 
-    def __init__(self, engine_name: str, options: LoadOptions, *, spawner: Spawner | None = None) -> None:
+    def __init__(self, engine_name: str, options: LoadOptions, *, spawner: Spawner | None = None,
+                 spares: SpareWorkers | None = None) -> None:
         self.engine_name = engine_name
         self.options = options
         self.name = options.model_path.name
         self._spawner = spawner or Spawner()
+        self._spares = spares
         self._cond = threading.Condition()
         self._ids = itertools.count(1)
         self._busy = 0      # slots taken by calls that reached the worker
@@ -320,27 +374,19 @@ class WorkerEngine(Engine):
     # The process ----------------------------------------------------------------
 
     def _start(self) -> _Process:
-        parent, child = socket.socketpair()
-        try:
-            command = [sys.executable, "-m", "lokal.engines.worker", str(child.fileno()), str(os.getpid())]
-            # No gdb backtrace on an abort: slow, and it buries the assert in the log tail.
-            env = dict(os.environ, GGML_NO_BACKTRACE="1")
-            popen = self._spawner.call(lambda: subprocess.Popen(
-                command, pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, env=env,
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, close_fds=True))
-        finally:
-            child.close()
-        process = _Process(popen, _Channel(parent))
-        threading.Thread(target=self._read_stderr, args=(process,), name="lokal-worker-log",
-                         daemon=True).start()
         started = time.monotonic()
+        spare = self._spares.take(self.engine_name) if self._spares is not None else None
+        process = spare if isinstance(spare, _Process) else _spawn(self._spawner)
+        process.engine_lines = []  # a spare's import-time lines say nothing about this load
+        popen = process.popen
         try:
             process.channel.send(("load", self.engine_name, self.options, logging.getLogger().getEffectiveLevel()))
         except OSError:
             pass
         reply = process.channel.recv()
-        while reply is not None and reply[0] == "log":
-            _relog(reply)
+        while reply is not None and reply[0] in ("log", "prepared"):
+            if reply[0] == "log":
+                _relog(reply)
             reply = process.channel.recv()
         if reply is None or reply[0] not in ("ready", "load_error"):
             process.dead = True
@@ -367,7 +413,8 @@ class WorkerEngine(Engine):
         _, self.slots, self._dimensions = reply
         process.loading = False
         process.engine_lines = []
-        log.debug("model %s: worker %d ready in %.1fs", self.name, popen.pid, time.monotonic() - started)
+        log.debug("model %s: worker %d ready in %.1fs%s", self.name, popen.pid, time.monotonic() - started,
+                  " (a spare, started ahead)" if spare is not None else "")
         threading.Thread(target=self._read, args=(process,), name="lokal-worker", daemon=True).start()
         return process
 
@@ -444,31 +491,31 @@ class WorkerEngine(Engine):
         log.error("model %s: worker %d %s %s; last engine log lines:\n%s", self.name, process.popen.pid,
                   how, when, "\n".join("  " + line for line in tail) or "  (none)")
 
-    def _read_stderr(self, process: _Process) -> None:
-        """The worker's fd 2: its log records re-logged here, engine lines kept for a crash report."""
-        stream = process.popen.stderr
-        assert stream is not None
+def _read_stderr(process: _Process) -> None:
+    """The worker's fd 2: its log records re-logged here, engine lines kept for a crash report."""
+    stream = process.popen.stderr
+    assert stream is not None
+    try:
+        for raw in stream:
+            line = raw.decode("utf-8", errors="replace").rstrip("\n")
+            if not line.strip():
+                continue
+            process.lines.append(line)
+            parsed = engine_log.parse(line)
+            if parsed is None:
+                sys.stderr.write(line + "\n")  # a traceback, an assert: as an in-process engine would
+                continue
+            if process.loading:
+                process.engine_lines.append(parsed)
+            engine_log.log.log(engine_log.level(parsed[0]), "%s", parsed[1])
+    except (OSError, ValueError):
+        pass
+    finally:
         try:
-            for raw in stream:
-                line = raw.decode("utf-8", errors="replace").rstrip("\n")
-                if not line.strip():
-                    continue
-                process.lines.append(line)
-                parsed = engine_log.parse(line)
-                if parsed is None:
-                    sys.stderr.write(line + "\n")  # a traceback, an assert: as an in-process engine would
-                    continue
-                if process.loading:
-                    process.engine_lines.append(parsed)
-                engine_log.log.log(engine_log.level(parsed[0]), "%s", parsed[1])
-        except (OSError, ValueError):
+            stream.close()  # now, not when the Popen is collected: the server's open files stay level
+        except OSError:
             pass
-        finally:
-            try:
-                stream.close()  # now, not when the Popen is collected: the server's open files stay level
-            except OSError:
-                pass
-            process.stderr_done.set()
+        process.stderr_done.set()
 
 
 _IMPORTANT = re.compile(r"GGML_ASSERT|GGML_ABORT|error|failed|terminate", re.IGNORECASE)
@@ -598,6 +645,28 @@ def _serve(engine: Engine, channel: _Channel, message: tuple[Any, ...], cancelle
         os._exit(0)  # the server is gone
 
 
+def _prepare(engine_name: str, background: bool) -> None:
+    """Import an engine's libraries; in the background on a thread of lowered priority (Linux
+    sets priorities per thread), so that a spare warming up while the server serves takes the
+    CPU only when the requests leave it. (At start-up nothing is served yet: full priority.)"""
+    from lokal.engines.factory import prepare_engine
+
+    def work() -> None:
+        if background:
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+            except (OSError, AttributeError):
+                pass
+        try:
+            prepare_engine(engine_name)
+        except Exception:  # noqa: BLE001 - the load imports again and reports what fails
+            log.debug("preparing the %s engine failed", engine_name, exc_info=True)
+
+    thread = threading.Thread(target=work, name="lokal-prepare", daemon=True)
+    thread.start()
+    thread.join()
+
+
 def main(argv: list[str]) -> int:
     fd, parent = int(argv[0]), int(argv[1])
     _die_with_parent(parent)
@@ -605,6 +674,12 @@ def main(argv: list[str]) -> int:
     channel = _Channel(socket.socket(fileno=fd))
     logging.root.addHandler(_ToServer(channel))
     message = channel.recv()
+    if message is not None and message[0] == "prepare":  # a spare: import now, load later
+        _, engine_name, level, background = message
+        logging.root.setLevel(level)
+        _prepare(engine_name, background)
+        channel.send(("prepared",))
+        message = channel.recv()
     if message is None or message[0] != "load":
         return 1
     _, engine_name, options, level = message

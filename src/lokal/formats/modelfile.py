@@ -219,6 +219,8 @@ class ModelFile:
     hf_config: dict[str, Any] | None = None
     speech: Any = None  # a speech model's SpeechFile (voices, sample rate)
     diffusion: Any = None  # an image model's lokal.formats.diffusion.DiffusionInfo
+    #: a Hugging Face folder that carries an ONNX export ONNX Runtime can serve as it stands
+    onnx: bool = False
 
 
 def inspect(path: Path) -> ModelFile:
@@ -232,7 +234,7 @@ def inspect(path: Path) -> ModelFile:
                 pass
             if (path / "model.bin").is_file() and "alignment_heads" in config:
                 return ModelFile(kind="whisper-ct2", hf_config=config)
-            return ModelFile(kind="hf", hf_config=config)
+            return ModelFile(kind="hf", hf_config=config, onnx=carries_onnx(path))
         raise ModelFileError(
             f"{path.name}/ is a folder but not a Hugging Face model (no config.json or modules.json)"
         )
@@ -257,6 +259,31 @@ def is_whisper_ggml(path: Path) -> bool:
     n_vocab, n_audio_ctx = struct.unpack("<ii", head[4:12])
     n_mels = struct.unpack("<i", head[40:44])[0]
     return 51000 <= n_vocab <= 52000 and n_audio_ctx == 1500 and n_mels in (80, 128)
+
+
+#: sentence-transformers modules an ONNX export of the transformer alone can be finished with
+#: (pooling and normalisation are done outside the graph; a Dense layer is not)
+ONNX_PIPELINE_MODULES = ("Transformer", "Pooling", "Normalize")
+
+
+def carries_onnx(folder: Path) -> bool:
+    """Whether a model folder holds an ONNX export ready to serve: lokal's own (`onnx/lokal.json`
+    beside `onnx/model.onnx`, the whole pipeline in the graph), or a transformer-only export
+    (`onnx/model.onnx`, as sentence-transformers and optimum write them) of a model whose
+    other modules are only pooling and normalisation."""
+    onnx = folder / "onnx"
+    if not (onnx / "model.onnx").is_file():
+        return False
+    if (onnx / "lokal.json").is_file():
+        return True
+    try:
+        modules = json.loads((folder / "modules.json").read_text())
+    except (OSError, ValueError):
+        return not (folder / "modules.json").exists()  # a plain transformers folder (a cross-encoder)
+    if not isinstance(modules, list):
+        return False
+    kinds = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules if isinstance(m, dict)]
+    return all(kind in ONNX_PIPELINE_MODULES for kind in kinds)
 
 
 def is_cross_encoder(config: dict[str, Any] | None) -> bool:

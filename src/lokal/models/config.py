@@ -51,6 +51,8 @@ BACKEND_ALIASES = {
     "stablediffusion-ggml": "stablediffusion-ggml",
 }
 _NAME = re.compile(r"^[^/\\\x00-\x1f\x7f]{1,256}$")
+#: KV cache element types llama.cpp takes (`--cache-type-k/-v`).
+CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 
 
 class ConfigError(ValueError):
@@ -72,6 +74,9 @@ class Parameters(BaseModel):
     repeat_penalty: float | None = Field(None, ge=0)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    # LocalAI: prompt tokens the engine takes per step (llama.cpp's n_batch); a load option,
+    # not a request default.
+    batch: int | None = Field(None, ge=1, le=1 << 20)
 
     def request_defaults(self) -> dict[str, Any]:
         """Sampling defaults to apply when a request leaves them out."""
@@ -218,10 +223,56 @@ class ModelConfig(BaseModel):
     @property
     def option_values(self) -> dict[str, str]:
         return localai_config.parse_options(self.options)
+
     # Image generation, as LocalAI's diffusers backend reads them (lokal.models.image_config).
     diffusers: DiffusersOptions | None = None
     step: int | None = Field(None, ge=1, le=1000)
     cfg_scale: float | None = Field(None, ge=0, le=100)
+
+    # LocalAI's llama.cpp fields: the KV cache's element types and flash attention.
+    cache_type_k: str | None = None
+    cache_type_v: str | None = None
+    flash_attention: Literal["auto", "on", "off"] | None = None
+    # Sentence-transformers folders: where the model runs (unset: ONNX Runtime when the folder
+    # carries an ONNX export, else torch), and `quantization: int8` for an int8 ONNX export.
+    embeddings_backend: Literal["torch", "onnx", "openvino"] | None = None
+    quantization: str | None = None
+
+    @field_validator("cache_type_k", "cache_type_v", mode="before")
+    @classmethod
+    def _cache_type(cls, value: Any) -> Any:
+        if value is None or value == "":
+            return None
+        name = str(value).strip().lower()
+        if name not in CACHE_TYPES:
+            raise ValueError(f"{value!r} is not a KV cache type llama.cpp knows "
+                             f"({', '.join(CACHE_TYPES)})")
+        return name
+
+    @field_validator("flash_attention", mode="before")
+    @classmethod
+    def _flash_attention(cls, value: Any) -> Any:
+        # LocalAI took a boolean once and takes auto/on/off now; llama.cpp's flag also says enabled/disabled.
+        if value is None or value == "":
+            return None
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        name = str(value).strip().lower()
+        return {"true": "on", "enabled": "on", "yes": "on", "1": "on",
+                "false": "off", "disabled": "off", "no": "off", "0": "off"}.get(name, name)
+
+    @field_validator("embeddings_backend", mode="before")
+    @classmethod
+    def _embeddings_backend(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            name = value.strip().lower()
+            return {"onnxruntime": "onnx", "ort": "onnx", "pytorch": "torch"}.get(name, name)
+        return value
+
+    @field_validator("quantization", mode="before")
+    @classmethod
+    def _quantization(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @property
     def speculation(self) -> dict[str, Any] | None:

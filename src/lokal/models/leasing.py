@@ -94,6 +94,11 @@ class Pool(Protocol):
     def status(self) -> PoolStatus:
         ...
 
+    def want_spares(self, models: dict[str, set[str]]) -> None:
+        """The servable models by the engine kind they load with: a pool that starts engine
+        workers ahead keeps one per kind that has a model not loaded yet."""
+        ...
+
     def start_watchdog(self) -> None:
         ...
 

@@ -290,9 +290,11 @@ USED = frozenset({
     "options", "reranking", "cutstrings", "extract_regex", "trimspace", "trimsuffix",
     # speech (models.speech) and images (models.image_config)
     "tts", "diffusers", "step", "cfg_scale", "messages",
+    # the KV cache and attention (engines.llamacpp), the embedding runtime (engines.onnx)
+    "cache_type_k", "cache_type_v", "flash_attention", "embeddings_backend", "quantization",
 })
 USED_PARAMETERS = frozenset({"model", "temperature", "top_p", "top_k", "min_p", "max_tokens", "seed",
-                             "repeat_penalty", "presence_penalty", "frequency_penalty", "language"})
+                             "repeat_penalty", "presence_penalty", "frequency_penalty", "language", "batch"})
 USED_TEMPLATE = frozenset({"chat", "chat_message", "completion", "function", "use_tokenizer_template",
                            "join_chat_messages_by_character"})
 USED_FUNCTION = frozenset({
@@ -315,7 +317,7 @@ COSMETIC = frozenset({
     "function.return_name_in_function_response", "function.grammar.function_arguments_key",
 })
 #: the KV-cache and attention settings, passed to the engine by issue #30's work
-PENDING_ENGINE = frozenset({"cache_type_k", "cache_type_v", "flash_attention", "batch", "n_batch", "n_ubatch"})
+PENDING_ENGINE: frozenset[str] = frozenset()  # (none left: issue #30's work passes them on)
 
 
 def ignored_fields(config: dict[str, Any]) -> list[str]:

@@ -2,7 +2,8 @@
 
 The estimate is the weights (the file, read or mapped whole once the model has
 run), the KV cache (context x slots x layers x the key and value widths of the
-model's attention, from its GGUF header; f16 unless the config says otherwise),
+model's attention, from its GGUF header, at the bytes per element of the config's
+`cache_type_k` / `cache_type_v`: f16 unless the config says otherwise),
 the engine's working buffers (logits and activations for a micro-batch) and a
 fixed cost for the engine process itself. Checked against the measured RSS of
 real loads in tests/models/test_memory.py.
@@ -27,9 +28,12 @@ GIB = 1 << 30
 # at ~550 MiB with a tiny pipeline, tests/images/test_engine.py).
 PROCESS_OVERHEAD = {"llama-cpp": 56 * MIB, "sentence-transformers": 450 * MIB, "whisper": 200 * MIB,
                     # onnxruntime engines; Kokoro loads OpenJTalk's dictionary for Japanese too
-                    "piper": 110 * MIB, "kokoro": 220 * MIB, "silero-vad": 60 * MIB,
+                    "piper": 110 * MIB, "kokoro": 220 * MIB, "silero-vad": 60 * MIB, "onnx": 90 * MIB,
                     "whisper-cpp": 60 * MIB, "diffusers": 560 * MIB, "stablediffusion-ggml": 64 * MIB}
 DEFAULT_UBATCH = 512
+#: bytes per element of each KV cache type (llama.cpp's block types: 32 elements per block)
+CACHE_TYPE_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32, "q4_1": 20 / 32,
+                    "iq4_nl": 18 / 32, "q5_0": 22 / 32, "q5_1": 24 / 32}
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,8 @@ def estimate(engine: str, options: LoadOptions) -> Estimate:
         info = options.diffusion.info
         side = options.diffusion.max_side
         return Estimate(info.weights or weights, 0, image_activations(info, side, side), overhead)
+    if engine == "onnx":
+        weights = _onnx_weights(options)
     if engine != "llama-cpp":
         # torch, CTranslate2 and onnxruntime hold the weights in memory as stored (no mmap), plus
         # their runtime.
@@ -105,15 +111,17 @@ def _gguf(info: GGUFInfo, weights: int, overhead: int, options: LoadOptions) -> 
     key = _int(info.arch_value("attention.key_length"), width // heads)
     value = _int(info.arch_value("attention.value_length"), key)
     vocab = _int(info.arch_value("vocab_size")) or len(info.metadata.get("tokenizer.ggml.tokens") or ())
-    cell = 2 if options.f16 is not False else 4  # f16 cache, f32 when the config turns f16 off
+    default = "f16" if options.f16 is not False else "f32"  # f32 when the config turns f16 off
+    key_bytes = CACHE_TYPE_BYTES.get(options.cache_type_k or default, 2.0)
+    value_bytes = CACHE_TYPE_BYTES.get(options.cache_type_v or default, 2.0)
     if options.embeddings:
         tokens = options.context_size  # one unified pool; a whole input per micro-batch
         ubatch = options.context_size
     else:
         tokens = options.context_size * options.parallel
-        ubatch = min(DEFAULT_UBATCH, tokens)
+        ubatch = min(options.ubatch or DEFAULT_UBATCH, options.batch or DEFAULT_UBATCH, tokens)
     # Encoders (BERT-style) attend without a KV cache.
-    kv = 0 if info.is_encoder else tokens * layers * kv_heads * (key + value) * cell
+    kv = 0 if info.is_encoder else round(tokens * layers * kv_heads * (key * key_bytes + value * value_bytes))
     # Activations of one micro-batch and the logits of each slot's last token. (llama.cpp
     # reserves room for a whole micro-batch of logits too, but never touches it unless
     # every token's logits are asked for, so it costs address space, not memory.)
@@ -136,6 +144,18 @@ def image_activations(info: object, width: int, height: int) -> int:
     denoiser = 2 * 40 * latent * int(getattr(info, "denoiser_channels", 320)) * 4
     decoder = 4 * width * height * int(getattr(info, "vae_channels", 256)) * 4
     return denoiser + decoder
+
+
+def _onnx_weights(options: LoadOptions) -> int:
+    """An ONNX Runtime model holds its graph's weights: the export when there is one, else what
+    the export will be (the float weights; a quarter of them in int8)."""
+    folder = options.model_path
+    name = "model_int8.onnx" if options.quantization == "int8" else "model.onnx"
+    export = folder / "onnx" / name
+    if export.is_file():
+        return _size(export)
+    stored = sum(_size(p) for pattern in ("*.safetensors", "pytorch_model*.bin") for p in folder.glob(pattern))
+    return stored // 4 if options.quantization == "int8" else stored
 
 
 def meminfo() -> dict[str, int]:

@@ -64,6 +64,8 @@ class LoadPlan:
     instance: str  # generate, embed, rerank, transcribe, speak, vad
     options: LoadOptions
     task: str = "chat"  # the task it was planned for
+    #: why the context loaded differs from the one the config or CONTEXT_SIZE asks for
+    context_note: str | None = None
 
 
 def instance_for(entry: ModelEntry, task: str) -> str:
@@ -105,10 +107,13 @@ def plan_load(entry: ModelEntry, task: str, defaults: EngineDefaults) -> LoadPla
     if engine != file_engine:
         raise ModelUnavailableError(entry.name, f"backend {config.backend!r} cannot serve "
                                                 f"{entry.model_path.name}: it is {_WRONG_ENGINE[model_file.kind]}")
+    runtime = quantization = None
+    if engine == "sentence-transformers":
+        engine, runtime, quantization = _embedding_runtime(entry)
     check_task(entry, task)
     instance = instance_for(entry, task)
     if instance == "image":
-        return LoadPlan(engine, instance, _image_options(entry, defaults))
+        return LoadPlan(engine, instance, _image_options(entry, defaults), task)
     speculative = config.speculation if instance == "generate" else None
     if speculative is not None and entry.draft_file is not None and speculative["type"] == "draft":
         check_draft(entry)
@@ -120,24 +125,30 @@ def plan_load(entry: ModelEntry, task: str, defaults: EngineDefaults) -> LoadPla
     context = config.context_size or defaults.context_size
     if context is None:
         context = min(trained or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
+    note = None
+    if trained and context > trained:
+        # llama.cpp caps every slot at the trained context whatever n_ctx says (and would still
+        # allocate KV cache for the rest): load what will be used, and say why once per load.
+        asked = "its context_size" if config.context_size else "CONTEXT_SIZE"
+        note = (f"{asked} {context} is more than the {trained} tokens the model was trained on; "
+                f"the engine caps each request there, so it is loaded with {trained}")
+        context = trained
     vision = entry.vision and instance == "generate"
     if vision and context < VISION_MIN_CONTEXT:
-        if config.context_size is not None:  # the model's own config asked for less: say so
-            raise ModelUnavailableError(
+        if config.context_size is not None and config.context_size < VISION_MIN_CONTEXT:
+            raise ModelUnavailableError(  # the model's own config asked for less: say so
                 entry.name, f"it takes images (mmproj), which needs a context of at least "
-                            f"{VISION_MIN_CONTEXT} tokens, but its context_size is {context}; raise it "
+                            f"{VISION_MIN_CONTEXT} tokens, but its context_size is {config.context_size}; raise it "
                             "(or remove mmproj to serve it as a text model)")
         log.warning("model %s: context raised from %d to %d tokens, the least a model taking "
                     "images (mmproj) runs with", entry.name, context, VISION_MIN_CONTEXT)
         context = VISION_MIN_CONTEXT
+        note = None
     if vision and speculative is not None:
         # As LocalAI documents it: llama.cpp does not speculate while a projector is loaded.
         log.warning("model %s: speculative decoding (%s) is off while it takes images (mmproj); remove "
                     "mmproj from its config to speculate", entry.name, speculative["type"])
         speculative = None
-    if trained and context > trained:
-        log.warning("model %s: context_size %d exceeds the %d tokens it was trained on",
-                    entry.name, context, trained)
     options = LoadOptions(
         model_path=entry.model_path,
         context_size=context,
@@ -155,8 +166,36 @@ def plan_load(entry: ModelEntry, task: str, defaults: EngineDefaults) -> LoadPla
         mmproj_path=entry.mmproj_path if vision else None,
         voices_path=entry.voices_path,
         engine_params=engine_params,
+        cache_type_k=config.cache_type_k,
+        cache_type_v=config.cache_type_v,
+        flash_attention=config.flash_attention,
+        batch=config.parameters.batch if instance == "generate" else None,
+        runtime=runtime,
+        quantization=quantization,
     )
-    return LoadPlan(engine, instance, options, task)
+    return LoadPlan(engine, instance, options, task, note)
+
+
+def _embedding_runtime(entry: ModelEntry) -> tuple[str, str | None, str | None]:
+    """(engine, runtime, quantization) for a sentence-transformers folder: ONNX Runtime (or
+    OpenVINO) when the config asks or the folder carries an ONNX export, else torch."""
+    config, model_file = entry.config, entry.file
+    assert config is not None and model_file is not None
+    runtime = config.embeddings_backend
+    if runtime is None:
+        runtime = "onnx" if model_file.onnx or config.quantization == "int8" else "torch"
+    quantization = config.quantization
+    if quantization in ("fp32", "float32", "none"):
+        quantization = None
+    if quantization not in (None, "int8"):
+        raise ModelUnavailableError(entry.name, f"quantization {config.quantization!r} is not one lokal "
+                                                "applies to an embedding model (int8, for ONNX Runtime)")
+    if runtime == "torch":
+        if quantization is not None:
+            raise ModelUnavailableError(entry.name, "quantization: int8 needs embeddings_backend: onnx "
+                                                    "(or openvino); torch runs the model as stored")
+        return "sentence-transformers", None, None
+    return "onnx", runtime, quantization
 
 
 def _image_options(entry: ModelEntry, defaults: EngineDefaults) -> LoadOptions:
@@ -177,6 +216,7 @@ def _image_options(entry: ModelEntry, defaults: EngineDefaults) -> LoadOptions:
             steps=config.step, guidance=config.cfg_scale, config_folder=info.config_folder,
             max_side=defaults.image_max_side,
             options=[str(o) for o in extra] if isinstance(extra, list) else []))
+
 
 
 def check_draft(entry: ModelEntry) -> None:

@@ -29,7 +29,7 @@ from lokal.models.config import ModelEntry
 from lokal.models.embedding import EmbeddingBatcher
 from lokal.models.leasing import InstanceStatus, PoolStatus
 from lokal.models.fairshare import FairQueue, Share
-from lokal.models.memory import Estimate, MemoryBudget, estimate, human
+from lokal.models.memory import MIB, PROCESS_OVERHEAD, Estimate, MemoryBudget, estimate, human
 from lokal.models.planner import EngineDefaults, LoadPlan
 
 log = logging.getLogger(__name__)
@@ -188,6 +188,10 @@ class LocalPool:
         self.idle_timeout = idle_timeout
         self.busy_timeout = busy_timeout
         self._factory = engine_factory
+        # Workers started ahead per engine kind (lokal.engines.spares), when the factory keeps them,
+        # for the models of each kind (see want_spares).
+        self.spares = getattr(engine_factory, "spares", None)
+        self._spare_models: dict[str, set[str]] = {}
         self._loaded: dict[Key, Instance] = {}
         self._locks: dict[Key, asyncio.Lock] = {}
         self._capacity = asyncio.Lock()
@@ -243,13 +247,15 @@ class LocalPool:
         async with self._capacity:
             # Room is made and the load done under one lock, so that two loads cannot both
             # count on the same free memory.
-            await self._make_room(entry, need)
+            await self._make_room(entry, need, plan.engine)
             return await self._load_now(entry, plan, need)
 
     async def _load_now(self, entry: ModelEntry, plan: LoadPlan, need: Estimate | None) -> Instance:
         started = time.monotonic()
         log.info("loading model %s from %s (%s%s)", entry.name, plan.options.model_path.name, plan.engine,
                  f", about {human(need.total)}" if need is not None else "")
+        if plan.context_note:
+            log.warning("model %s: %s", entry.name, plan.context_note)
         try:
             engine = await asyncio.to_thread(self._factory, plan.engine, plan.options)
         except ModelLoadError as exc:
@@ -282,9 +288,44 @@ class LocalPool:
         pid = getattr(engine, "pid", None)
         log.info("model %s ready in %.1fs%s", entry.name, time.monotonic() - started,
                  f" (worker {pid})" if pid else "")
+        if self.spares is not None:  # the next first load of this kind gets one too
+            await asyncio.to_thread(self.refill_spares, True)
         return instance
 
-    async def _make_room(self, entry: ModelEntry, need: Estimate | None) -> None:
+    # Spare workers -------------------------------------------------------------
+
+    def want_spares(self, models: dict[str, set[str]]) -> None:
+        """The servable models by the engine kind they load with: a spare worker is kept for each
+        kind that has a model not loaded (what a first load would start), memory allowing."""
+        self._spare_models = models
+        self.refill_spares()
+
+    def _spares_held(self, but: str = "") -> int:
+        """What the spare workers (but the one of engine `but`) are estimated to take, in bytes."""
+        if self.spares is None:
+            return 0
+        return sum(PROCESS_OVERHEAD.get(kind, 128 * MIB) for kind in self.spares.held() if kind != but)
+
+    def refill_spares(self, background: bool = False) -> None:
+        """Start the spares missing (and stop those no unloaded model needs), each only while free
+        memory stays at least twice its size (the loaded models' estimates and the other spares
+        counted); in the background (after a load or an unload, the server serving) they import
+        at a lowered priority."""
+        if self.spares is None:
+            return
+        loaded = {name for name, _ in self._loaded}
+        self.spares.want({kind for kind, names in self._spare_models.items() if names - loaded})
+
+        def fits(kind: str) -> bool:
+            if self.memory is None:
+                return True
+            used = sum(i.memory.total for i in self._loaded.values() if i.memory is not None)
+            free, _ = self.memory.free(used + self._spares_held())
+            return free >= 2 * PROCESS_OVERHEAD.get(kind, 128 * MIB)
+
+        self.spares.refill(fits, background)
+
+    async def _make_room(self, entry: ModelEntry, need: Estimate | None, engine: str = "") -> None:
         """Unload least recently used instances until one more fits under the active-instance
         limit and in the memory budget; refuse (507) when memory cannot be found."""
         while self.max_active > 0 and len(self._loaded) >= self.max_active:
@@ -298,7 +339,12 @@ class LocalPool:
         if need is None or self.memory is None:
             return
         used = sum(i.memory.total for i in self._loaded.values() if i.memory is not None)
-        free, why = self.memory.free(used)
+        # The spare of this load's engine becomes its worker: the estimate counts it already.
+        free, why = self.memory.free(used + self._spares_held(but=engine))
+        if need.total > free and self.spares is not None and set(self.spares.held()) - {engine}:
+            # Spare workers are the cheapest memory to give back: stop them before any model.
+            await asyncio.to_thread(self.spares.shed, engine)
+            free, why = self.memory.free(used + self._spares_held(but=engine))
         freed = 0
         while need.total > free + freed:
             idle = [i for i in self._loaded.values() if i.in_use == 0]
@@ -346,6 +392,8 @@ class LocalPool:
         async def close_when_idle() -> None:
             await instance.idle.wait()
             await asyncio.to_thread(instance.engine.close)
+            if self.spares is not None:  # its next load is a first load again
+                await asyncio.to_thread(self.refill_spares, True)
 
         asyncio.get_running_loop().create_task(close_when_idle())
 
@@ -391,6 +439,8 @@ class LocalPool:
         if instance is not None:
             self.metrics.model_unloaded(*key)
             await asyncio.to_thread(instance.engine.close)
+            if self.spares is not None:  # its next load is a first load again
+                await asyncio.to_thread(self.refill_spares, True)
 
     async def unload(self, name: str) -> bool:
         """Unload a model's instances once their requests are done (and clear a failed
@@ -427,5 +477,7 @@ class LocalPool:
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
+        if self.spares is not None:
+            await asyncio.to_thread(self.spares.close)
         for key in list(self._loaded):
             await self._unload(key)

@@ -45,6 +45,7 @@ class ModelRegistry:
         self.metrics = metrics
         # One load plan per entry and task (its warnings logged once); a rescan makes new entries.
         self._plans: dict[tuple[str, str], tuple[ModelEntry, LoadPlan]] = {}
+        self.pool.want_spares(self.engine_kinds())
 
     @property
     def models_path(self) -> Path:
@@ -80,7 +81,22 @@ class ModelRegistry:
         """Read the models folder again (after an install or a removal); models marked
         failed after repeated engine crashes may load again."""
         self.pool.clear_failures()
-        return self.catalog.scan()
+        entries = self.catalog.scan()
+        self.pool.want_spares(self.engine_kinds())
+        return entries
+
+    def engine_kinds(self) -> dict[str, set[str]]:
+        """The servable models by the engine they load with (what spare workers are kept for)."""
+        kinds: dict[str, set[str]] = {}
+        for entry in self.catalog.entries:
+            if not entry.ok or entry.file is None or not entry.tasks:
+                continue
+            try:
+                engine = self.plan(entry, main_task(entry)).engine
+            except Exception:  # noqa: BLE001 - a model that cannot plan says why when it is asked for
+                continue
+            kinds.setdefault(engine, set()).add(entry.name)
+        return kinds
 
     def failure(self, name: str) -> str | None:
         """Why a model is refused after repeated engine crashes, or None."""

@@ -271,6 +271,9 @@ class RemotePool:
     def clear_failures(self, name: str | None = None) -> None:
         pass  # each replica's pool keeps its own
 
+    def want_spares(self, models: dict[str, set[str]]) -> None:
+        pass  # the replicas keep their own spare workers
+
     def start_watchdog(self) -> None:
         self.view.start()  # the replicas run their own watchdogs
 

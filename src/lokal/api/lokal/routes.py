@@ -32,16 +32,17 @@ def _registry(request: Request) -> ModelRegistry:
     return request.app.state.registry
 
 
-def _context(registry: ModelRegistry, entry: ModelEntry) -> tuple[int | None, int | None]:
-    """(the context a load would use, the context the model was trained on), GGUF only."""
+def _context(registry: ModelRegistry, entry: ModelEntry) -> tuple[int | None, int | None, str | None]:
+    """(the context a load would use, the context the model was trained on, why the first
+    differs from what the config asks), GGUF only."""
     if not entry.ok or entry.file is None or entry.file.gguf is None or not entry.tasks:
-        return None, None
+        return None, None, None
     trained = entry.file.gguf.context_length
     try:
-        planned = registry.plan(entry, main_task(entry)).options.context_size
+        plan = registry.plan(entry, main_task(entry))
     except Exception:  # noqa: BLE001 - a model that cannot plan shows no context; its load says why
-        planned = None
-    return planned, trained
+        return None, trained, None
+    return plan.options.context_size, trained, plan.context_note
 
 
 def describe(registry: ModelRegistry, entry: ModelEntry, size: int | None) -> dict[str, Any]:
@@ -59,7 +60,7 @@ def describe(registry: ModelRegistry, entry: ModelEntry, size: int | None) -> di
         state = "loading"
     else:
         state = "idle"
-    context, trained = _context(registry, entry)
+    context, trained, note = _context(registry, entry)
     config = entry.config
     return {
         "name": entry.name,
@@ -72,6 +73,7 @@ def describe(registry: ModelRegistry, entry: ModelEntry, size: int | None) -> di
         "size_bytes": size,
         "context_size": context,
         "trained_context": trained,
+        "context_note": note,
         "instances": instances,
         "pending_downloads": [d.path.name for d in entry.pending_downloads],
         "voices": list(entry.file.speech.voices) if entry.file is not None and entry.file.speech else [],
@@ -83,7 +85,10 @@ async def models(request: Request) -> dict[str, Any]:
     registry = _registry(request)
     entries = sorted(registry.entries, key=lambda e: e.name)
     sizes = await asyncio.to_thread(lambda: [disk_size(e.model_path) for e in entries])
-    return {"object": "list", "data": [describe(registry, e, s) for e, s in zip(entries, sizes)]}
+    spares = registry.pool.spares
+    workers = await asyncio.to_thread(spares.describe) if spares is not None else []
+    return {"object": "list", "data": [describe(registry, e, s) for e, s in zip(entries, sizes)],
+            "spare_workers": workers}
 
 
 @router.get("/models/{name:path}/state", summary="One model with its state")

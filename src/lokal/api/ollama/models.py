@@ -225,8 +225,9 @@ def template(entry: ModelEntry) -> str:
     return ""
 
 
-def parameters(entry: ModelEntry) -> str:
-    """The config's sampling defaults and stop words, as Ollama's `parameters` text."""
+def parameters(entry: ModelEntry, context: int | None = None) -> str:
+    """The config's sampling defaults and stop words, as Ollama's `parameters` text, and
+    `num_ctx`: the context a load uses (context, when known), else the config's."""
     config = entry.config
     if config is None:
         return ""
@@ -236,18 +237,18 @@ def parameters(entry: ModelEntry) -> str:
         lines.append(f"{name:<30} {json.dumps(value) if isinstance(value, str) else value}")
     for stop in config.stopwords:
         lines.append(f"{'stop':<30} {json.dumps(stop)}")
-    if config.context_size:
-        lines.append(f"{'num_ctx':<30} {config.context_size}")
+    if context or config.context_size:
+        lines.append(f"{'num_ctx':<30} {context or config.context_size}")
     return "\n".join(lines)
 
 
-def show(entry: ModelEntry, verbose: bool = False) -> dict[str, Any]:
-    """/api/show's answer."""
+def show(entry: ModelEntry, verbose: bool = False, context: int | None = None) -> dict[str, Any]:
+    """/api/show's answer (context: the context a load uses, see `parameters`)."""
     _, mtime = size_and_mtime(entry)
     source = entry.model_path.name if entry.model_path is not None else entry.name
     out: dict[str, Any] = {
         "modelfile": f"# Served by lokal from {source}\nFROM {source}\n",
-        "parameters": parameters(entry),
+        "parameters": parameters(entry, context),
         "template": template(entry),
         "details": details(entry),
         "model_info": model_info(entry, verbose),

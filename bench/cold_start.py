@@ -97,7 +97,7 @@ ENGINE_CHILD = r"""
 import json, sys, time
 from pathlib import Path
 from lokal.engines.factory import create_engine, prepare_engine
-from lokal.models.config import scan_models
+from lokal.models.catalog import scan_models
 from lokal.models.planner import EngineDefaults, main_task, plan_load
 
 models, threads = Path(sys.argv[1]), int(sys.argv[2])

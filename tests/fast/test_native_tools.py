@@ -311,7 +311,7 @@ def test_parallel_calls_off_passes_on_the_first_call_only(native) -> None:
     ("Ask me about tools! {{ messages[0].content }}", False),  # the word outside Jinja code
 ])
 def test_template_takes_tools(template: str, expected: bool) -> None:
-    from lokal.models.config import template_supports_tools
+    from lokal.models.catalog import template_supports_tools
 
     assert template_supports_tools({"tokenizer.chat_template": template}) is expected
     assert template_supports_tools({"tokenizer.chat_template": PLAIN_TEMPLATE,

@@ -226,7 +226,7 @@ def write_stub(path: Path, config: dict[str, Any]) -> None:
 
 def run_corpus(corpus: Path, work: Path, *, names: list[str] | None = None) -> Report:
     """Plan and scan every entry of the corpus (or those named), each in a folder of its own."""
-    import lokal.models.config as model_config
+    import lokal.models.catalog as model_catalog
 
     index = yaml.safe_load((corpus / "index.yaml").read_text())
     policy = CorpusPolicy(resolver=_public_resolver)
@@ -257,7 +257,7 @@ def run_corpus(corpus: Path, work: Path, *, names: list[str] | None = None) -> R
         for spec in plan.files:
             write_stub(spec.target, plan.config)
         _commit(manager, plan)
-        entries = [e for e in model_config.scan_models(models) if e.name == plan.name]
+        entries = [e for e in model_catalog.scan_models(models) if e.name == plan.name]
         usecases = plan.config.get("known_usecases")
         ignored = tuple(_ignored_fields(plan.config))
         pending = tuple(_pending_fields(plan.config))

@@ -11,7 +11,7 @@ import pytest
 
 from lokal.errors import ModelCapabilityError
 from lokal.formats import diffusion
-from lokal.models.config import scan_models
+from lokal.models.catalog import scan_models
 from lokal.models.memory import estimate
 from lokal.models.planner import EngineDefaults, check_task, main_task, plan_load
 

@@ -13,7 +13,7 @@ import pytest
 
 from lokal.engines.base import Engine, ImageJob
 from lokal.errors import EngineError
-from lokal.models.config import scan_models
+from lokal.models.catalog import scan_models
 from lokal.models.memory import MIB, estimate
 from lokal.models.planner import EngineDefaults, LoadPlan, plan_load
 from tests.images.conftest import MAX_SIDE, STEPS, image_models

@@ -10,7 +10,7 @@ import yaml
 
 from lokal.install.gallery import GallerySource
 from lokal.install.manager import InstallManager
-from lokal.models.config import scan_models
+from lokal.models.catalog import scan_models
 from tests.install.conftest import Fixture, fixture, policy_for  # noqa: F401 - the fixture
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from lokal.models.config import scan_models
+from lokal.models.catalog import scan_models
 from tests.conftest import minilm_folder
 from tests.install.conftest import Fixture, sha
 from tests.install.test_manager import gguf, install, make, run

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from lokal.models.config import ConfigError, ModelEntry, confine, read_config_file, scan_models
+from lokal.models.config import ConfigError
+from lokal.models.catalog import ModelEntry, confine, read_config_file, scan_models
 from tests.conftest import place_model
 
 GOOD = "good.gguf"

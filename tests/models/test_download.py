@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from lokal.models.config import scan_models
+from lokal.models.catalog import scan_models
 from lokal.transfer.downloader import Downloader
 from lokal.transfer.netguard import OutboundPolicy
 from lokal.models.download import Download, DownloadError

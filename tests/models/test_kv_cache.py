@@ -13,7 +13,7 @@ import pytest
 
 from lokal.engines.base import LoadOptions
 from lokal.formats.modelfile import read_gguf
-from lokal.models.config import scan_models
+from lokal.models.catalog import scan_models
 from lokal.models.memory import estimate
 from lokal.models.planner import EngineDefaults, plan_load
 from tests.conftest import LokalServer, place_model, smollm_gguf

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from lokal.formats import localai_yaml
-from lokal.models.config import ModelConfig, scan_models
+from lokal.models.config import ModelConfig
+from lokal.models.catalog import scan_models
 from lokal.models.localai_config import Finetune, finetune, ignored_fields, parse_options, speculation
 from lokal.models.planner import EngineDefaults, plan_load
 from tests.fakeengine import write_gguf

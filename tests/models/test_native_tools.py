@@ -94,7 +94,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_scan_sees_the_template_take_tools_and_the_engine_renders_them(models: Path) -> None:
     from lokal.engines.base import LoadOptions
     from lokal.engines.llamacpp import LlamaCppEngine
-    from lokal.models.config import scan_models
+    from lokal.models.catalog import scan_models
     from lokal.models.prompting import plan_chat
     from lokal.tasks import ChatTask, Message, Tool, ToolCall
 

@@ -9,7 +9,7 @@ import pytest
 from lokal.api.openai.protocol import (ChatCompletionRequest, CompletionRequest, ImageURLPart, TextPart,
                                        ToolResultPart, _text)
 from lokal.models import prompting
-from lokal.models.config import ModelEntry, read_config_file
+from lokal.models.catalog import ModelEntry, read_config_file
 from lokal.models.prompting import EngineCall, PromptError
 
 

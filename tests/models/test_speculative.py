@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from lokal.models.config import read_config_file
+from lokal.models.catalog import read_config_file
 from tests.conftest import CHAT_FILE, LokalServer, place_model
 from tests.fakeengine import write_gguf
 

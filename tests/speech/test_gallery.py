@@ -12,7 +12,7 @@ import yaml
 
 from lokal.install.gallery import GallerySource, read_index
 from lokal.install.manager import InstallManager
-from lokal.models.config import scan_models
+from lokal.models.catalog import scan_models
 from tests.install.conftest import Fixture, policy_for
 from tests.speech.conftest import joe_files
 

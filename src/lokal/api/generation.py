@@ -21,7 +21,7 @@ from fastapi import Request
 
 from lokal.errors import BadRequest, ShuttingDown
 from lokal.metrics import RequestObservation
-from lokal.models.config import ModelEntry
+from lokal.models.catalog import ModelEntry
 from lokal.models.generation import Generation
 from lokal.models.prompting import plan_chat, plan_completion
 from lokal.tasks import ChatTask, CompletionTask, Delta, Usage

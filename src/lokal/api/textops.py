@@ -10,7 +10,7 @@ from fastapi import Request
 
 from lokal.engines.base import TEXT_OPS
 from lokal.errors import BadRequest, UnknownModelError
-from lokal.models.config import ModelEntry
+from lokal.models.catalog import ModelEntry
 from lokal.models.registry import ModelRegistry
 
 GENERATES = ("chat", "complete")

@@ -202,7 +202,7 @@ class _GracefulServer:
 
 
 def cmd_models_list(settings: Settings) -> int:
-    from lokal.models.config import scan_models
+    from lokal.models.catalog import scan_models
 
     if settings.ray:
         from lokal.scale.app import models_list_ray
@@ -221,7 +221,7 @@ def cmd_models_list(settings: Settings) -> int:
         source = entry.source.name if entry.source else "-"
         if entry.ok:
             target = entry.model_path.name if entry.model_path else "-"
-            pending = entry.pending_downloads
+            pending = entry.pending_downloads if entry.state == "pending" else []
             later = f"; {len(pending)} file(s) downloaded on first use" if pending else ""
             print(f"{entry.name:<{width}}  ok     {target}  ({source}{later})")
         else:

@@ -52,7 +52,8 @@ from lokal.install.gallery import (Entry, Galleries, GallerySource, load_yaml, p
                                    read_source)
 from lokal.transfer.netguard import OutboundPolicy, URLRefused
 from lokal.transfer.paths import STATE_DIR, UnsafePath, check_model_name, check_relative, confine
-from lokal.models.config import BACKEND_ALIASES, ModelConfig, scan_models
+from lokal.models.config import BACKEND_ALIASES, ModelConfig
+from lokal.models.catalog import scan_models
 
 log = logging.getLogger(__name__)
 
@@ -730,7 +731,7 @@ class InstallManager:
             if entry.name == exclude:
                 continue
             add(entry.model_path, entry.name)
-            for item in entry.downloads:
+            for item in entry.downloads if entry.state != "broken" else ():  # type: ignore[union-attr]
                 add(item.path, entry.name)
             config = entry.config
             for field_name in FILE_FIELDS:

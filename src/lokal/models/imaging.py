@@ -23,7 +23,7 @@ from typing import Any
 from lokal.engines.base import ImageJob, ImageResult
 from lokal.errors import BadRequest, RequestTimeout
 from lokal.formats.diffusion import INPAINT_KINDS
-from lokal.models.config import ModelEntry
+from lokal.models.catalog import ModelEntry
 from lokal.models.generation import ClientGone, engine_chunks, guarded
 from lokal.models.planner import EngineDefaults
 from lokal.models.registry import ModelRegistry
@@ -72,7 +72,7 @@ def _fit(width: int, height: int, limit: int, multiple: int, least: int) -> tupl
 
 def plan_image(entry: ModelEntry, task: ImageTask, defaults: EngineDefaults) -> ImageJob:
     """The engine job for task on entry, or a BadRequest naming the parameter at fault."""
-    info = entry.file.diffusion if entry.file is not None else None
+    info = entry.file.diffusion
     assert info is not None, "the planner let a non-image model through"
     limit, multiple, least = defaults.image_max_side, info.multiple, info.min_side
     if task.width is None or task.height is None:

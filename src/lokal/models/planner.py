@@ -16,7 +16,7 @@ from lokal.engines.base import DiffusionOptions, LoadOptions
 from lokal.errors import ModelCapabilityError, ModelUnavailableError
 from lokal.models import localai_config
 from lokal.formats.diffusion import EDIT_KINDS
-from lokal.models.config import ModelEntry
+from lokal.models.catalog import ModelEntry
 from lokal.models.image_config import SCHEDULERS
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,6 @@ def check_task(entry: ModelEntry, task: str) -> None:
 def plan_load(entry: ModelEntry, task: str, defaults: EngineDefaults) -> LoadPlan:
     """The engine instance and its load options for task on entry."""
     config, model_file = entry.config, entry.file
-    assert config is not None and entry.model_path is not None and model_file is not None
     file_engine = _FILE_ENGINES[model_file.kind]
     engine = config.engine or file_engine
     if file_engine == "whisper-cpp" and (config.backend or "").strip().lower() == "whisper":
@@ -199,8 +198,8 @@ def _embedding_runtime(entry: ModelEntry) -> tuple[str, str | None, str | None]:
 
 
 def _image_options(entry: ModelEntry, defaults: EngineDefaults) -> LoadOptions:
-    config, info = entry.config, entry.file.diffusion if entry.file is not None else None
-    assert config is not None and entry.model_path is not None and info is not None
+    config, info = entry.config, entry.file.diffusion
+    assert info is not None  # an image model (its tasks say so)
     options = config.diffusers
     extra = (config.model_extra or {}).get("options")
     return LoadOptions(
@@ -221,7 +220,7 @@ def _image_options(entry: ModelEntry, defaults: EngineDefaults) -> LoadOptions:
 
 def check_draft(entry: ModelEntry) -> None:
     """A draft model must share the model's vocabulary: its tokens are the model's tokens."""
-    main = entry.file.gguf if entry.file is not None else None
+    main = entry.file.gguf
     draft = entry.draft_file.gguf if entry.draft_file is not None else None
     if main is None or draft is None:
         raise ModelUnavailableError(entry.name, "draft_model must be a GGUF, like the model it drafts for")

@@ -25,7 +25,7 @@ from lokal.engines.factory import create_engine
 from lokal.errors import InsufficientMemory, ModelBusyError, ModelFailedError, ModelUnavailableError
 from lokal.formats.modelfile import disk_size
 from lokal.metrics import Metrics
-from lokal.models.config import ModelEntry
+from lokal.models.catalog import ModelEntry
 from lokal.models.embedding import EmbeddingBatcher
 from lokal.models.leasing import InstanceStatus, PoolStatus
 from lokal.models.fairshare import FairQueue, Share
@@ -146,7 +146,7 @@ class Lease:
     async def embed(self, inputs: list[str] | list[list[int]], truncate: bool | None = None) -> Embeddings:
         """Embed with the leased model, batched with other requests when enabled;
         truncate (None: as the model's config says) overrides the config per request."""
-        configured = self.entry.config.truncate if self.entry.config is not None else True
+        configured = self.entry.config.truncate
         batcher = self._instance.batcher
         if truncate is None or truncate == configured:
             truncate = configured
@@ -268,7 +268,7 @@ class LocalPool:
             raise ModelUnavailableError(entry.name, str(exc)) from exc
         batcher = None
         if plan.instance == "embed" and self.defaults.batch_embeddings:
-            truncate = entry.config.truncate if entry.config is not None else True
+            truncate = entry.config.truncate
             batcher = EmbeddingBatcher(engine, truncate, on_batch=functools.partial(
                 self.metrics.embedding_batch_ran, entry.name))
         key = (entry.name, plan.instance)

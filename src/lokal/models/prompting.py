@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from lokal import templates
 from lokal.errors import BadRequest
-from lokal.models.config import ModelEntry
+from lokal.models.catalog import ModelEntry
 from lokal.models import localai_config
 from lokal.models import localai_functions as localai
 from lokal.models.functions import FunctionPlan, FunctionSpecError, plan_functions, prompt_messages
@@ -324,7 +324,7 @@ def with_preset(entry: ModelEntry, messages: list[Message]) -> list[Message]:
 
 def plan_chat(entry: ModelEntry, task: ChatTask, defaults: EngineDefaults | None = None) -> EngineCall:
     """The engine call for a chat task (defaults: the server's, for the token cap)."""
-    if entry.config is not None and entry.config.messages:
+    if entry.config.messages:
         task = dataclasses.replace(task, messages=with_preset(entry, task.messages))
     body = _engine_body(entry, task.options, defaults, scan_stops=task.options.n == 1)
     sampling = task.options.sampling

@@ -22,7 +22,7 @@ from lokal.metrics import Metrics, ModelState, RegistryState
 from lokal.errors import ModelCapabilityError, ModelUnavailableError, NotFound, UnknownModelError
 from lokal.models import download
 from lokal.models.catalog import Catalog
-from lokal.models.config import ModelEntry
+from lokal.models.catalog import ModelEntry
 from lokal.models.fairshare import Share
 from lokal.models.memory import MemoryBudget
 from lokal.models.planner import EngineDefaults, LoadPlan, main_task, plan_load
@@ -89,7 +89,7 @@ class ModelRegistry:
         """The servable models by the engine they load with (what spare workers are kept for)."""
         kinds: dict[str, set[str]] = {}
         for entry in self.catalog.entries:
-            if not entry.ok or entry.file is None or not entry.tasks:
+            if not isinstance(entry, ModelEntry) or not entry.tasks:
                 continue
             try:
                 engine = self.plan(entry, main_task(entry)).engine
@@ -141,7 +141,7 @@ class ModelRegistry:
         self.permit(name)
         entry = self.catalog.entry(name)
         logs.annotate(model=entry.name)  # for the access log and request metrics (known names only)
-        await self.catalog.ready(entry)
+        entry = await self.catalog.ready(entry)
         plan = self.plan(entry, task)
         share = None
         if caller is not None:
@@ -172,7 +172,7 @@ class ModelRegistry:
         for name in names:
             try:
                 entry = self.catalog.entry(name)
-                await self.catalog.ready(entry)
+                entry = await self.catalog.ready(entry)
                 async with self.lease(name, main_task(entry)):
                     pass
             except (UnknownModelError, ModelUnavailableError, ModelCapabilityError) as exc:

@@ -19,7 +19,7 @@ from typing import Any
 
 from lokal.engines.base import AudioChunk, Speech, SpeechSegment
 from lokal.errors import BadRequest
-from lokal.models.config import ModelEntry
+from lokal.models.catalog import ModelEntry
 from lokal.models.generation import engine_chunks
 from lokal.models.registry import ModelRegistry
 from lokal.models.speech import tts_config
@@ -31,7 +31,7 @@ MIN_SPEED = 0.25
 
 def voices_of(entry: ModelEntry) -> tuple[str, ...]:
     """The voices a speech model offers (read from its files when the catalog described it)."""
-    speech = entry.file.speech if entry.file is not None else None
+    speech = entry.file.speech
     return tuple(speech.voices) if speech is not None else ()
 
 
@@ -123,7 +123,7 @@ async def speak(registry: ModelRegistry, task: SpeakTask) -> Synthesis:
     stack = contextlib.AsyncExitStack()
     try:
         entry = registry.entry(task.model)
-        if entry.ok and entry.file is not None and "speak" in entry.tasks:
+        if isinstance(entry, ModelEntry) and "speak" in entry.tasks:
             voice = resolve_voice(entry, task.voice)  # before loading: a typo costs no load
         lease = await stack.enter_async_context(registry.lease(task.model, "speak"))
         entry = lease.entry

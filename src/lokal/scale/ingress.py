@@ -29,7 +29,7 @@ from lokal import errors
 from lokal.engines.base import ChunkSink, Embeddings, Engine, Scores, Transcription
 from lokal.metrics import Metrics
 from lokal.models.catalog import Catalog
-from lokal.models.config import ModelEntry
+from lokal.models.catalog import ModelEntry
 from lokal.models.fairshare import Share
 from lokal.models.leasing import InstanceStatus, PoolStatus
 from lokal.models.planner import EngineDefaults, LoadPlan

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from lokal import errors
-from lokal.models.config import ModelEntry
+from lokal.models.catalog import ModelEntry
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +65,9 @@ def expected_files(entries: list[ModelEntry], models_path: Path) -> dict[str, di
     Files still to be downloaded on first use are left out."""
     out: dict[str, dict[str, Any]] = {}
     for entry in entries:
-        if not entry.ok or entry.model_path is None:
+        if entry.state != "ready":  # broken, or its files still to be downloaded on first use
             continue
         path = entry.model_path
-        if any(item.path == path for item in entry.pending_downloads):
-            continue
         try:
             shown = str(path.resolve().relative_to(models_path.resolve()))
         except ValueError:

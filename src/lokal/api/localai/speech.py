@@ -24,6 +24,7 @@ from lokal.api.speech import AudioRenderer, start
 from lokal.errors import BadRequest
 from lokal.formats.audio import FORMATS, AudioFormatError, output_rate
 from lokal.models import synthesis
+from lokal.models.catalog import ModelEntry
 from lokal.models.config import BACKEND_ALIASES
 from lokal.tasks import SpeakTask, VadTask
 
@@ -57,7 +58,7 @@ def _check_backend(request: Request, model: str, backend: str) -> None:
         raise BadRequest(f"Unknown backend {backend!r}.", param="backend")
     entry = request.app.state.registry.entry(model)
     served = entry.config.engine if entry.config is not None else None
-    served = served or (entry.file.kind if entry.file is not None else None)
+    served = served or (entry.file.kind if isinstance(entry, ModelEntry) else None)
     if served in set(BACKEND_ALIASES.values()) and engine not in (served, "auto"):
         raise BadRequest(f"The model '{entry.name}' is served by the {served} engine, not {backend!r}; "
                          "leave backend out (lokal picks the engine from the model's files).", param="backend")

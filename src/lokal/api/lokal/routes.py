@@ -21,7 +21,7 @@ from fastapi import APIRouter, Depends, Request
 
 from lokal.api.admin import require_admin
 from lokal.formats.modelfile import disk_size
-from lokal.models.config import ModelEntry
+from lokal.models.catalog import Entry, ModelEntry
 from lokal.models.planner import main_task
 from lokal.models.registry import ModelRegistry
 
@@ -32,10 +32,10 @@ def _registry(request: Request) -> ModelRegistry:
     return request.app.state.registry
 
 
-def _context(registry: ModelRegistry, entry: ModelEntry) -> tuple[int | None, int | None, str | None]:
+def _context(registry: ModelRegistry, entry: Entry) -> tuple[int | None, int | None, str | None]:
     """(the context a load would use, the context the model was trained on, why the first
     differs from what the config asks), GGUF only."""
-    if not entry.ok or entry.file is None or entry.file.gguf is None or not entry.tasks:
+    if not isinstance(entry, ModelEntry) or entry.file.gguf is None or not entry.tasks:
         return None, None, None
     trained = entry.file.gguf.context_length
     try:
@@ -45,7 +45,7 @@ def _context(registry: ModelRegistry, entry: ModelEntry) -> tuple[int | None, in
     return plan.options.context_size, trained, plan.context_note
 
 
-def describe(registry: ModelRegistry, entry: ModelEntry, size: int | None) -> dict[str, Any]:
+def describe(registry: ModelRegistry, entry: Entry, size: int | None) -> dict[str, Any]:
     status = registry.status()
     instances = [{"purpose": i.purpose, "engine": i.engine, "in_use": i.in_use, "memory_bytes": i.memory_bytes,
                   "pid": i.pid} | ({"node": i.node} if i.node else {}) for i in status.of(entry.name)]
@@ -67,7 +67,7 @@ def describe(registry: ModelRegistry, entry: ModelEntry, size: int | None) -> di
         "state": state,
         "error": entry.error or failure,
         "tasks": sorted(entry.tasks),
-        "kind": entry.file.kind if entry.file is not None else None,
+        "kind": entry.file.kind if isinstance(entry, ModelEntry) else None,
         "backend": config.backend if config is not None else None,
         "file": entry.model_path.name if entry.model_path is not None else None,
         "size_bytes": size,
@@ -75,8 +75,8 @@ def describe(registry: ModelRegistry, entry: ModelEntry, size: int | None) -> di
         "trained_context": trained,
         "context_note": note,
         "instances": instances,
-        "pending_downloads": [d.path.name for d in entry.pending_downloads],
-        "voices": list(entry.file.speech.voices) if entry.file is not None and entry.file.speech else [],
+        "pending_downloads": [d.path.name for d in entry.pending_downloads] if entry.state == "pending" else [],
+        "voices": list(entry.file.speech.voices) if isinstance(entry, ModelEntry) and entry.file.speech else [],
     }
 
 

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from lokal.errors import NotFound
-from lokal.models.config import ModelEntry
+from lokal.formats.modelfile import ModelFile
+from lokal.models.catalog import Entry, ModelEntry
 from lokal.models.registry import ModelRegistry
 
 LATEST = ":latest"
@@ -47,7 +48,7 @@ def wire_name(name: str) -> str:
     return name if ":" in name.rsplit("/", 1)[-1] else name + LATEST
 
 
-def resolve(registry: ModelRegistry, name: str) -> ModelEntry:
+def resolve(registry: ModelRegistry, name: str) -> Entry:
     """The entry an Ollama model name means: the exact name, else without `:latest`
     (403 for a model the request's API key may not use, whether or not it exists)."""
     registry.permit(name)
@@ -59,13 +60,18 @@ def resolve(registry: ModelRegistry, name: str) -> ModelEntry:
     raise ModelNotFound(name)
 
 
+def file_of(entry: Entry) -> ModelFile | None:
+    """What an entry's file is, once the catalog has read it (pending and broken: unknown)."""
+    return entry.file if isinstance(entry, ModelEntry) else None
+
+
 def _files(path: Path) -> list[Path]:
     if path.is_dir():
         return sorted(p for p in path.rglob("*") if p.is_file())
     return [path] if path.exists() else []
 
 
-def size_and_mtime(entry: ModelEntry) -> tuple[int, float]:
+def size_and_mtime(entry: Entry) -> tuple[int, float]:
     files = _files(entry.model_path) if entry.model_path is not None else []
     stats = [p.stat() for p in files]
     sources = [entry.source] if entry.source is not None and entry.source.exists() else []
@@ -73,7 +79,7 @@ def size_and_mtime(entry: ModelEntry) -> tuple[int, float]:
     return sum(s.st_size for s in stats), max(mtimes, default=0.0)
 
 
-def digest(entry: ModelEntry) -> str:
+def digest(entry: Entry) -> str:
     """See the module's docstring."""
     h = hashlib.sha256()
     if entry.model_path is not None:
@@ -124,8 +130,8 @@ def _safetensors_parameters(folder: Path) -> int | None:
     return total if found else None
 
 
-def _family(entry: ModelEntry) -> str:
-    model_file = entry.file
+def _family(entry: Entry) -> str:
+    model_file = file_of(entry)
     if model_file is None:
         return ""
     if model_file.gguf is not None:
@@ -134,8 +140,8 @@ def _family(entry: ModelEntry) -> str:
     return str(config.get("model_type") or "")
 
 
-def details(entry: ModelEntry) -> dict[str, Any]:
-    model_file = entry.file
+def details(entry: Entry) -> dict[str, Any]:
+    model_file = file_of(entry)
     family = _family(entry)
     fmt, parameter_size, quantization = "", "", ""
     if model_file is not None and model_file.gguf is not None:
@@ -163,7 +169,7 @@ def details(entry: ModelEntry) -> dict[str, Any]:
             "parameter_size": parameter_size, "quantization_level": quantization}
 
 
-def capabilities(entry: ModelEntry) -> list[str]:
+def capabilities(entry: Entry) -> list[str]:
     """What the model really does, in Ollama's words. Every chat model has `tools` (its
     own format when its template takes tools, else lokal's JSON envelope); `vision` when
     the model takes images (a multimodal projector). `insert` is not listed: whether a
@@ -174,17 +180,17 @@ def capabilities(entry: ModelEntry) -> list[str]:
         out.append("completion")
     if "chat" in entry.tasks:
         out.append("tools")
-    if entry.vision and "chat" in entry.tasks:
+    if isinstance(entry, ModelEntry) and entry.vision and "chat" in entry.tasks:
         out.append("vision")
     if "embed" in entry.tasks:
         out.append("embedding")
     return out
 
 
-def model_info(entry: ModelEntry, verbose: bool = False) -> dict[str, Any]:
+def model_info(entry: Entry, verbose: bool = False) -> dict[str, Any]:
     """The GGUF header's metadata (the chat template goes to `template`); for a Hugging
     Face folder, the few keys clients read (architecture, context and embedding length)."""
-    model_file = entry.file
+    model_file = file_of(entry)
     if model_file is None:
         return {}
     if model_file.gguf is not None:
@@ -208,7 +214,7 @@ def model_info(entry: ModelEntry, verbose: bool = False) -> dict[str, Any]:
     return info
 
 
-def listing(entry: ModelEntry) -> dict[str, Any]:
+def listing(entry: Entry) -> dict[str, Any]:
     """One model of /api/tags."""
     size, mtime = size_and_mtime(entry)
     name = wire_name(entry.name)
@@ -216,8 +222,8 @@ def listing(entry: ModelEntry) -> dict[str, Any]:
             "digest": digest(entry), "details": details(entry), "capabilities": capabilities(entry)}
 
 
-def template(entry: ModelEntry) -> str:
-    model_file = entry.file
+def template(entry: Entry) -> str:
+    model_file = file_of(entry)
     if model_file is not None and model_file.gguf is not None:
         value = model_file.gguf.metadata.get("tokenizer.chat_template")
         if isinstance(value, str):
@@ -225,7 +231,7 @@ def template(entry: ModelEntry) -> str:
     return ""
 
 
-def parameters(entry: ModelEntry, context: int | None = None) -> str:
+def parameters(entry: Entry, context: int | None = None) -> str:
     """The config's sampling defaults and stop words, as Ollama's `parameters` text, and
     `num_ctx`: the context a load uses (context, when known), else the config's."""
     config = entry.config
@@ -242,7 +248,7 @@ def parameters(entry: ModelEntry, context: int | None = None) -> str:
     return "\n".join(lines)
 
 
-def show(entry: ModelEntry, verbose: bool = False, context: int | None = None) -> dict[str, Any]:
+def show(entry: Entry, verbose: bool = False, context: int | None = None) -> dict[str, Any]:
     """/api/show's answer (context: the context a load uses, see `parameters`)."""
     _, mtime = size_and_mtime(entry)
     source = entry.model_path.name if entry.model_path is not None else entry.name
@@ -259,7 +265,8 @@ def show(entry: ModelEntry, verbose: bool = False, context: int | None = None) -
         out["system"] = entry.config.system_prompt
     if entry.config is not None and entry.config.messages:
         out["messages"] = [m.model_dump() for m in entry.config.messages]
-    license_ = entry.file.gguf.metadata.get("general.license") if entry.file and entry.file.gguf else None
+    model_file = file_of(entry)
+    license_ = model_file.gguf.metadata.get("general.license") if model_file and model_file.gguf else None
     if isinstance(license_, str):
         out["license"] = license_
     return out

@@ -27,7 +27,7 @@ from lokal.api.ollama.render import OllamaRenderer, Timer, now
 from lokal.api.respond import respond
 from lokal.errors import BadRequest, ModelUnavailableError
 from lokal.models import serving
-from lokal.models.config import ModelEntry
+from lokal.models.catalog import ModelEntry
 from lokal.models.planner import instance_for, main_task
 from lokal.models.registry import ModelRegistry
 from lokal.tasks import EmbedTask
@@ -193,7 +193,7 @@ async def show(request: Request) -> dict[str, Any]:
     if not entry.ok:
         raise ModelUnavailableError(body.target, entry.error or "unknown error")
     context = None
-    if entry.file is not None and entry.file.gguf is not None and entry.tasks:
+    if isinstance(entry, ModelEntry) and entry.file.gguf is not None and entry.tasks:
         try:  # the context a load uses (capped at the trained one), not only what the config asks
             context = _registry(request).plan(entry, main_task(entry)).options.context_size
         except Exception:  # noqa: BLE001 - a model that cannot plan shows the config's; its load says why

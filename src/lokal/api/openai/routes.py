@@ -12,7 +12,7 @@ from lokal.api.openai.protocol import ChatCompletionRequest, CompletionRequest
 from lokal.api.openai.render import OpenAIRenderer, Shaper
 from lokal.api.respond import respond
 from lokal.errors import UnknownModelError
-from lokal.models.config import ModelEntry
+from lokal.models.catalog import ModelEntry
 from lokal.models.registry import ModelRegistry
 from lokal.tasks import TASKS
 
@@ -37,11 +37,11 @@ def _model(registry: ModelRegistry, entry: ModelEntry, created: int) -> dict[str
     (a speech model lists its `voices`); a
     model refused after repeated engine crashes says so (until it is reloaded)."""
     capabilities = [t for t in TASKS if t in entry.tasks]
-    if entry.vision:
+    if isinstance(entry, ModelEntry) and entry.vision:
         capabilities.append("vision")
     model = {"id": entry.name, "object": "model", "created": created, "owned_by": "lokal",
              "capabilities": capabilities}
-    speech = entry.file.speech if entry.file is not None else None
+    speech = entry.file.speech if isinstance(entry, ModelEntry) else None
     if speech is not None and speech.voices:  # a text-to-speech model: the voices it speaks
         model["voices"] = list(speech.voices)
     reason = registry.failure(entry.name)

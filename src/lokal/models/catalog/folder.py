@@ -1,11 +1,8 @@
-"""The catalog: the models folder as named entries, and what each model can do.
+"""The catalog of one models folder: its entries by name, aliases, and first-use downloads.
 
 What a model can do is decided once, when the folder is scanned (or when its
-downloads arrive), from its config and its file's header read once, and kept on
-the entry as tasks (`chat`, `complete`, `embed`, `rerank`, `transcribe`) and how
-a rerank runs (`cross-encoder`, or `cosine` of embeddings). No request re-reads
-a model file. Broken entries are kept apart with their reasons; requests for
-them get those reasons.
+downloads arrive: `ready`), and kept on its `ModelEntry`. No request re-reads a model
+file. Broken entries are kept with their reasons; requests for them get those reasons.
 """
 
 from __future__ import annotations
@@ -19,7 +16,9 @@ from pathlib import Path
 from lokal.errors import ModelUnavailableError, NotFound, UnknownModelError
 from lokal.metrics import Metrics
 from lokal.models import download
-from lokal.models.config import ConfigError, ModelEntry, describe, load_templates, scan_models
+from lokal.models.catalog.describing import settle
+from lokal.models.catalog.entries import Entry, ModelEntry, PendingEntry
+from lokal.models.catalog.scanning import scan_models
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +44,7 @@ class Catalog:
                  metrics: Metrics | None = None) -> None:
         self.models_path = models_path
         self.config_file = config_file
-        self._entries: dict[str, ModelEntry] = {}
+        self._entries: dict[str, Entry] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         # How a config's download_files are fetched (the server's: shared with its installer).
         self.fetch_file: Callable[[download.Download], bool] = fetch_file or download.fetch
@@ -54,17 +53,17 @@ class Catalog:
         self.aliases: dict[str, str] = dict(aliases or {})
         self.scan()
 
-    def scan(self) -> list[ModelEntry]:
+    def scan(self) -> list[Entry]:
         """Read the folder again: new, changed and removed configs take effect now."""
         entries = scan_models(self.models_path, self.config_file)
         self._entries = {e.name: e for e in entries}
         return entries
 
     @property
-    def entries(self) -> list[ModelEntry]:
+    def entries(self) -> list[Entry]:
         return list(self._entries.values())
 
-    def entry(self, name: str) -> ModelEntry:
+    def entry(self, name: str) -> Entry:
         """The entry a request's model name means: its own, else its alias's; unknown: 404.
         Ollama's `NAME:latest` is NAME (apps list /api/tags, then call /v1 with it)."""
         found = self._entries.get(name)
@@ -83,17 +82,15 @@ class Catalog:
             raise UnknownModelError(name)
         return found
 
-    async def ready(self, entry: ModelEntry) -> None:
-        """Make sure the entry can load: its files downloaded, its templates read and
-        its file described. Concurrent requests wait for one download; a failure is
-        the request's error and the next request tries again."""
-        if entry.error is not None:
+    async def ready(self, entry: Entry) -> ModelEntry:
+        """The servable entry of entry: a broken one is refused with its reason; a pending
+        one has its files fetched (concurrent requests wait for one download; a failure
+        is the request's error and the next request tries again) and is described, and
+        the catalog keeps what that made of it."""
+        if isinstance(entry, ModelEntry):
+            return entry
+        if not isinstance(entry, PendingEntry):
             raise ModelUnavailableError(entry.name, entry.error)
-        # A projector fetched with the model's downloads is described once it is in.
-        projector_pending = entry.mmproj_path is not None and not entry.vision
-        if not entry.pending_downloads and not entry.templates_pending and entry.file is not None \
-                and not projector_pending:
-            return
         for item in entry.pending_downloads:
             # One lock per file: models sharing a file fetch it once too.
             async with self._locks.setdefault(("download", str(item.path)), asyncio.Lock()):
@@ -105,15 +102,13 @@ class Catalog:
                     log.error("model %s: %s", entry.name, exc)
                     raise ModelUnavailableError(entry.name, str(exc)) from exc
         async with self._locks.setdefault((entry.name, "ready"), asyncio.Lock()):
-            if entry.templates_pending and entry.config is not None:
-                try:
-                    entry.templates = load_templates(self.models_path, entry.config)
-                except ConfigError as exc:
-                    raise ModelUnavailableError(entry.name, str(exc)) from exc
-                entry.templates_pending = False
-            if entry.file is None or (entry.mmproj_path is not None and not entry.vision):
-                await asyncio.to_thread(describe, entry, self.models_path)
-        if entry.error is not None:
-            raise ModelUnavailableError(entry.name, entry.error)
-        if entry.file is None:
-            raise ModelUnavailableError(entry.name, "its model file is missing")
+            current = self._entries.get(entry.name, entry)
+            settled = current if not isinstance(current, PendingEntry) else \
+                await asyncio.to_thread(settle, current, self.models_path)
+            if self._entries.get(entry.name) is current:
+                self._entries[entry.name] = settled
+        if isinstance(settled, ModelEntry):
+            return settled
+        if isinstance(settled, PendingEntry):
+            raise ModelUnavailableError(entry.name, "its files are still missing")
+        raise ModelUnavailableError(entry.name, settled.error)

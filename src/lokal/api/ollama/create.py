@@ -41,8 +41,10 @@ import yaml
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lokal.api.admin import require_admin
+from lokal.api.middleware import was_head
 import lokal.api.ollama.models as catalog
 from lokal.api.ollama.manage import _alias_config, _reference
 from lokal.api.ollama.routes import read_body
@@ -95,6 +97,8 @@ def _models_path(request: Request) -> Path:
 @router.head("/blobs/{digest}", summary="Ollama: is this blob here?")
 @router.get("/blobs/{digest}", include_in_schema=False)  # HEAD arrives as GET (no body is sent)
 async def head_blob(digest: str, request: Request) -> Response:
+    if not was_head(request.scope):  # a real GET: Ollama has no such route
+        raise StarletteHTTPException(405, "Method Not Allowed", headers={"Allow": "HEAD, POST"})
     if not blob_path(_models_path(request), digest).is_file():
         raise NotFound(f"blob {digest!r} not found", param="digest")
     return Response(status_code=200)

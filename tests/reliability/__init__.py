@@ -52,13 +52,15 @@ def family(path: str) -> str:
         return "ollama"
     if path.rstrip("/").endswith(("/messages", "/messages/count_tokens")) and "/v1/v1" not in path:
         return "anthropic"
+    if path.removeprefix("/v1").startswith("/text-to-speech/"):
+        return "elevenlabs"
     return "openai"
 
 
 def envelope_problem(status: int, text: str, path: str = "") -> str | None:
     """Why a 4xx/5xx body is not the error envelope of its path's API family (None: it
     is): OpenAI's with code == status; Ollama's `{"error": "..."}`; Anthropic's
-    `{"type": "error", "error": {"type", "message"}}`."""
+    `{"type": "error", "error": {"type", "message"}}`; ElevenLabs' `{"detail": {"status", "message"}}`."""
     try:
         body = json.loads(text)
     except ValueError:
@@ -67,6 +69,12 @@ def envelope_problem(status: int, text: str, path: str = "") -> str | None:
     if kind == "ollama":
         error = body.get("error") if isinstance(body, dict) else None
         return None if isinstance(error, str) and error else f"no Ollama error string: {text[:200]!r}"
+    if kind == "elevenlabs":
+        detail = body.get("detail") if isinstance(body, dict) else None
+        if not isinstance(detail, dict) or not isinstance(detail.get("status"), str) \
+                or not isinstance(detail.get("message"), str) or not detail["message"]:
+            return f"no ElevenLabs detail object: {text[:200]!r}"
+        return None
     if kind == "anthropic":
         error = body.get("error") if isinstance(body, dict) else None
         if body.get("type") != "error" or not isinstance(error, dict):

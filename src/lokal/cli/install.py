@@ -17,7 +17,8 @@ from typing import Any, TextIO
 
 from lokal.errors import LokalError
 from lokal.transfer.downloader import human
-from lokal.install.manager import InstallManager, ProgressEvent
+from lokal.install.jobs import ProgressEvent
+from lokal.install.manager import InstallManager
 from lokal.settings import Settings
 
 

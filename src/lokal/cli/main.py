@@ -165,7 +165,7 @@ def make_registry(settings: Settings, threads: int, engine_factory: Any = None, 
     from lokal.models.registry import default_engine_factory, local_registry
 
     if engine_factory is None and settings.engine_isolation == "process":
-        from lokal.engines.worker import WorkerFactory
+        from lokal.engines.worker.client import WorkerFactory
 
         engine_factory = WorkerFactory(spares=settings.spare_workers == "auto")
     fetch = functools.partial(download.fetch, downloader=downloader) if downloader is not None else None

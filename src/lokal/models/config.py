@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from lokal.models import download, localai_config, speech
 from lokal.models.image_config import DiffusersOptions
-from lokal.models.localai_functions import FunctionConfig
+from lokal.models.localai_functions.config import FunctionConfig
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from lokal import threadnames
 from lokal.engines.base import ChunkSink
 from lokal.errors import EngineStuck, LokalError, RequestTimeout, ShuttingDown
 from lokal.models.functions import EnvelopeReader, new_call_id
-from lokal.models.localai_functions import ReplyReader
+from lokal.models.localai_functions.replies import ReplyReader
 from lokal.models.prompting import EngineCall
 from lokal.models.stops import StopScanner
 from lokal.tasks import Delta, PromptProgress, ToolCallDelta, Usage

@@ -33,7 +33,7 @@ from lokal.api.middleware import send_error
 from lokal.errors import BadRequest
 from lokal.callers import Caller, Keyring
 from lokal.metrics import Metrics
-from lokal.settings import parse_duration
+from lokal.units import parse_duration
 from lokal.usage import Counts, UsageLedger
 
 router = APIRouter(prefix="/lokal", tags=["lokal"])

@@ -11,6 +11,7 @@ from lokal.install.planning import FILE_FIELDS, Plan
 from lokal.install.records import read_records
 from lokal.models.catalog import scan_models
 from lokal.transfer.downloader import DISK_RESERVE, Downloader, file_sha256, partial_path
+from lokal.units import format_size
 
 
 class ModelExists(Conflict):
@@ -109,6 +110,6 @@ def check_disk(plan: Plan, models_path: Path, downloader: Downloader) -> None:
     if free < need + DISK_RESERVE:
         raise InsufficientStorage(
             f"not enough disk space to install {plan.name}: {need} bytes needed (plus a "
-            f"{DISK_RESERVE >> 20} MB reserve), {free} bytes free in {models_path}")
+            f"{format_size(DISK_RESERVE)} reserve), {free} bytes free in {models_path}")
 
 # Committing ---------------------------------------------------------------------------

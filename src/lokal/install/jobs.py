@@ -14,7 +14,7 @@ from typing import Any
 
 from lokal.errors import LokalError
 from lokal.install.planning import FileSpec
-from lokal.transfer.downloader import human
+from lokal.units import format_size
 
 
 
@@ -107,8 +107,8 @@ class Job:
             "processed": self.processed,
             "message": self.message,
             "progress": self.progress,
-            "file_size": human(self.file_total) if self.file_total is not None else "",
-            "downloaded_size": human(self.file_completed) if self.file_completed is not None else "",
+            "file_size": format_size(self.file_total) if self.file_total is not None else "",
+            "downloaded_size": format_size(self.file_completed) if self.file_completed is not None else "",
             "gallery_element_name": self.name or "",
             "cancelled": self.cancelled,
             "cancellable": not self.processed,

@@ -20,7 +20,7 @@ from lokal.errors import BadRequest, LokalError, NotFound
 from lokal.install import diffusers_repo, localai_gallery, references
 from lokal.install.gallery import Entry, Galleries, load_yaml, read_source
 from lokal.models.config import BACKEND_ALIASES, ModelConfig
-from lokal.transfer.downloader import human
+from lokal.units import format_size
 from lokal.transfer.netguard import OutboundPolicy, URLRefused
 from lokal.transfer.paths import check_model_name, check_relative, confine
 
@@ -336,8 +336,8 @@ class Planner:
                 spec.size = self._remote_size(spec.url)
             cap = self.policy.max_bytes
             if cap is not None and spec.size is not None and spec.size > cap:
-                raise URLRefused(spec.url, f"the file is {human(spec.size)}, over the size cap of "
-                                           f"{human(cap)} (MAX_DOWNLOAD_SIZE)")
+                raise URLRefused(spec.url, f"the file is {format_size(spec.size)}, over the size cap of "
+                                           f"{format_size(cap)} (MAX_DOWNLOAD_SIZE)")
         return list(specs.values())
 
     def _remote_size(self, url: str) -> int | None:

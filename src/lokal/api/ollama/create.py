@@ -53,6 +53,7 @@ from lokal.errors import BadRequest, Conflict, InsufficientStorage, LokalError, 
 from lokal.formats.modelfile import ModelFileError, read_gguf
 from lokal.models.config import ModelConfig
 from lokal.transfer.paths import STATE_DIR, check_model_name, confine
+from lokal.units import format_size
 
 router = APIRouter(dependencies=[Depends(require_admin)])
 
@@ -119,7 +120,7 @@ async def create_blob(digest: str, request: Request) -> Response:
     free = shutil.disk_usage(target.parent).free
     if declared is not None and declared + DISK_RESERVE > free:
         raise InsufficientStorage(f"not enough disk space for the blob: {declared} bytes, {free} free "
-                                  f"in the models folder (and a {DISK_RESERVE >> 20} MB reserve)")
+                                  f"in the models folder (and a {format_size(DISK_RESERVE)} reserve)")
     fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=".upload-", suffix=".partial")
     temp = Path(temp_name)
     digest_so_far = hashlib.sha256()

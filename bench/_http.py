@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' helpers, for free_port
+from tests.ports import free_port  # noqa: E402
 
 HOST = "127.0.0.1"
 
@@ -46,9 +48,7 @@ def serve(models: Path, log_path: Path, *args: str, ready: str = "/readyz",
     log_path, none of the caller's lokal settings in its environment; yields the port and
     the process once `ready` answers 200, stops the server after (SIGTERM, then SIGKILL
     past stop_timeout)."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port = sock.getsockname()[1]
+    port = free_port(HOST)
     env = {k: v for k, v in os.environ.items()
            if k not in ("API_KEY", "MODELS_PATH", "ADDRESS") and not k.startswith("LOCALAI_")}
     with log_path.open("wb") as log:

@@ -83,7 +83,6 @@ import platform
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -274,12 +273,6 @@ def http_runner(base: str, model: str, max_tokens: int, client_kind: str = "raw"
 
 
 # ------------------------------------------------------------------- servers
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
 
 def wait_ready(proc: subprocess.Popen[bytes], url: str, log_path: Path) -> float:
     """Poll url until it answers 200; seconds it took."""
@@ -517,7 +510,7 @@ class HttpSystem(System):
                  args: argparse.Namespace, model: str) -> None:
         self.name, self.cmd, self.env, self.work = name, cmd, env, work
         self.ready_path, self.args, self.model = ready_path, args, model
-        self.port = free_port()
+        self.port = _http.free_port(HOST)
         self.cmd = [part.replace("{port}", str(self.port)) for part in cmd]
         self.log_path = work / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None

@@ -47,7 +47,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -287,12 +286,6 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
 def tail(path: Path, lines: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -366,7 +359,7 @@ class Lokal:
 
     def __init__(self, name: str, args: argparse.Namespace, models: Path, log_dir: Path, batching: bool) -> None:
         self.name, self.args = name, args
-        self.port = free_port()
+        self.port = _http.free_port(HOST)
         self.log_path = log_dir / f"{name}.log"
         command = [sys.executable, "-m", "lokal", "serve", "--models-path", str(models),
                    "--address", f"{HOST}:{self.port}", "--threads", str(args.threads),

@@ -460,27 +460,6 @@ NOISY = 0.10  # share of all cores used by other processes above which a phase i
 
 # ------------------------------------------------------------------- systems
 
-def rss_tree(pid: int | None) -> int | None:
-    """Resident memory of a process and its children (lokal's engine workers), in bytes."""
-    if pid is None:
-        return None
-    total = 0
-    pids = [pid]
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                pids += [int(child) for child in f.read().split()]
-    except (OSError, ValueError):
-        pass
-    for one in pids:
-        try:
-            for line in Path(f"/proc/{one}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-        except (OSError, ValueError):
-            continue
-    return total or None
-
 
 class System:
     """One system under test: started once, measured phase by phase, stopped at the end."""
@@ -499,7 +478,7 @@ class System:
         pass
 
     def rss(self) -> int | None:
-        return rss_tree(self.pid)
+        return _http.rss_tree(self.pid)
 
     def alive(self) -> None:
         """Raise if the server died (its log tail says why)."""

@@ -14,15 +14,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from pydantic import ValidationError
-
 from lokal.errors import BadRequest, LokalError, NotFound
 from lokal.install import diffusers_repo, localai_gallery, references
 from lokal.install.gallery import Entry, Galleries, load_yaml, read_source
-from lokal.models.config import BACKEND_ALIASES, ModelConfig
-from lokal.units import format_size
+from lokal.models.config import BACKEND_ALIASES, check_config
 from lokal.transfer.netguard import OutboundPolicy, URLRefused
 from lokal.transfer.paths import check_model_name, check_relative, confine
+from lokal.units import format_size
 
 #: Config keys gallery content may not set: options that make lokal fetch or execute
 #: something on its own. (A future remote-image option must be listed here.)
@@ -388,11 +386,5 @@ class Planner:
                     and not target.exists():
                 raise BadRequest(f"{field_name} names {value!r}, which is neither among the files to "
                                  "download nor in the models folder", param="id")
-        try:
-            ModelConfig.model_validate(config)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise BadRequest(f"the resulting config is not valid: {where}: {first['msg']}",
-                             param="overrides") from None
+        check_config(config, refusal="the resulting config is not valid", param="overrides")
 

@@ -40,7 +40,7 @@ from typing import Any
 import yaml
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lokal.api.admin import require_admin
@@ -51,7 +51,7 @@ from lokal.api.ollama.routes import read_body
 from lokal.api.respond import ndjson
 from lokal.errors import BadRequest, Conflict, InsufficientStorage, LokalError, NotFound
 from lokal.formats.modelfile import ModelFileError, read_gguf
-from lokal.models.config import ModelConfig
+from lokal.models.config import check_config
 from lokal.transfer.paths import STATE_DIR, check_model_name, confine
 from lokal.units import format_size
 
@@ -391,13 +391,7 @@ def plan_create(body: CreateRequest, registry: Any) -> tuple[str, dict[str, Any]
         config["messages"] = [{"role": m.role, "content": m.content} for m in body.messages]
     if body.license:
         config["license"] = body.license if isinstance(body.license, str) else "\n\n".join(body.license)
-    try:
-        ModelConfig.model_validate(config)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise BadRequest(f"the model's config would not be valid: {where}: {first['msg']}",
-                         param="parameters") from None
+    check_config(config, refusal="the model's config would not be valid", param="parameters")
     _check_name_free(models_path, registry, name)
     return name, config, placed
 

@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' helpers, for free_port
+from tests.ports import free_port  # noqa: E402
 
 HOST = "127.0.0.1"
 
@@ -39,6 +41,40 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def descendants(pids: list[int]) -> list[int]:
+    """pids and every process under them (lokal's engine workers are its children)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    family = set(pids)
+    grew = True
+    while grew:
+        grew = False
+        for pid, ppid in parents.items():
+            if ppid in family and pid not in family:
+                family.add(pid)
+                grew = True
+    return sorted(family)
+
+
+def rss_tree(pid: int | None) -> int | None:
+    """Resident memory of a process and everything under it (lokal's engine workers), in bytes."""
+    if pid is None:
+        return None
+    total = 0
+    for one in descendants([pid]):
+        try:
+            for line in Path(f"/proc/{one}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except (OSError, ValueError):
+            continue
+    return total or None
+
+
 @contextmanager
 def serve(models: Path, log_path: Path, *args: str, ready: str = "/readyz",
           timeout: float = 120, stop_timeout: float = 30) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
@@ -46,9 +82,7 @@ def serve(models: Path, log_path: Path, *args: str, ready: str = "/readyz",
     log_path, none of the caller's lokal settings in its environment; yields the port and
     the process once `ready` answers 200, stops the server after (SIGTERM, then SIGKILL
     past stop_timeout)."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port = sock.getsockname()[1]
+    port = free_port(HOST)
     env = {k: v for k, v in os.environ.items()
            if k not in ("API_KEY", "MODELS_PATH", "ADDRESS") and not k.startswith("LOCALAI_")}
     with log_path.open("wb") as log:

@@ -83,7 +83,6 @@ import platform
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -275,12 +274,6 @@ def http_runner(base: str, model: str, max_tokens: int, client_kind: str = "raw"
 
 # ------------------------------------------------------------------- servers
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
 def wait_ready(proc: subprocess.Popen[bytes], url: str, log_path: Path) -> float:
     """Poll url until it answers 200; seconds it took."""
     start = time.monotonic()
@@ -467,27 +460,6 @@ NOISY = 0.10  # share of all cores used by other processes above which a phase i
 
 # ------------------------------------------------------------------- systems
 
-def rss_tree(pid: int | None) -> int | None:
-    """Resident memory of a process and its children (lokal's engine workers), in bytes."""
-    if pid is None:
-        return None
-    total = 0
-    pids = [pid]
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                pids += [int(child) for child in f.read().split()]
-    except (OSError, ValueError):
-        pass
-    for one in pids:
-        try:
-            for line in Path(f"/proc/{one}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-        except (OSError, ValueError):
-            continue
-    return total or None
-
 
 class System:
     """One system under test: started once, measured phase by phase, stopped at the end."""
@@ -506,7 +478,7 @@ class System:
         pass
 
     def rss(self) -> int | None:
-        return rss_tree(self.pid)
+        return _http.rss_tree(self.pid)
 
     def alive(self) -> None:
         """Raise if the server died (its log tail says why)."""
@@ -517,7 +489,7 @@ class HttpSystem(System):
                  args: argparse.Namespace, model: str) -> None:
         self.name, self.cmd, self.env, self.work = name, cmd, env, work
         self.ready_path, self.args, self.model = ready_path, args, model
-        self.port = free_port()
+        self.port = _http.free_port(HOST)
         self.cmd = [part.replace("{port}", str(self.port)) for part in cmd]
         self.log_path = work / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None

@@ -25,7 +25,7 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT)]  # lokal from this checkout, and t
 
 from lokal.cli.install import ProgressDisplay  # noqa: E402
 from lokal.transfer.downloader import Downloader  # noqa: E402
-from lokal.install.manager import ProgressEvent  # noqa: E402
+from lokal.install.jobs import ProgressEvent  # noqa: E402
 from tests.install.conftest import Fixture, blob, policy_for  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _pairs import Ratio, Samples, abba  # noqa: E402 - bench/_pairs.py

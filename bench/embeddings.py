@@ -47,7 +47,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -110,25 +109,6 @@ def _system_ticks() -> tuple[int, int]:
     return total, total - idle
 
 
-def _with_descendants(pids: list[int]) -> list[int]:
-    """pids and every process under them (lokal's engine workers are its children)."""
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-    family = set(pids)
-    grew = True
-    while grew:
-        grew = False
-        for pid, ppid in parents.items():
-            if ppid in family and pid not in family:
-                family.add(pid)
-                grew = True
-    return sorted(family)
-
-
 class ForeignCPU:
     """Share of the machine's CPU time used by processes other than ours (and their
     children: an engine worker process is ours) while measuring."""
@@ -138,7 +118,7 @@ class ForeignCPU:
 
     def __enter__(self) -> Self:
         self.share: float | None = None
-        self.pids = _with_descendants(self.pids)
+        self.pids = _http.descendants(self.pids)
         try:
             self._start = (_system_ticks(), sum(_proc_ticks(p) for p in self.pids))
         except (OSError, ValueError):
@@ -287,12 +267,6 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
 def tail(path: Path, lines: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -366,7 +340,7 @@ class Lokal:
 
     def __init__(self, name: str, args: argparse.Namespace, models: Path, log_dir: Path, batching: bool) -> None:
         self.name, self.args = name, args
-        self.port = free_port()
+        self.port = _http.free_port(HOST)
         self.log_path = log_dir / f"{name}.log"
         command = [sys.executable, "-m", "lokal", "serve", "--models-path", str(models),
                    "--address", f"{HOST}:{self.port}", "--threads", str(args.threads),
@@ -477,19 +451,6 @@ def prepare_gguf(args: argparse.Namespace, work: Path) -> Path:
         return convert(minilm_folder(), work / f"minilm-{args.outtype}.gguf", args.outtype).path
     except ConvertError as exc:
         sys.exit(f"cannot convert the model for --engine gguf: {exc}")
-
-
-def rss_tree(pid: int) -> int | None:
-    """Resident memory of a process and everything under it (lokal's engine workers)."""
-    total = 0
-    for one in _with_descendants([pid]):
-        try:
-            for line in Path(f"/proc/{one}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-        except (OSError, ValueError):
-            continue
-    return total or None
 
 
 def report(args: argparse.Namespace, names: list[str], samples: dict[str, Samples],
@@ -628,7 +589,7 @@ def main() -> int:
             print(f"starting {name}...", flush=True)
             try:
                 systems[name].wait_ready()
-                memory[name] = rss_tree(systems[name].pid)
+                memory[name] = _http.rss_tree(systems[name].pid)
             except Exception as exc:  # noqa: BLE001 - reported, the other systems still run
                 failed[name] = str(exc)
                 print(f"  {name} failed: {exc}", flush=True)
@@ -655,7 +616,7 @@ def main() -> int:
                     runs.append(dict(result, system=name, workload=workload, round=round_no))
                     print(f"  {name:<18} {result['rate']:8.1f}/s  (others {share:.0%})", flush=True)
         for name in systems:
-            memory[name] = rss_tree(systems[name].pid) or memory.get(name)
+            memory[name] = _http.rss_tree(systems[name].pid) or memory.get(name)
         ratios = report(args, [n for n in names if n not in failed or samples["a"].of(n)], samples, foreign, memory)
         for name, reason in failed.items():
             print(f"\nnote: {name} failed: {reason.splitlines()[0] if reason else ''}")

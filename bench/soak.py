@@ -31,7 +31,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+import _http  # bench/_http.py, beside this script
 
 HOST = "127.0.0.1"
 CHAT_MODEL = "gpt-3.5-turbo"
@@ -184,17 +185,11 @@ async def soak(args: argparse.Namespace, base: str, pid: int | None, proc: subpr
             "intervals": intervals}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
 def start_server(args: argparse.Namespace, work: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
     from lokal.cli.demo import prepare_demo
 
     models = prepare_demo(args.models or work / "models")
-    port = free_port()
+    port = _http.free_port(HOST)
     log_path = work / "soak-server.log"
     command = [sys.executable, "-m", "lokal", "serve", "--models-path", str(models), "--address", f"{HOST}:{port}",
                "--threads", str(args.threads), "--preload-models", f"{CHAT_MODEL},{EMBED_MODEL}",

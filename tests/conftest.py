@@ -7,7 +7,6 @@ import importlib.util
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tests.ports import free_port
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -81,12 +81,6 @@ def place_folder(folder: Path, name: str = "bert", source: Path | None = None) -
 
     shutil.copytree(source or minilm_folder(), target, copy_function=link)
     return target
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # Looked up here, not between fork and exec (where another thread may hold the loader's lock).

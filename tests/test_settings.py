@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from lokal.settings import Settings, env_names, parse_duration, physical_cores, split_list
+from lokal.machine import physical_cores
+from lokal.settings import Settings, env_names, split_list
+from lokal.units import parse_duration
 
 
 @pytest.fixture(autouse=True)
@@ -257,3 +259,11 @@ def test_physical_cores() -> None:
 def test_effective_threads() -> None:
     assert Settings(threads=3).effective_threads == 3
     assert Settings().effective_threads == physical_cores()
+
+
+def test_one_size_wording_for_every_message() -> None:
+    from lokal.units import format_size, parse_size
+
+    assert [format_size(n) for n in (None, 999, 1000, 2_100_000, 8 << 30)] == \
+        ["?", "999 B", "1.0 KB", "2.1 MB", "8.6 GB"]
+    assert parse_size("512M") == 512 << 20

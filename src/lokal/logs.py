@@ -39,7 +39,7 @@ class RequestContext:
     audio_seconds: float | None = None  # audio transcribed or spoken
     images: int | None = None  # images made
     key: str | None = None  # the name of the API key it came with (named keys only)
-    caller: Any = None  # its `lokal.keys.Caller`: the key's rights and limits
+    caller: Any = None  # its `lokal.callers.Caller`: the key's rights and limits
 
 
 _current: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(

@@ -8,13 +8,14 @@ with LocalAI's ``LOCALAI_`` prefix (``LOCALAI_MODELS_PATH``).
 from __future__ import annotations
 
 import json
-import os
-import re
 from pathlib import Path
 from typing import Any
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from lokal.machine import physical_cores
+from lokal.units import parse_duration, parse_size
 
 
 def _env(*names: str) -> AliasChoices:
@@ -23,66 +24,6 @@ def _env(*names: str) -> AliasChoices:
     for name in names:
         choices += [name, f"LOCALAI_{name}"]
     return AliasChoices(*choices)
-
-
-def physical_cores() -> int:
-    """Physical cores this process may run on (hyper-threads counted once)."""
-    try:
-        usable = os.sched_getaffinity(0)
-    except AttributeError:  # pragma: no cover - not Linux
-        usable = set(range(os.cpu_count() or 1))
-    cores: set[str] = set()
-    for cpu in usable:
-        base = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
-        try:
-            package = (base / "physical_package_id").read_text().strip()
-            core = (base / "core_id").read_text().strip()
-        except OSError:
-            cores.add(f"cpu{cpu}")
-            continue
-        cores.add(f"{package}:{core}")
-    return max(1, len(cores))
-
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(value: Any) -> float | None:
-    """Seconds from a number or a Go-style duration such as ``15m`` or ``1h30m``.
-
-    ``None``, ``""``, ``0`` and ``"off"`` mean disabled.
-    """
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    else:
-        text = str(value).strip().lower()
-        if text in ("", "off", "false", "none", "0"):
-            return None
-        try:
-            seconds = float(text)
-        except ValueError:
-            parts = _DURATION.findall(text)
-            if not parts or "".join(n + u for n, u in parts) != text:
-                raise ValueError(f"not a duration: {value!r} (use seconds or e.g. 15m, 1h30m)")
-            seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
-    if seconds < 0:
-        raise ValueError("a duration cannot be negative")
-    return seconds or None
-
-
-_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?$")
-
-
-def parse_size(value: Any) -> int | None:
-    """Bytes from a number or a size such as ``512M`` or ``20G`` (binary units); 0: none."""
-    match = _SIZE.match(str(value).strip().lower())
-    if not match:
-        raise ValueError(f"not a size: {value!r} (use bytes or e.g. 512M, 20G)")
-    scale = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[match.group(2)]
-    return int(float(match.group(1)) * scale) or None
 
 
 def split_list(value: str | None) -> list[str]:

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from lokal import __version__
-from lokal.settings import Settings, env_names, physical_cores
+from lokal.machine import physical_cores
+from lokal.settings import Settings, env_names
 from tests.conftest import CHAT_FILE, LokalServer, place_model
 
 _SETTING_ENVS = {name.upper() for field in Settings.model_fields for name in env_names(field)}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import free_port
+from tests.ports import free_port
 
 
 def test_demo_serves_chat_and_embeddings(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import free_port
+from tests.ports import free_port
 
 EMBED = "text-embedding-ada-002"
 DIFY_READ_TIMEOUT = 10.0  # the provider's timeout for the validation request

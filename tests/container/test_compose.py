@@ -21,7 +21,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import free_port
+from tests.ports import free_port
 from tests.container.conftest import ROOT, Engine, Image, unavailable, wait_ready
 
 # The client: waits for lokal by service name, asks the demo chat model, prints the answer.

@@ -17,7 +17,8 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import free_port, place_model
+from tests.conftest import place_model
+from tests.ports import free_port
 from tests.container.conftest import Engine, Image, wait_ready
 
 CHAT = "smol"

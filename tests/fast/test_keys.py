@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from lokal import keys as keys_module
+from lokal import callers
 from lokal.cli.main import main as lokal_main
 from lokal.engines.fake import reply, stall
 from lokal.keys import KeysFileError, add_key, hash_key, parse_keys, remove_key
@@ -151,13 +151,13 @@ def test_keys_are_compared_as_hashes_in_constant_time(fake_server, keyfile: Keys
         keyfile.add(name)
     server = _server(fake_server, keyfile, api_key="plain")
     compared: list[tuple[bytes, bytes]] = []
-    real = keys_module.hmac.compare_digest
+    real = callers.hmac.compare_digest
 
     def spy(a: bytes, b: bytes) -> bool:
         compared.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(keys_module.hmac, "compare_digest", spy)
+    monkeypatch.setattr(callers.hmac, "compare_digest", spy)
     with server.client() as client:
         assert client.get("/v1/models", headers=auth(keyfile["b"])).status_code == 200
     digest = hashlib.sha256(keyfile["b"].encode()).hexdigest().encode()

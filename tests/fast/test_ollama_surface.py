@@ -5,12 +5,12 @@ check, /api/status, /api/tags lists only what chats, completes or embeds, a repe
 from __future__ import annotations
 
 import json
-import socket
 import tempfile
 from pathlib import Path
 
 from tests.fakeengine import write_gguf
 from tests.install.conftest import Fixture
+from tests.ports import free_port
 
 AGENTS = Path(__file__).resolve().parents[1] / "fixtures" / "agents"
 
@@ -64,9 +64,7 @@ def test_pull_twice_is_success_twice_and_unreachable_is_5xx(fake_server) -> None
                 assert [json.loads(line)["status"] for line in streamed.text.splitlines()][-1] == "success"
             assert gallery.state.gets("/files/tiny.gguf") == 1  # downloaded once
             assert "tiny:latest" in {m["name"] for m in client.get("/api/tags").json()["models"]}
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", 0))
-                closed = sock.getsockname()[1]
+            closed = free_port()  # nothing listens there
             r = client.post("/api/pull", json={"model": f"http://127.0.0.1:{closed}/model.yaml", "stream": False})
             assert r.status_code >= 500 and set(r.json()) == {"error"}, r.text
             assert "127.0.0.1" in r.json()["error"]

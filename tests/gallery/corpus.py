@@ -16,7 +16,6 @@ would. Each entry ends up one of:
 
 from __future__ import annotations
 
-import copy
 import json
 import struct
 from collections import Counter, defaultdict
@@ -28,7 +27,10 @@ import yaml
 
 from lokal.errors import LokalError
 from lokal.install.gallery import Entry, Galleries, GallerySource
-from lokal.install.manager import InstallManager, Job
+from lokal.install.jobs import Job
+from lokal.install.manager import InstallManager
+from lokal.install.planning import Planner, deep_merge
+from lokal.install.records import write_atomic
 from lokal.transfer.netguard import OutboundPolicy
 from tests.fakeengine import write_gguf
 
@@ -76,7 +78,7 @@ def hf_listing(repo: str) -> list[dict[str, Any]]:
     return [{"type": "file", "path": p, "size": 1000} for p in files]
 
 
-class CorpusManager(InstallManager):
+class CorpusPlanner(Planner):
     def _remote_size(self, url: str) -> int | None:
         return None
 
@@ -136,16 +138,6 @@ class Report:
         return "\n".join(lines)
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
 def _entry_config(corpus: Path, entry: dict[str, Any]) -> dict[str, Any]:
     """The entry's config as its base and overrides make it (read leniently: for grouping
     and for checking the entry itself)."""
@@ -164,7 +156,7 @@ def _entry_config(corpus: Path, entry: dict[str, Any]) -> dict[str, Any]:
             for line in text.splitlines():
                 if line.strip().startswith("backend:"):
                     config = {"backend": line.split(":", 1)[1].strip().strip("\"'")}
-    return _merge(config or {}, entry.get("overrides") or {})
+    return deep_merge(config or {}, entry.get("overrides") or {})
 
 
 def consistent(config: dict[str, Any], entry: dict[str, Any]) -> bool:
@@ -240,8 +232,8 @@ def run_corpus(corpus: Path, work: Path, *, names: list[str] | None = None) -> R
             continue
         models = work / f"m{number}"
         models.mkdir(parents=True)
-        manager = CorpusManager(models, policy, [source], allow_file=True)
-        manager.galleries = galleries
+        manager = InstallManager(models, policy, [source], allow_file=True)
+        manager.planner = CorpusPlanner(models, policy, galleries, allow_file=True)
         try:
             merged = _entry_config(corpus, raw)
         except yaml.YAMLError:
@@ -276,12 +268,10 @@ def run_corpus(corpus: Path, work: Path, *, names: list[str] | None = None) -> R
 
 def _commit(manager: InstallManager, plan: Any) -> None:
     """The install's commit without the downloader (the stubs are in place already)."""
-    from lokal.install.manager import _write_atomic
-
     for template, content in plan.templates.items():
-        _write_atomic(manager.models_path / template, content.encode())
+        write_atomic(manager.models_path / template, content.encode())
     text = yaml.safe_dump(plan.config, sort_keys=False, allow_unicode=True)
-    _write_atomic(plan.config_path, text.encode())
+    write_atomic(plan.config_path, text.encode())
 
 
 def _pending_fields(config: dict[str, Any]) -> list[str]:

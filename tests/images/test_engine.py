@@ -36,7 +36,7 @@ def plan(tmp_path_factory: pytest.TempPathFactory, tiny_sd: Path) -> LoadPlan:
 
 @pytest.fixture(scope="module")
 def engine(plan: LoadPlan) -> Iterator[Engine]:
-    from lokal.engines.worker import WorkerFactory
+    from lokal.engines.worker.client import WorkerFactory
 
     worker = WorkerFactory()(plan.engine, plan.options)
     yield worker

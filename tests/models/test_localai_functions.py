@@ -13,9 +13,11 @@ import json
 
 import pytest
 
-from lokal.models.localai_functions import (Call, FunctionConfig, LocalAIPlan, ReplyReader, ReplyShaping,
-                                            build_grammar, capture_text, json_objects, parse_calls, plan,
-                                            read_reply)
+from lokal.models.localai_functions.config import FunctionConfig
+from lokal.models.localai_functions.grammar import build_grammar
+from lokal.models.localai_functions.planning import LocalAIPlan, plan
+from lokal.models.localai_functions.replies import (Call, ReplyReader, ReplyShaping, capture_text, json_objects,
+                                                    parse_calls, read_reply)
 from lokal.tasks import ChatTask, Message, Tool
 
 

@@ -41,7 +41,7 @@ def test_the_kv_cache_follows_the_models_attention_shape() -> None:
 
 @pytest.mark.parametrize("context,parallel", [(512, 1), (4096, 4)])
 def test_the_estimate_matches_a_real_load(context: int, parallel: int) -> None:
-    from lokal.engines.worker import WorkerFactory
+    from lokal.engines.worker.client import WorkerFactory
 
     opts = options(context, parallel)
     engine = WorkerFactory()("llama-cpp", opts)

@@ -12,7 +12,8 @@ import pytest
 
 import yaml
 
-from tests.conftest import CHAT_FILE, LokalServer, free_port, place_folder, place_model, smollm_gguf
+from tests.conftest import CHAT_FILE, LokalServer, place_folder, place_model, smollm_gguf
+from tests.ports import free_port
 from tests.install.conftest import Fixture, sha
 
 KEY = "sk-ollama-test"

@@ -131,7 +131,7 @@ def test_a_dead_spare_is_not_given_a_load_and_no_spare_outlives_the_server(tmp_p
     import os
     import signal
 
-    from tests.reliability.test_workers import alive, workers
+    from tests.reliability.test_workers import kill_and_check_no_orphans, workers
 
     models = tmp_path / "models"
     place_model(models, "smol.gguf")
@@ -149,11 +149,6 @@ def test_a_dead_spare_is_not_given_a_load_and_no_spare_outlives_the_server(tmp_p
         assert _wait_spares(server, {"llama-cpp"})["llama-cpp"]["pid"] != spare
         pids = workers(server.proc.pid)
         assert len(pids) == 2  # a's worker and the spare
-        server.proc.kill()
-        server.proc.wait(30)
-        deadline = time.monotonic() + 10
-        while any(alive(pid) for pid in pids):
-            assert time.monotonic() < deadline, "orphaned workers"
-            time.sleep(0.05)
+        kill_and_check_no_orphans(server, pids)
     finally:
         server.stop()

@@ -112,6 +112,16 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def kill_and_check_no_orphans(server: LokalServer, pids: list[int]) -> None:
+    """SIGKILL the server: its workers (pids) must end within 10 s all the same."""
+    server.proc.kill()
+    server.proc.wait(30)
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in pids):
+        assert time.monotonic() < deadline, "orphaned workers"
+        time.sleep(0.05)
+
+
 def worker_of(server: LokalServer, model: str) -> int:
     """The pid of model's current worker, from the server log."""
     pids = re.findall(rf"model {re.escape(model)} ready in [\d.]+s \(worker (\d+)\)", server.log())
@@ -345,11 +355,6 @@ def test_no_worker_survives_a_sigkill_of_the_server(models: Path) -> None:
         assert embed(server, ["x"]).status_code == 200
         pids = workers(server.proc.pid)
         assert len(pids) == 2
-        server.proc.kill()
-        server.proc.wait(30)
-        deadline = time.monotonic() + 10
-        while any(alive(pid) for pid in pids):
-            assert time.monotonic() < deadline, "orphaned workers"
-            time.sleep(0.05)
+        kill_and_check_no_orphans(server, pids)
     finally:
         server.stop()

@@ -25,7 +25,7 @@ from typing import Any
 from fastapi import Request
 
 from lokal.errors import Forbidden, Unauthorized
-from lokal.keys import current_caller
+from lokal.callers import current_caller
 
 log = logging.getLogger(__name__)
 

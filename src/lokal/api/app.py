@@ -22,7 +22,8 @@ from lokal.api.middleware import BodyLimitMiddleware, DecompressMiddleware, Norm
 from lokal.api.observability import ObservabilityMiddleware
 from lokal.api.ui.redirect import BrowserRedirectMiddleware
 from lokal.install.manager import InstallManager
-from lokal.keys import Keyring, KeysFile
+from lokal.callers import Keyring
+from lokal.keys import KeysFile
 from lokal.models.registry import ModelRegistry
 from lokal.settings import Settings
 from lokal.usage import UsageLedger

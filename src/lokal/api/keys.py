@@ -1,6 +1,6 @@
 """API keys at the door, and usage per key: the middleware and `GET /lokal/usage`.
 
-`KeysMiddleware` finds who a request comes from (`lokal.keys.Keyring`: `API_KEY`,
+`KeysMiddleware` finds who a request comes from (`lokal.callers.Keyring`: `API_KEY`,
 `ADMIN_API_KEY` or a named key of `API_KEYS_FILE`; 401 for a missing or wrong key
 while keys are set), puts its `Caller` and the key's name in the request's
 logging context (the model registry reads the caller there: models the key may
@@ -31,9 +31,9 @@ from lokal import logs
 from lokal.api.admin import require_admin
 from lokal.api.middleware import send_error
 from lokal.errors import BadRequest
-from lokal.keys import Caller, Keyring
+from lokal.callers import Caller, Keyring
 from lokal.metrics import Metrics
-from lokal.settings import parse_duration
+from lokal.units import parse_duration
 from lokal.usage import Counts, UsageLedger
 
 router = APIRouter(prefix="/lokal", tags=["lokal"])

@@ -16,8 +16,9 @@ import time
 from typing import Any, TextIO
 
 from lokal.errors import LokalError
-from lokal.transfer.downloader import human
-from lokal.install.manager import InstallManager, ProgressEvent
+from lokal.units import format_size
+from lokal.install.jobs import ProgressEvent
+from lokal.install.manager import InstallManager
 from lokal.settings import Settings
 
 
@@ -39,7 +40,7 @@ class ProgressDisplay:
             self._end_file()
             self.file, self.started, self.next_share, self.last_draw = event.file_name, now, 25, 0.0
             if not self.tty:
-                self._line(f"downloading {event.file_name} ({human(event.total)}) "
+                self._line(f"downloading {event.file_name} ({format_size(event.total)}) "
                            f"[{event.file_index}/{event.file_count}]")
         if event.status == "downloading" and event.completed is not None:
             if self.tty:
@@ -49,7 +50,7 @@ class ProgressDisplay:
             elif event.total and event.completed * 100 >= self.next_share * event.total \
                     and event.completed < event.total:
                 self._line(f"{event.file_name}: {100 * event.completed // event.total}% "
-                           f"({human(event.completed)} of {human(event.total)})")
+                           f"({format_size(event.completed)} of {format_size(event.total)})")
                 self.next_share = 100 * event.completed // event.total // 25 * 25 + 25
         if event.finished or event.status == "installing":
             self._end_file()
@@ -63,9 +64,9 @@ class ProgressDisplay:
             bar = "#" * int(share * 24)
             eta = (total - done) / speed if speed > 0 else 0
             text = (f"\r{event.file_name[:40]:<40} [{bar:<24}] {share * 100:5.1f}% "
-                    f"{human(done)}/{human(total)} {human(speed)}/s ETA {_clock(eta)}")
+                    f"{format_size(done)}/{format_size(total)} {format_size(speed)}/s ETA {_clock(eta)}")
         else:
-            text = f"\r{event.file_name[:40]:<40} {human(done)} {human(speed)}/s"
+            text = f"\r{event.file_name[:40]:<40} {format_size(done)} {format_size(speed)}/s"
         pad = max(0, self.width - len(text))
         self.width = len(text)
         self.stream.write(text + " " * pad)

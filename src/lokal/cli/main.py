@@ -12,7 +12,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from lokal import __version__, logs
-from lokal.settings import Settings, env_names, physical_cores
+from lokal.machine import physical_cores
+from lokal.settings import Settings, env_names
+from lokal.units import format_size
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +167,7 @@ def make_registry(settings: Settings, threads: int, engine_factory: Any = None, 
     from lokal.models.registry import default_engine_factory, local_registry
 
     if engine_factory is None and settings.engine_isolation == "process":
-        from lokal.engines.worker import WorkerFactory
+        from lokal.engines.worker.client import WorkerFactory
 
         engine_factory = WorkerFactory(spares=settings.spare_workers == "auto")
     fetch = functools.partial(download.fetch, downloader=downloader) if downloader is not None else None
@@ -321,7 +323,7 @@ def cmd_models_convert(args: argparse.Namespace) -> int:
         return 130
     pooling = f", pooling {result.pooling}" if result.pooling else ""
     print(f"wrote {result.path} ({result.info.architecture}, {result.outtype}, "
-          f"{result.size / 1e6:.1f} MB{pooling})")
+          f"{format_size(result.size)}{pooling})")
     for note in result.notes:
         print(f"note: {note}")
     return 0

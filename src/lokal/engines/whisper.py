@@ -69,6 +69,16 @@ def language_code(language: str | None) -> str | None:
                            "'en', 'de' or 'fr' (or leave it out to detect the language).")
 
 
+def model_language(language: str | None, multilingual: bool, model_name: str) -> str | None:
+    """The code a model transcribes in: the asked language's, or None to detect; an
+    English-only model asked for another language transcribes as English (with a warning)."""
+    code = language_code(language)
+    if code is not None and code != "en" and not multilingual:
+        log.warning("%s is an English-only model: transcribing as English, not %r", model_name, language)
+        return None
+    return code
+
+
 def _looks_like_text(data: bytes) -> bool:
     head = data[:512]
     for cut in range(4):  # the 512th byte may split a UTF-8 character
@@ -162,11 +172,7 @@ class WhisperEngine(Engine):
 
     def transcribe(self, audio: bytes, *, language: str | None = None, prompt: str | None = None,
                    temperature: float = 0.0, vad_filter: bool = False) -> Transcription:
-        code = language_code(language)
-        if code is not None and code != "en" and not self.multilingual:
-            log.warning("%s is an English-only model: transcribing as English, not %r",
-                        self.options.model_path.name, language)
-            code = None
+        code = model_language(language, self.multilingual, self.options.model_path.name)
         samples = decode_audio(audio)  # outside the lock: a bad file fails at once
         started = time.monotonic()
         with self._lock:

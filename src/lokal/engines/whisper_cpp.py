@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from lokal.engines.base import Engine, EngineError, LoadOptions, ModelLoadError, Transcription
-from lokal.engines.whisper import EXTRA_HINT, LANGUAGES, decode_audio, language_code
+from lokal.engines.whisper import EXTRA_HINT, LANGUAGES, decode_audio, model_language
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +58,7 @@ class WhisperCppEngine(Engine):
 
     def transcribe(self, audio: bytes, *, language: str | None = None, prompt: str | None = None,
                    temperature: float = 0.0) -> Transcription:
-        code = language_code(language)
-        if code is not None and code != "en" and not self.multilingual:
-            log.warning("%s is an English-only model: transcribing as English, not %r",
-                        self.options.model_path.name, language)
-            code = None
+        code = model_language(language, self.multilingual, self.options.model_path.name)
         samples = decode_audio(audio)  # outside the lock: a bad file fails at once
         params: dict[str, Any] = {"temperature": float(temperature)}
         if prompt:

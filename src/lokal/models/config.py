@@ -9,11 +9,12 @@ import logging
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from lokal.errors import BadRequest
 from lokal.models import download, localai_config, speech
 from lokal.models.image_config import DiffusersOptions
-from lokal.models.localai_functions import FunctionConfig
+from lokal.models.localai_functions.config import FunctionConfig
 
 log = logging.getLogger(__name__)
 
@@ -320,3 +321,14 @@ class ModelConfig(BaseModel):
     @property
     def unknown_fields(self) -> list[str]:
         return sorted(k for k in (self.model_extra or {}) if k not in speech.CONFIG_FIELDS)
+
+
+def check_config(config: dict[str, Any], *, refusal: str, param: str) -> ModelConfig:
+    """A config lokal is about to write, validated; else a 400 that says `refusal`, then the
+    first wrong field and why."""
+    try:
+        return ModelConfig.model_validate(config)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise BadRequest(f"{refusal}: {where}: {first['msg']}", param=param) from None

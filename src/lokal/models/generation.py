@@ -23,7 +23,7 @@ from lokal import threadnames
 from lokal.engines.base import ChunkSink
 from lokal.errors import EngineStuck, LokalError, RequestTimeout, ShuttingDown
 from lokal.models.functions import EnvelopeReader, new_call_id
-from lokal.models.localai_functions import ReplyReader
+from lokal.models.localai_functions.replies import ReplyReader
 from lokal.models.prompting import EngineCall
 from lokal.models.stops import StopScanner
 from lokal.tasks import Delta, PromptProgress, ToolCallDelta, Usage
@@ -130,6 +130,24 @@ async def engine_chunks(run: Callable[[ChunkSink], None], cancel: threading.Even
         cancel.set()
 
 
+async def admit_until(lease: Any, n: int, stopped: asyncio.Event,
+                      deadline: float | None) -> Callable[[], None] | None:
+    """Wait for n of a lease's engine slots until stopped is set or the loop's clock passes
+    deadline: the function that gives the slots back, or None when none were granted."""
+    admit = asyncio.ensure_future(lease.admit(n))
+    stop = asyncio.ensure_future(stopped.wait())
+    left = None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
+    try:
+        await asyncio.wait({admit, stop}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+        if not admit.done():
+            admit.cancel()
+    if admit.done() and not admit.cancelled():
+        return admit.result()  # type: ignore[no-any-return]
+    return None
+
+
 async def guarded(chunks: AsyncIterator[Batch], cancel: threading.Event, *,
                   timeout: float | None, busy: float | None, on_stuck: Callable[[], None],
                   stopping: asyncio.Event | None = None,
@@ -232,20 +250,12 @@ class Generation:
     async def _admit(self) -> None:
         """Wait for the engine's slots (the request's deadline counts; a client that
         leaves meanwhile never reaches the engine)."""
-        admit = asyncio.ensure_future(self._lease.admit(self.call.n))
-        stopped = asyncio.ensure_future(self._stopped.wait())
-        left = None if self._deadline is None else max(0.0, self._deadline - asyncio.get_running_loop().time())
-        try:
-            await asyncio.wait({admit, stopped}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopped.cancel()
-            if not admit.done():
-                admit.cancel()
-        if admit.done() and not admit.cancelled():
-            self._give_slots = admit.result()
+        give = await admit_until(self._lease, self.call.n, self._stopped, self._deadline)
+        if give is not None:
+            self._give_slots = give
             if not self.cancel.is_set():
                 return
-            self._give_slots()
+            give()
         if self._interrupted is not None:
             raise self._interrupted
         if self.cancel.is_set():

@@ -24,7 +24,7 @@ from lokal.engines.base import ImageJob, ImageResult
 from lokal.errors import BadRequest, RequestTimeout
 from lokal.formats.diffusion import INPAINT_KINDS
 from lokal.models.catalog import ModelEntry
-from lokal.models.generation import ClientGone, engine_chunks, guarded
+from lokal.models.generation import ClientGone, admit_until, engine_chunks, guarded
 from lokal.models.planner import EngineDefaults
 from lokal.models.registry import ModelRegistry
 from lokal.tasks import ImageTask
@@ -214,17 +214,9 @@ def _running(lease: Any, job: ImageJob, stack: contextlib.AsyncExitStack, *, tim
     run: ImageRun
 
     async def admitted() -> AsyncIterator[list[dict[str, Any]]]:
-        admit = asyncio.ensure_future(lease.admit(1))
-        stopped = asyncio.ensure_future(run._stopped.wait())
-        left = None if deadline is None else max(0.0, deadline - loop.time())
-        try:
-            await asyncio.wait({admit, stopped}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopped.cancel()
-            if not admit.done():
-                admit.cancel()
-        if admit.done() and not admit.cancelled():
-            give_slot.append(admit.result())
+        give = await admit_until(lease, 1, run._stopped, deadline)
+        if give is not None:
+            give_slot.append(give)
             if cancel.is_set():
                 raise ClientGone()
         elif cancel.is_set():

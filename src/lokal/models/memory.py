@@ -20,6 +20,7 @@ from pathlib import Path
 
 from lokal.engines.base import LoadOptions
 from lokal.formats.modelfile import GGUFInfo, ModelFileError, read_gguf
+from lokal.units import format_size
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -50,19 +51,11 @@ class Estimate:
         return self.weights + self.kv_cache + self.buffers + self.overhead
 
     def describe(self) -> str:
-        parts = [f"weights {human(self.weights)}"]
+        parts = [f"weights {format_size(self.weights)}"]
         if self.kv_cache:
-            parts.append(f"KV cache {human(self.kv_cache)} for {self.tokens} tokens")
-        parts.append(f"engine {human(self.buffers + self.overhead)}")
+            parts.append(f"KV cache {format_size(self.kv_cache)} for {self.tokens} tokens")
+        parts.append(f"engine {format_size(self.buffers + self.overhead)}")
         return ", ".join(parts)
-
-
-def human(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(size) < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit in ("B", "KiB") else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GiB"  # pragma: no cover
 
 
 def _size(path: Path) -> int:
@@ -191,12 +184,12 @@ class MemoryBudget:
         """Bytes free for one more model, and how that was decided (for messages)."""
         options: list[tuple[int, str]] = []
         if self.limit is not None:
-            options.append((self.limit - used, f"MEMORY_LIMIT {human(self.limit)}, "
-                                               f"{human(used)} held by loaded models"))
+            options.append((self.limit - used, f"MEMORY_LIMIT {format_size(self.limit)}, "
+                                               f"{format_size(used)} held by loaded models"))
         available = self.available()
         if available is not None:
-            options.append((available - self.margin, f"the machine has {human(available)} available, "
-                                                     f"less a {human(self.margin)} margin"))
+            options.append((available - self.margin, f"the machine has {format_size(available)} available, "
+                                                     f"less a {format_size(self.margin)} margin"))
         if not options:
             return (1 << 62), "no limit known"
         return min(options)

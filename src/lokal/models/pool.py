@@ -29,7 +29,8 @@ from lokal.models.catalog import ModelEntry
 from lokal.models.embedding import EmbeddingBatcher
 from lokal.models.leasing import InstanceStatus, PoolStatus
 from lokal.models.fairshare import FairQueue, Share
-from lokal.models.memory import MIB, PROCESS_OVERHEAD, Estimate, MemoryBudget, estimate, human
+from lokal.models.memory import MIB, PROCESS_OVERHEAD, Estimate, MemoryBudget, estimate
+from lokal.units import format_size
 from lokal.models.planner import EngineDefaults, LoadPlan
 
 log = logging.getLogger(__name__)
@@ -253,7 +254,7 @@ class LocalPool:
     async def _load_now(self, entry: ModelEntry, plan: LoadPlan, need: Estimate | None) -> Instance:
         started = time.monotonic()
         log.info("loading model %s from %s (%s%s)", entry.name, plan.options.model_path.name, plan.engine,
-                 f", about {human(need.total)}" if need is not None else "")
+                 f", about {format_size(need.total)}" if need is not None else "")
         if plan.context_note:
             log.warning("model %s: %s", entry.name, plan.context_note)
         try:
@@ -353,8 +354,8 @@ class LocalPool:
             victim = min(idle, key=lambda i: i.last_used)
             size = victim.memory.total if victim.memory is not None else (victim.size or 0)
             log.info("unloading model %s (%s, about %s) to make room for %s (%s needed, %s free: %s)",
-                     victim.key[0], victim.key[1], human(size), entry.name, human(need.total),
-                     human(free + freed), why)
+                     victim.key[0], victim.key[1], format_size(size), entry.name, format_size(need.total),
+                     format_size(free + freed), why)
             self.metrics.model_evicted(*victim.key)
             await self._unload(victim.key)
             freed += size
@@ -362,7 +363,7 @@ class LocalPool:
             busy = len(self._loaded)
             held = f" ({busy} loaded model(s) are answering requests)" if busy else ""
             message = (f"Not enough memory to load the model '{entry.name}': it needs about "
-                       f"{human(need.total)} ({need.describe()}) and {human(max(0, free + freed))} is free "
+                       f"{format_size(need.total)} ({need.describe()}) and {format_size(max(0, free + freed))} is free "
                        f"({why}){held}. Lower its context_size (CONTEXT_SIZE) or PARALLEL_REQUESTS, "
                        "use a smaller quantisation, or raise MEMORY_LIMIT.")
             log.error("%s", message)

@@ -22,7 +22,8 @@ from lokal import templates
 from lokal.errors import BadRequest
 from lokal.models.catalog import ModelEntry
 from lokal.models import localai_config
-from lokal.models import localai_functions as localai
+from lokal.models.localai_functions import planning as localai_planning
+from lokal.models.localai_functions import replies as localai_replies
 from lokal.models.functions import FunctionPlan, FunctionSpecError, plan_functions, prompt_messages
 from lokal.models.planner import EngineDefaults
 from lokal.tasks import ChatTask, CompletionTask, GenerationOptions, ImagePart, Message, Tool
@@ -55,7 +56,7 @@ class EngineCall:
     #: choices at once, where one match must not stop the others)
     stops: list[str] = field(default_factory=list)
     #: LocalAI's reply handling (its function block, cutstrings & co.), when the config has it
-    reply: localai.ReplyShaping | None = None
+    reply: localai_replies.ReplyShaping | None = None
 
 
 _SAMPLING = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty",
@@ -138,7 +139,7 @@ def _render(template: templates.Template, data: dict[str, Any]) -> str:
 
 
 def render_chat(entry: ModelEntry, messages: list[Message],
-                functions: localai.LocalAIPlan | None = None) -> str:
+                functions: localai_planning.LocalAIPlan | None = None) -> str:
     """Messages into one prompt, as LocalAI does with `roles`, `chat_message` and `chat`
     (with LocalAI's function plan: past calls as `.FunctionCall`, and `template.function`
     with `.Functions` in place of `template.chat`)."""
@@ -151,7 +152,7 @@ def render_chat(entry: ModelEntry, messages: list[Message],
     for index, message in enumerate(messages):
         role = message.role
         text = message.text
-        extra = localai.message_data(message) if functions is not None else {}
+        extra = localai_planning.message_data(message) if functions is not None else {}
         if extra and role == "assistant" and roles.get("assistant_function_call"):
             role = "assistant_function_call"
         if entry.templates.chat_message is not None:
@@ -336,7 +337,7 @@ def plan_chat(entry: ModelEntry, task: ChatTask, defaults: EngineDefaults | None
     # A call that must happen (tool_choice required, or a named function) goes through
     # lokal's grammar even for native-format models: the engine does not enforce it there.
     enforced = bool(task.tools) and task.tool_choice not in ("auto", "none")
-    shaping = localai.shaping(entry, task)  # LocalAI's function block, cutstrings & co., or None
+    shaping = localai_replies.shaping(entry, task)  # LocalAI's function block, cutstrings & co., or None
     if entry.tool_format == "native" and not enforced and (
             task.tools or any(m.tool_calls or m.role == "tool" for m in task.messages)):
         call = _plan_native(entry, task, body)
@@ -366,7 +367,7 @@ def plan_chat(entry: ModelEntry, task: ChatTask, defaults: EngineDefaults | None
 
 
 def _plan_localai(entry: ModelEntry, task: ChatTask, body: dict[str, Any],
-                  shaping: localai.ReplyShaping) -> EngineCall:
+                  shaping: localai_replies.ReplyShaping) -> EngineCall:
     """Tools as the model's LocalAI config sets them up (see `localai_functions`): its
     templates render the functions and past calls, its grammar (if any) holds the reply,
     and the whole reply is parsed with its rules."""
@@ -441,4 +442,4 @@ def plan_completion(entry: ModelEntry, task: CompletionTask,
     body["prompt"] = prompt
     _completion_format(body)
     return EngineCall("completion", body, n=task.options.n, streamed=task.options.stream,
-                      stops=_scanned(task.options) if scan else [], reply=localai.shaping(entry, None))
+                      stops=_scanned(task.options) if scan else [], reply=localai_replies.shaping(entry, None))

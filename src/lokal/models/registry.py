@@ -6,7 +6,7 @@ the catalog finds the entry (404 for an unknown name, never another model) and
 makes it ready, the planner picks the engine instance for the task (400 when
 the model cannot do it), the key's limits admit the request (429), and the pool
 lends it, loading it first if needed, its turn at the slots fair across keys.
-The key is the request's `lokal.keys.Caller`, read from its logging context.
+The key is the request's `lokal.callers.Caller`, read from its logging context.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-from lokal import keys, logs
+from lokal import callers, logs
 from lokal.metrics import Metrics, ModelState, RegistryState
 
 from lokal.errors import ModelCapabilityError, ModelUnavailableError, NotFound, UnknownModelError
@@ -110,7 +110,7 @@ class ModelRegistry:
     def entries(self) -> list[ModelEntry]:
         """Every entry; in a request with a key limited to some models, those only."""
         entries = self.catalog.entries
-        caller = keys.current_caller()
+        caller = callers.current_caller()
         if caller is None or not caller.restricted:
             return entries
         return [e for e in entries if caller.allows(e.name)]
@@ -122,7 +122,7 @@ class ModelRegistry:
 
     def permit(self, name: str) -> None:
         """Refuse (403) a model the request's API key may not use, unknown ones alike."""
-        caller = keys.current_caller()
+        caller = callers.current_caller()
         if caller is not None:
             caller.permit(name, self._served_as)
 
@@ -137,7 +137,7 @@ class ModelRegistry:
     @contextlib.asynccontextmanager
     async def lease(self, name: str, task: str) -> AsyncIterator[Lease]:
         """The named model, loaded for task, held for the block."""
-        caller = keys.current_caller()
+        caller = callers.current_caller()
         self.permit(name)
         entry = self.catalog.entry(name)
         logs.annotate(model=entry.name)  # for the access log and request metrics (known names only)

@@ -109,7 +109,7 @@ class ModelReplica:
         # on the GIL that Ray's own threads in the replica hold.
         factory: dict[str, Any] = {}
         if isolation == "process":
-            from lokal.engines.worker import WorkerFactory
+            from lokal.engines.worker.client import WorkerFactory
 
             factory["engine_factory"] = WorkerFactory()
         self.registry = local_registry(**options, **factory)

@@ -37,6 +37,7 @@ import httpx
 from lokal.errors import InsufficientStorage, ServerError
 from lokal.transfer.netguard import OutboundPolicy, URLRefused, _shown
 from lokal.transfer.paths import hidden_sibling
+from lokal.units import format_size
 
 log = logging.getLogger(__name__)
 
@@ -79,17 +80,6 @@ def file_sha256(path: Path) -> str:
 
 def partial_path(target: Path) -> Path:
     return hidden_sibling(target, "partial")
-
-
-def human(size: float | None) -> str:
-    """1.2 GB style sizes, for messages and LocalAI's job status."""
-    if size is None:
-        return "?"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(size) < 1000 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} TB"
 
 
 @dataclass
@@ -351,14 +341,14 @@ class Downloader:
                                   "declares (the entry's size is its size cap); not kept")
         cap = self.policy.max_bytes
         if cap is not None and expected_total is not None and expected_total > cap:
-            raise URLRefused(url, f"the file is {human(expected_total)}, over the size cap of "
-                                  f"{human(cap)} (MAX_DOWNLOAD_SIZE or the entry's size)")
+            raise URLRefused(url, f"the file is {format_size(expected_total)}, over the size cap of "
+                                  f"{format_size(cap)} (MAX_DOWNLOAD_SIZE or the entry's size)")
         need = (expected_total - have) if expected_total is not None else 0
         free = self.free_bytes(partial.parent)
         if need and free < need + DISK_RESERVE:
             raise InsufficientStorage(
                 f"not enough disk space for {name}: {need} bytes needed (plus a "
-                f"{DISK_RESERVE >> 20} MB reserve), {free} bytes free in {partial.parent}")
+                f"{format_size(DISK_RESERVE)} reserve), {free} bytes free in {partial.parent}")
         return expected_total
 
     def _receive(self, response: httpx.Response, transfer: _Transfer, url: str, name: str,
@@ -379,7 +369,7 @@ class Downloader:
                 if cap is not None and received > cap:
                     out.close()
                     _discard(partial)
-                    raise URLRefused(url, f"the file grew over the size cap of {human(cap)}")
+                    raise URLRefused(url, f"the file grew over the size cap of {format_size(cap)}")
                 if expected_total is not None and received > expected_total:
                     out.close()
                     _discard(partial)

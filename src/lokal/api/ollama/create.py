@@ -40,7 +40,7 @@ from typing import Any
 import yaml
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lokal.api.admin import require_admin
@@ -51,8 +51,9 @@ from lokal.api.ollama.routes import read_body
 from lokal.api.respond import ndjson
 from lokal.errors import BadRequest, Conflict, InsufficientStorage, LokalError, NotFound
 from lokal.formats.modelfile import ModelFileError, read_gguf
-from lokal.models.config import ModelConfig
+from lokal.models.config import check_config
 from lokal.transfer.paths import STATE_DIR, check_model_name, confine
+from lokal.units import format_size
 
 router = APIRouter(dependencies=[Depends(require_admin)])
 
@@ -119,7 +120,7 @@ async def create_blob(digest: str, request: Request) -> Response:
     free = shutil.disk_usage(target.parent).free
     if declared is not None and declared + DISK_RESERVE > free:
         raise InsufficientStorage(f"not enough disk space for the blob: {declared} bytes, {free} free "
-                                  f"in the models folder (and a {DISK_RESERVE >> 20} MB reserve)")
+                                  f"in the models folder (and a {format_size(DISK_RESERVE)} reserve)")
     fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=".upload-", suffix=".partial")
     temp = Path(temp_name)
     digest_so_far = hashlib.sha256()
@@ -390,13 +391,7 @@ def plan_create(body: CreateRequest, registry: Any) -> tuple[str, dict[str, Any]
         config["messages"] = [{"role": m.role, "content": m.content} for m in body.messages]
     if body.license:
         config["license"] = body.license if isinstance(body.license, str) else "\n\n".join(body.license)
-    try:
-        ModelConfig.model_validate(config)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise BadRequest(f"the model's config would not be valid: {where}: {first['msg']}",
-                         param="parameters") from None
+    check_config(config, refusal="the model's config would not be valid", param="parameters")
     _check_name_free(models_path, registry, name)
     return name, config, placed
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from lokal.errors import ContextOverflowError, InfillNotSupported, LokalError, UnknownModelError
-from lokal.install.manager import ModelExists
+from lokal.install.conflicts import ModelExists
 
 
 def ollama_message(err: LokalError) -> str:

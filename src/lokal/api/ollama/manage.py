@@ -37,7 +37,9 @@ from lokal.api.ollama.protocol import CopyRequest, DeleteRequest, PullRequest
 from lokal.api.ollama.routes import read_body
 from lokal.api.respond import ndjson
 from lokal.errors import Conflict, LokalError
-from lokal.install.manager import InstallManager, Job, ModelExists
+from lokal.install.conflicts import ModelExists
+from lokal.install.jobs import Job
+from lokal.install.manager import InstallManager
 from lokal.transfer.paths import check_model_name
 
 router = APIRouter(dependencies=[Depends(require_admin)])

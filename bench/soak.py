@@ -40,7 +40,8 @@ from typing import Any
 
 import httpx
 
-import _http  # bench/_http.py, beside this script
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script, or imported by the tests
+from bench import _http  # noqa: E402
 
 HOST = "127.0.0.1"
 CHAT_MODEL = "gpt-3.5-turbo"

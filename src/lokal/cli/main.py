@@ -50,14 +50,9 @@ def cmd_serve(settings: Settings) -> int:
     from lokal import threadnames
     from lokal.engines import engine_log
 
-    try:
-        settings.api_keys  # noqa: B018 - read the key file now, not on the first request
-        if settings.api_keys_file is not None:
-            from lokal.keys import read_keys
-
-            read_keys(settings.api_keys_file)  # a bad keys file stops the start, with the reason
-    except ValueError as exc:
-        print(f"lokal: {exc}", file=sys.stderr)
+    problem = _keys_problem(settings)
+    if problem is not None:
+        print(f"lokal: {problem}", file=sys.stderr)
         return 2
     engine_log.install()  # before logging binds to stderr
     threadnames.set_name("lokal")  # threads started from here inherit it (the engine's are renamed)
@@ -66,16 +61,8 @@ def cmd_serve(settings: Settings) -> int:
         from lokal.scale.app import serve_ray
 
         return serve_ray(settings, registry_options)
-    cores = physical_cores()
     threads = settings.effective_threads
-    log.info("lokal version %s", __version__)
-    log.info("threads: %d (physical cores: %d)", threads, cores)
-    if threads > cores:
-        log.warning("THREADS=%d is more than the %d physical cores: expect slower generation",
-                    threads, cores)
-    log.info("models path: %s", settings.models_path.resolve())
-    if not settings.models_path.is_dir():
-        log.warning("models path %s does not exist: no models to serve", settings.models_path)
+    _log_start(settings, threads)
     from lokal.install.manager import InstallManager, policy_from_settings
     from lokal.transfer.downloader import Downloader
 
@@ -87,6 +74,51 @@ def cmd_serve(settings: Settings) -> int:
 
     from lokal.api.app import create_app
 
+    _log_models(settings, registry)
+    log.info("listening on http://%s:%d", settings.host, settings.port)
+    installer = InstallManager.from_settings(settings, on_change=registry.scan, downloader=downloader)
+    app = create_app(settings, registry, installer=installer)
+    # lokal writes its own access line per request (lokal.api.observability).
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
+                            access_log=False,
+                            timeout_graceful_shutdown=settings.shutdown_grace + 1)
+    server = _GracefulServer(config, app.state.stopping, settings.shutdown_grace)
+    second = settings.ollama_host_port
+    if second is None:
+        server.run()
+        return 0
+    return _serve_with_ollama_port(settings, second, app, config, server)
+
+
+def _keys_problem(settings: Settings) -> ValueError | None:
+    """Why the API keys cannot be read, read now rather than on the first request."""
+    try:
+        settings.api_keys  # noqa: B018 - read the key file now, not on the first request
+        if settings.api_keys_file is not None:
+            from lokal.keys import read_keys
+
+            read_keys(settings.api_keys_file)  # a bad keys file stops the start, with the reason
+    except ValueError as exc:
+        return exc
+    return None
+
+
+def _log_start(settings: Settings, threads: int) -> None:
+    """The start's first lines: version, threads against cores, the models path."""
+    cores = physical_cores()
+    log.info("lokal version %s", __version__)
+    log.info("threads: %d (physical cores: %d)", threads, cores)
+    if threads > cores:
+        log.warning("THREADS=%d is more than the %d physical cores: expect slower generation",
+                    threads, cores)
+    log.info("models path: %s", settings.models_path.resolve())
+    if not settings.models_path.is_dir():
+        log.warning("models path %s does not exist: no models to serve", settings.models_path)
+
+
+def _log_models(settings: Settings, registry: Any) -> None:
+    """Where engines run, the memory budget, each model found and whether it can be served,
+    and a warning when a non-loopback address has no API key."""
     spares = registry.pool.spares
     log.info("engines: %s; memory budget: %s", "a worker process per model"
              + (f" (spare workers started ahead: {', '.join(spares.held()) or 'none yet'})"
@@ -106,19 +138,13 @@ def cmd_serve(settings: Settings) -> int:
     if not settings.api_keys and settings.api_keys_file is None and not settings.is_loopback:
         log.warning("listening on %s without an API key: anyone who can reach this address can "
                     "use the models. Set API_KEY, or bind to 127.0.0.1.", settings.address)
-    log.info("listening on http://%s:%d", settings.host, settings.port)
-    installer = InstallManager.from_settings(settings, on_change=registry.scan, downloader=downloader)
-    app = create_app(settings, registry, installer=installer)
-    # lokal writes its own access line per request (lokal.api.observability).
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
-                            access_log=False,
-                            timeout_graceful_shutdown=settings.shutdown_grace + 1)
-    server = _GracefulServer(config, app.state.stopping, settings.shutdown_grace)
-    second = settings.ollama_host_port
-    if second is None:
-        server.run()
-        return 0
-    # One app, one loop, two listening sockets: the usual address and Ollama's port.
+
+
+def _serve_with_ollama_port(settings: Settings, second: tuple[str, int], app: Any, config: Any,
+                            server: _GracefulServer) -> int:
+    """One app, one loop, two listening sockets: the usual address and Ollama's port (second)."""
+    import uvicorn
+
     sockets = []
     try:
         sockets.append(config.bind_socket())

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -89,72 +90,121 @@ def _check_source(folder: Path) -> None:
                                        "to export")
 
 
+@dataclasses.dataclass
+class _Traceable:
+    """A loaded model, made ready for torch.onnx.export."""
+
+    model: Any          # the sentence-transformers object (CrossEncoder or SentenceTransformer)
+    graph: Any          # the torch module to trace: tensors in, the graph's one output out
+    sample: Any         # tokenised sample inputs to trace with
+    names: list[str]    # the graph's input names, in the order graph takes them
+    output: str         # the graph's output name
+    window: int
+    activation: str | None  # a cross-encoder's scoring activation, applied outside the graph
+
+
+def _cross_encoder(folder: Path, eager: dict[str, str]) -> _Traceable:
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    model = CrossEncoder(str(folder), device="cpu", local_files_only=True, model_kwargs=eager)
+    kinds = [type(module).__name__ for module in model]
+    if kinds != ["Transformer"]:
+        raise onnx_files.ExportProblem(f"{folder.name}: a cross-encoder with modules {kinds} is not "
+                                       "exported (only a transformer with its scoring head)")
+    window = int(getattr(model, "max_seq_length", None) or 512)
+    activation_fn = model.activation_fn
+    activation = onnx_files.activation_name(f"{type(activation_fn).__module__}.{type(activation_fn).__name__}")
+    if activation not in onnx_files.ACTIVATIONS:
+        raise onnx_files.ExportProblem(f"{folder.name}: its activation {type(activation_fn).__name__} is "
+                                       "not one lokal applies outside torch")
+    sample = model.tokenizer([("what is a lighthouse", "a tower with a light"), ("a", "b c")],
+                             padding=True, truncation=True, return_tensors="pt")
+    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in sample]
+    network = model.model
+
+    class Graph(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.network = network
+
+        def forward(self, *tensors: Any) -> Any:
+            return self.network(**dict(zip(names, tensors))).logits
+
+    return _Traceable(model, Graph(), sample, names, onnx_files.SCORE_OUTPUT, window, activation)
+
+
+def _embedder(folder: Path, eager: dict[str, str]) -> _Traceable:
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(folder), device="cpu", local_files_only=True, model_kwargs=eager)
+    window = int(model.max_seq_length or onnx_files.DEFAULT_WINDOW)
+    sample = model.tokenize(["hello world", "a somewhat longer sentence, to pad the other one"])
+    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in sample]
+    pipeline = model
+
+    class Graph(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pipeline = pipeline
+
+        def forward(self, *tensors: Any) -> Any:
+            return self.pipeline(dict(zip(names, tensors)))[onnx_files.EMBEDDING_OUTPUT]
+
+    return _Traceable(model, Graph(), sample, names, onnx_files.EMBEDDING_OUTPUT, window, None)
+
+
+def _tokenizer_file(folder: Path, target: Path, tokenizer: Any) -> Path:
+    """The folder's tokenizer.json, or one saved from its fast tokenizer into target."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise onnx_files.ExportProblem(f"{folder.name}: its tokenizer has no fast (tokenizers) form, which "
+                                       "the ONNX engine needs")
+    if (folder / "tokenizer.json").is_file():
+        return folder / "tokenizer.json"
+    temp = _temp(target, "tokenizer.json")
+    tokenizer.backend_tokenizer.save(str(temp))
+    os.replace(temp, target / "tokenizer.json")
+    return target / "tokenizer.json"
+
+
+def _check_against_torch(traced: _Traceable, session: OnnxSession, *, rerank: bool) -> dict[str, Any]:
+    """Run the probe texts through torch and through the export: the note's fields that say how
+    close they came; an ExportProblem when too far apart."""
+    import numpy as np
+    import torch
+
+    model = traced.model
+    if rerank:
+        pairs = list(zip(onnx_files.PROBE_TEXTS, reversed(onnx_files.PROBE_TEXTS)))
+        theirs = model.predict(pairs, activation_fn=torch.nn.Identity(), show_progress_bar=False,
+                               convert_to_numpy=True)
+        ours = session.run(session.encode(pairs))
+        worst = float(np.max(np.abs(np.asarray(theirs).reshape(len(pairs), -1) - ours)))
+        if worst > 1e-3:
+            raise onnx_files.ExportProblem(f"the export's logits differ from torch's by up to {worst:.4g}")
+        return {"check": {"max_logit_difference": worst}}
+    theirs = model.encode(onnx_files.PROBE_TEXTS, normalize_embeddings=True, show_progress_bar=False)
+    ours = session.run(session.encode(onnx_files.PROBE_TEXTS))
+    worst = float(np.min(np.sum(theirs * ours, axis=1)))
+    if worst < FLOAT_MIN_COSINE:
+        raise onnx_files.ExportProblem(f"the export's vectors are only at cosine {worst:.5f} to torch's")
+    return {"check": {"min_cosine_to_torch": worst}, "dimensions": int(ours.shape[1])}
+
+
 def export_float(folder: Path, *, rerank: bool, threads: int) -> dict[str, Any]:
     """Trace the model into onnx/model.onnx; the note that goes into lokal.json."""
     _check_source(folder)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import numpy as np
     import torch
 
     torch.set_num_threads(max(1, threads))
     target = folder / onnx_files.ONNX_DIR
     eager = {"attn_implementation": "eager"}
-    if rerank:
-        from sentence_transformers import CrossEncoder
-
-        model = CrossEncoder(str(folder), device="cpu", local_files_only=True, model_kwargs=eager)
-        kinds = [type(module).__name__ for module in model]
-        if kinds != ["Transformer"]:
-            raise onnx_files.ExportProblem(f"{folder.name}: a cross-encoder with modules {kinds} is not "
-                                           "exported (only a transformer with its scoring head)")
-        tokenizer = model.tokenizer
-        window = int(getattr(model, "max_seq_length", None) or 512)
-        activation_fn = model.activation_fn
-        activation = onnx_files.activation_name(f"{type(activation_fn).__module__}.{type(activation_fn).__name__}")
-        if activation not in onnx_files.ACTIVATIONS:
-            raise onnx_files.ExportProblem(f"{folder.name}: its activation {type(activation_fn).__name__} is "
-                                           "not one lokal applies outside torch")
-        sample = tokenizer([("what is a lighthouse", "a tower with a light"), ("a", "b c")],
-                           padding=True, truncation=True, return_tensors="pt")
-        names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in sample]
-        network = model.model
-
-        class Graph(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.network = network
-
-            def forward(self, *tensors: Any) -> Any:
-                return self.network(**dict(zip(names, tensors))).logits
-
-        output = onnx_files.SCORE_OUTPUT
-    else:
-        from sentence_transformers import SentenceTransformer
-
-        model = SentenceTransformer(str(folder), device="cpu", local_files_only=True, model_kwargs=eager)
-        tokenizer = model.tokenizer
-        window = int(model.max_seq_length or onnx_files.DEFAULT_WINDOW)
-        activation = None
-        sample = model.tokenize(["hello world", "a somewhat longer sentence, to pad the other one"])
-        names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in sample]
-        pipeline = model
-
-        class Graph(torch.nn.Module):  # type: ignore[no-redef]
-            def __init__(self) -> None:
-                super().__init__()
-                self.pipeline = pipeline
-
-            def forward(self, *tensors: Any) -> Any:
-                return self.pipeline(dict(zip(names, tensors)))[onnx_files.EMBEDDING_OUTPUT]
-
-        output = onnx_files.EMBEDDING_OUTPUT
-    if not getattr(tokenizer, "is_fast", False):
-        raise onnx_files.ExportProblem(f"{folder.name}: its tokenizer has no fast (tokenizers) form, which "
-                                       "the ONNX engine needs")
-    if not (folder / "tokenizer.json").is_file():
-        temp = _temp(target, "tokenizer.json")
-        tokenizer.backend_tokenizer.save(str(temp))
-        os.replace(temp, target / "tokenizer.json")
+    traced = _cross_encoder(folder, eager) if rerank else _embedder(folder, eager)
+    tokenizer = traced.model.tokenizer
+    tokenizer_json = _tokenizer_file(folder, target, tokenizer)
+    names, output, activation = traced.names, traced.output, traced.activation
     temp = _temp(target, onnx_files.FLOAT_FILE)
     axes = {name: {0: "batch", 1: "tokens"} for name in names}
     axes[output] = {0: "batch"}
@@ -162,35 +212,17 @@ def export_float(folder: Path, *, rerank: bool, threads: int) -> dict[str, Any]:
     started = time.monotonic()
     try:
         with torch.inference_mode(False), torch.no_grad():
-            torch.onnx.export(Graph().eval(), tuple(sample[n] for n in names), str(temp), dynamo=False,
-                              input_names=names, output_names=[output], dynamic_axes=axes,
+            torch.onnx.export(traced.graph.eval(), tuple(traced.sample[n] for n in names), str(temp),
+                              dynamo=False, input_names=names, output_names=[output], dynamic_axes=axes,
                               opset_version=OPSET, do_constant_folding=True)
-        note = {"format": onnx_files.META_FORMAT, "graph": output, "window": window,
+        note = {"format": onnx_files.META_FORMAT, "graph": output, "window": traced.window,
                 "source": onnx_files.source_stamp(folder),
                 "exported_with": {"torch": torch.__version__}}
         if activation is not None:
             note["activation"] = activation
-        pipe = onnx_files.Pipeline(target / "tokenizer.json" if not (folder / "tokenizer.json").is_file()
-                                   else folder / "tokenizer.json", window, output,
+        pipe = onnx_files.Pipeline(tokenizer_json, traced.window, output,
                                    activation=activation or "sigmoid", pad_token=tokenizer.pad_token)
-        session = OnnxSession(temp, pipe, threads=threads)
-        if rerank:
-            pairs = list(zip(onnx_files.PROBE_TEXTS, reversed(onnx_files.PROBE_TEXTS)))
-            theirs = model.predict(pairs, activation_fn=torch.nn.Identity(), show_progress_bar=False,
-                                   convert_to_numpy=True)
-            ours = session.run(session.encode(pairs))
-            worst = float(np.max(np.abs(np.asarray(theirs).reshape(len(pairs), -1) - ours)))
-            if worst > 1e-3:
-                raise onnx_files.ExportProblem(f"the export's logits differ from torch's by up to {worst:.4g}")
-            note["check"] = {"max_logit_difference": worst}
-        else:
-            theirs = model.encode(onnx_files.PROBE_TEXTS, normalize_embeddings=True, show_progress_bar=False)
-            ours = session.run(session.encode(onnx_files.PROBE_TEXTS))
-            worst = float(np.min(np.sum(theirs * ours, axis=1)))
-            if worst < FLOAT_MIN_COSINE:
-                raise onnx_files.ExportProblem(f"the export's vectors are only at cosine {worst:.5f} to torch's")
-            note["check"] = {"min_cosine_to_torch": worst}
-            note["dimensions"] = int(ours.shape[1])
+        note.update(_check_against_torch(traced, OnnxSession(temp, pipe, threads=threads), rerank=rerank))
         os.replace(temp, target / onnx_files.FLOAT_FILE)
     finally:
         temp.unlink(missing_ok=True)

@@ -185,7 +185,8 @@ class EnvelopeReader:
             self._pos += 1
         return self._pos < n
 
-    def _step(self, out_text: list[str], calls: list[ToolCallDelta]) -> bool:  # noqa: C901
+    def _step(self, out_text: list[str], calls: list[ToolCallDelta]) -> bool:
+        """Read on from the current state: True while there is more to read now."""
         state, buf = self._state, self._buf
         if state in ("done", "after"):
             self._pos = len(buf)
@@ -210,21 +211,7 @@ class EnvelopeReader:
             self._state = "key"
             return True
         if state == "key":
-            if c == "}":
-                self._state = "done"
-                return True
-            if c == ",":
-                self._pos += 1
-                return True
-            if c != '"':
-                return self._give_up()
-            end, closed = _string_prefix(buf, self._pos + 1)
-            if not closed:
-                return False
-            self._key = _decode(buf[self._pos + 1:end])
-            self._pos = end + 1
-            self._state = "colon"
-            return True
+            return self._read_key(c)
         if state == "colon":
             if c != ":":
                 return self._give_up()
@@ -232,29 +219,54 @@ class EnvelopeReader:
             self._state = "value"
             return True
         if state == "value":
-            if self._key == "answer" and c == '"' and self.call_id is None:
-                self._pos += 1
-                self._state = "answer"
-                return True
-            if self._key == "function" and c == '"':
-                end, closed = _string_prefix(buf, self._pos + 1)
-                if not closed:
-                    return False
-                self._name = _decode(buf[self._pos + 1:end])
-                self._pos = end + 1
-                self.call_id = new_call_id()
-                calls.append(ToolCallDelta(0, id=self.call_id, name=self._name))
-                if self._args_before_name is not None:
-                    calls.append(ToolCallDelta(0, arguments=self._args_before_name))
-                    self.args_complete = True
-                self._state = "key"
-                return True
-            if self._key == "arguments":
-                self._state = "args"  # starts at the value's first character
-                self._depth = 0
-                return True
-            return self._give_up()
+            return self._read_value(c, calls)
         return False
+
+    def _read_key(self, c: str) -> bool:
+        """At c, the envelope's next key, a comma, or its closing brace."""
+        buf = self._buf
+        if c == "}":
+            self._state = "done"
+            return True
+        if c == ",":
+            self._pos += 1
+            return True
+        if c != '"':
+            return self._give_up()
+        end, closed = _string_prefix(buf, self._pos + 1)
+        if not closed:
+            return False
+        self._key = _decode(buf[self._pos + 1:end])
+        self._pos = end + 1
+        self._state = "colon"
+        return True
+
+    def _read_value(self, c: str, calls: list[ToolCallDelta]) -> bool:
+        """At c, the value of the key just read: the answer's text starts, the function's
+        name is told (with any arguments that came before it), or the arguments start."""
+        buf = self._buf
+        if self._key == "answer" and c == '"' and self.call_id is None:
+            self._pos += 1
+            self._state = "answer"
+            return True
+        if self._key == "function" and c == '"':
+            end, closed = _string_prefix(buf, self._pos + 1)
+            if not closed:
+                return False
+            self._name = _decode(buf[self._pos + 1:end])
+            self._pos = end + 1
+            self.call_id = new_call_id()
+            calls.append(ToolCallDelta(0, id=self.call_id, name=self._name))
+            if self._args_before_name is not None:
+                calls.append(ToolCallDelta(0, arguments=self._args_before_name))
+                self.args_complete = True
+            self._state = "key"
+            return True
+        if self._key == "arguments":
+            self._state = "args"  # starts at the value's first character
+            self._depth = 0
+            return True
+        return self._give_up()
 
     def _read_answer(self, out_text: list[str]) -> bool:
         buf = self._buf

@@ -49,6 +49,49 @@ class _Failure:
 Batch = list[dict[str, Any]]
 
 
+class _Handover:
+    """Items from an engine thread to the event loop's queue.
+
+    Items the engine thread has made that the event loop has not taken yet wait in a list.
+    The loop is woken once for all of them (a wake-up is a syscall and a loop turn): while
+    it has not run the hand-over, further items just join the list.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any],
+                 cancel: threading.Event) -> None:
+        self._loop, self._queue, self._cancel = loop, queue, cancel
+        self._pending: list[Any] = []
+        self._lock = threading.Lock()
+
+    def _hand_over(self) -> None:  # on the event loop
+        with self._lock:
+            items = self._pending[:]
+            self._pending.clear()
+        for item in items:
+            self._queue.put_nowait(item)
+
+    def put(self, item: Any) -> None:  # on the engine thread
+        with self._lock:
+            self._pending.append(item)
+            if len(self._pending) > 1:
+                return  # a hand-over is already on its way
+        try:
+            self._loop.call_soon_threadsafe(self._hand_over)
+        except RuntimeError:  # the loop is gone (shutdown): nobody is listening
+            self._cancel.set()
+
+
+async def _next_batch(queue: asyncio.Queue[Any]) -> tuple[list[Any], Any]:
+    """Every item waiting (at least one) up to the end or a failure; and that end, or None."""
+    batch: list[Any] = [await queue.get()]
+    while not queue.empty():
+        batch.append(queue.get_nowait())
+    for position, item in enumerate(batch):  # the end, or an interruption, ends the batch
+        if item is _DONE or isinstance(item, _Failure):
+            return batch[:position], item
+    return batch, None
+
+
 async def engine_chunks(run: Callable[[ChunkSink], None], cancel: threading.Event,
                         on_done: Callable[[], None] | None = None,
                         queue: asyncio.Queue[Any] | None = None,
@@ -62,33 +105,12 @@ async def engine_chunks(run: Callable[[ChunkSink], None], cancel: threading.Even
     loop = asyncio.get_running_loop()
     if queue is None:
         queue = asyncio.Queue()
-    # Chunks the engine thread has made that the event loop has not taken yet. The loop
-    # is woken once for all of them (a wake-up is a syscall and a loop turn): while it
-    # has not run the hand-over, further chunks just join the list.
-    pending: list[Any] = []
-    lock = threading.Lock()
-
-    def hand_over() -> None:
-        with lock:
-            items = pending[:]
-            pending.clear()
-        for item in items:
-            queue.put_nowait(item)
-
-    def put(item: Any) -> None:
-        with lock:
-            pending.append(item)
-            if len(pending) > 1:
-                return  # a hand-over is already on its way
-        try:
-            loop.call_soon_threadsafe(hand_over)
-        except RuntimeError:  # the loop is gone (shutdown): nobody is listening
-            cancel.set()
+    handover = _Handover(loop, queue, cancel)
 
     def sink(chunk: dict[str, Any]) -> bool:
         if cancel.is_set():
             return True
-        put(chunk)
+        handover.put(chunk)
         return cancel.is_set()
 
     def work() -> None:
@@ -96,9 +118,9 @@ async def engine_chunks(run: Callable[[ChunkSink], None], cancel: threading.Even
         try:
             run(sink)
         except BaseException as exc:  # noqa: BLE001 - handed to the event loop
-            put(_Failure(exc))
+            handover.put(_Failure(exc))
         else:
-            put(_DONE)
+            handover.put(_DONE)
         finally:
             if on_done is not None:
                 try:
@@ -111,15 +133,7 @@ async def engine_chunks(run: Callable[[ChunkSink], None], cancel: threading.Even
     threading.Thread(target=work, name="lokal-generate", daemon=True).start()
     try:
         while True:
-            batch: list[Any] = [await queue.get()]
-            while not queue.empty():
-                batch.append(queue.get_nowait())
-            end = None
-            for position, item in enumerate(batch):  # the end, or an interruption, ends the batch
-                if item is _DONE or isinstance(item, _Failure):
-                    end = item
-                    del batch[position:]
-                    break
+            batch, end = await _next_batch(queue)
             if batch:
                 yield batch
             if end is _DONE:

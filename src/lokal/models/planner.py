@@ -99,13 +99,7 @@ def check_task(entry: ModelEntry, task: str) -> None:
 def plan_load(entry: ModelEntry, task: str, defaults: EngineDefaults) -> LoadPlan:
     """The engine instance and its load options for task on entry."""
     config, model_file = entry.config, entry.file
-    file_engine = _FILE_ENGINES[model_file.kind]
-    engine = config.engine or file_engine
-    if file_engine == "whisper-cpp" and (config.backend or "").strip().lower() == "whisper":
-        engine = file_engine  # LocalAI's `whisper` backend is whisper.cpp; its GGML files run there
-    if engine != file_engine:
-        raise ModelUnavailableError(entry.name, f"backend {config.backend!r} cannot serve "
-                                                f"{entry.model_path.name}: it is {_WRONG_ENGINE[model_file.kind]}")
+    engine = _engine_for(entry)
     runtime = quantization = None
     if engine == "sentence-transformers":
         engine, runtime, quantization = _embedding_runtime(entry)
@@ -120,29 +114,8 @@ def plan_load(entry: ModelEntry, task: str, defaults: EngineDefaults) -> LoadPla
     why = localai_config.speculation_problem(speculative, model_file.gguf, entry.draft_path)
     if why is not None:
         raise ModelUnavailableError(entry.name, why)
-    trained = model_file.gguf.context_length if model_file.gguf else None
-    context = config.context_size or defaults.context_size
-    if context is None:
-        context = min(trained or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
-    note = None
-    if trained and context > trained:
-        # llama.cpp caps every slot at the trained context whatever n_ctx says (and would still
-        # allocate KV cache for the rest): load what will be used, and say why once per load.
-        asked = "its context_size" if config.context_size else "CONTEXT_SIZE"
-        note = (f"{asked} {context} is more than the {trained} tokens the model was trained on; "
-                f"the engine caps each request there, so it is loaded with {trained}")
-        context = trained
     vision = entry.vision and instance == "generate"
-    if vision and context < VISION_MIN_CONTEXT:
-        if config.context_size is not None and config.context_size < VISION_MIN_CONTEXT:
-            raise ModelUnavailableError(  # the model's own config asked for less: say so
-                entry.name, f"it takes images (mmproj), which needs a context of at least "
-                            f"{VISION_MIN_CONTEXT} tokens, but its context_size is {config.context_size}; raise it "
-                            "(or remove mmproj to serve it as a text model)")
-        log.warning("model %s: context raised from %d to %d tokens, the least a model taking "
-                    "images (mmproj) runs with", entry.name, context, VISION_MIN_CONTEXT)
-        context = VISION_MIN_CONTEXT
-        note = None
+    context, note = _context(entry, defaults, vision=vision)
     if vision and speculative is not None:
         # As LocalAI documents it: llama.cpp does not speculate while a projector is loaded.
         log.warning("model %s: speculative decoding (%s) is off while it takes images (mmproj); remove "
@@ -173,6 +146,48 @@ def plan_load(entry: ModelEntry, task: str, defaults: EngineDefaults) -> LoadPla
         quantization=quantization,
     )
     return LoadPlan(engine, instance, options, task, note)
+
+
+def _engine_for(entry: ModelEntry) -> str:
+    """The engine that runs the entry's file; refused when its config names one that cannot."""
+    config, model_file = entry.config, entry.file
+    file_engine = _FILE_ENGINES[model_file.kind]
+    engine = config.engine or file_engine
+    if file_engine == "whisper-cpp" and (config.backend or "").strip().lower() == "whisper":
+        engine = file_engine  # LocalAI's `whisper` backend is whisper.cpp; its GGML files run there
+    if engine != file_engine:
+        raise ModelUnavailableError(entry.name, f"backend {config.backend!r} cannot serve "
+                                                f"{entry.model_path.name}: it is {_WRONG_ENGINE[model_file.kind]}")
+    return engine
+
+
+def _context(entry: ModelEntry, defaults: EngineDefaults, *, vision: bool) -> tuple[int, str | None]:
+    """The context to load with, and why it differs from the one the config or CONTEXT_SIZE asks
+    for (None when it does not, or when it was raised for images, which is logged instead)."""
+    config, model_file = entry.config, entry.file
+    trained = model_file.gguf.context_length if model_file.gguf else None
+    context = config.context_size or defaults.context_size
+    if context is None:
+        context = min(trained or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
+    note = None
+    if trained and context > trained:
+        # llama.cpp caps every slot at the trained context whatever n_ctx says (and would still
+        # allocate KV cache for the rest): load what will be used, and say why once per load.
+        asked = "its context_size" if config.context_size else "CONTEXT_SIZE"
+        note = (f"{asked} {context} is more than the {trained} tokens the model was trained on; "
+                f"the engine caps each request there, so it is loaded with {trained}")
+        context = trained
+    if vision and context < VISION_MIN_CONTEXT:
+        if config.context_size is not None and config.context_size < VISION_MIN_CONTEXT:
+            raise ModelUnavailableError(  # the model's own config asked for less: say so
+                entry.name, f"it takes images (mmproj), which needs a context of at least "
+                            f"{VISION_MIN_CONTEXT} tokens, but its context_size is {config.context_size}; raise it "
+                            "(or remove mmproj to serve it as a text model)")
+        log.warning("model %s: context raised from %d to %d tokens, the least a model taking "
+                    "images (mmproj) runs with", entry.name, context, VISION_MIN_CONTEXT)
+        context = VISION_MIN_CONTEXT
+        note = None
+    return context, note
 
 
 def _embedding_runtime(entry: ModelEntry) -> tuple[str, str | None, str | None]:

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 #: Where a sentence ends: its mark and the space after it, or a line break.
 SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+|\n+")
 _SAYABLE = re.compile(r"\w")
+#: Characters without a sentence end after which the text so far is spoken at a comma or space.
+LONG_CLAUSE = 100
 
 
 def conversation(items: list[Item], instructions: str) -> list[Message]:
@@ -230,6 +232,8 @@ class Answer:
         cut = 0
         for match in SENTENCE_END.finditer(pending):
             cut = match.end()
+        if cut == 0 and len(pending) > LONG_CLAUSE:  # a model that writes no full stops: a clause at a time
+            cut = max(pending.rfind(", "), pending.rfind(" ", 0, LONG_CLAUSE)) + 1
         if final:
             cut = len(pending)
         if cut == 0:
@@ -241,6 +245,15 @@ class Answer:
         self._sentences.put_nowait(sentence)
 
     async def _speak_all(self) -> None:
+        try:
+            await self._speak_sentences()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("realtime: speaking failed")
+            raise
+
+    async def _speak_sentences(self) -> None:
         encoder: AudioEncoder | None = None
         chars = 0
         while True:

@@ -68,7 +68,7 @@ class Turns:
         if detection is None or (self._check is not None and not self._check.done()):
             return
         if len(self.buffer) - self._checked >= CHECK_MS * BYTES_PER_MS:
-            self._check = self.session.spawn(self._vad(detection))
+            self._check = self.session.spawn(self._checks())
 
     def clear(self) -> None:
         self.start_ms += len(self.buffer) // BYTES_PER_MS
@@ -87,6 +87,15 @@ class Turns:
         self.start_ms += count // BYTES_PER_MS
         self._checked = max(0, self._checked - count)
 
+    async def _checks(self) -> None:
+        """Check the buffer until the audio that came meanwhile is less than `CHECK_MS`
+        (a client may send a whole turn at once, faster than the checks run)."""
+        while True:
+            detection = self.session.config.get("turn_detection")
+            if detection is None or len(self.buffer) - self._checked < CHECK_MS * BYTES_PER_MS:
+                return
+            await self._vad(detection)
+
     async def _vad(self, detection: dict[str, Any]) -> None:
         session = self.session
         snapshot = bytes(self.buffer)
@@ -100,6 +109,7 @@ class Turns:
             await session.fail(exc)
             return
         length_ms = len(snapshot) / BYTES_PER_MS
+        lead = 0  # bytes before this turn's speech (less the prefix padding) in the snapshot
         if not self.speaking:
             if not segments:
                 keep = max(int(detection["prefix_padding_ms"]), KEEP_MS) * BYTES_PER_MS
@@ -112,21 +122,18 @@ class Turns:
             await session.emit("input_audio_buffer.speech_started", audio_start_ms=self.speech_start_ms,
                                item_id=self.item_id)
             await session.barge_in()
-            # Audio before the speech less the prefix padding is not part of the turn.
-            before = int(segments[0].start * 1000) - int(detection["prefix_padding_ms"])
-            if before > 0:
-                self._drop(before * BYTES_PER_MS)
-            return
+            lead = max(0, int(segments[0].start * 1000) - int(detection["prefix_padding_ms"])) * BYTES_PER_MS
         last = segments[-1] if segments else None
         end_ms = last.end * 1000 if last is not None else 0.0
         if last is not None and length_ms - end_ms < int(detection["silence_duration_ms"]) - PAD_MS:
-            return  # still speaking, or not silent long enough
+            if lead:  # still speaking: the silence before the speech is not part of the turn
+                self._drop(lead)
+            return
         self.marks["speech_stopped"] = time.monotonic()
-        offset = self.start_ms
-        audio_end_ms = offset + int(end_ms)
+        audio_end_ms = self.start_ms + int(end_ms)
         item_id = self.item_id or render.new_id("item")
         await session.emit("input_audio_buffer.speech_stopped", audio_end_ms=audio_end_ms, item_id=item_id)
-        turn = bytes(self.buffer[:len(snapshot)])
+        turn = bytes(self.buffer[lead - lead % 2:len(snapshot)])
         self._drop(len(snapshot))
         self.speaking = False
         await self.commit(turn, item_id)

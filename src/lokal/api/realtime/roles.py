@@ -128,7 +128,7 @@ class Roles:
                 raise p.EventError("This server has no voice activity model for server_vad: set turn_detection "
                                    "to null and commit the input audio yourself.", code="model_not_found",
                                    param="session.turn_detection", event_id=event_id)
-            new["turn_detection"] = given
+            new["turn_detection"] = {**DEFAULT_DETECTION, **given} if given is not None else None
         choice = new["tool_choice"]
         names = {t["name"] for t in new["tools"]}
         if isinstance(choice, dict) and choice.get("name") not in names:

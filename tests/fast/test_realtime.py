@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import websockets.exceptions
 import websockets.sync.client as ws_client
 
 from tests.fakeengine import MODEL
@@ -130,5 +131,3 @@ def test_api_key_applies_to_the_upgrade(fake_server: Any) -> None:
     assert httpx.post(f"{server.base}/v1/realtime/client_secrets", json={"session": {"model": "nope"}},
                       headers={"Authorization": "Bearer k"}).status_code == 404
 
-
-import websockets.exceptions  # noqa: E402 - kept next to its one use

@@ -7,16 +7,15 @@ text's) deltas at once; each finished sentence goes to the voice model
 pcm16 at 24 kHz, leaves as `response.audio.delta` events: the first audio leaves as soon as
 the first sentence is written and spoken. Tool calls become function_call items whose
 arguments stream. `cancel` (response.cancel, or the user barging in) stops the engine
-within a token and the voice before its next sentence, and ends the response `cancelled`.
+within a token and the voice within its current chunk, and ends the response `cancelled`;
+an answer whose audio has all been sent is done (the client truncates what it did not play).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import re
-import time
 from typing import Any
 
 from lokal.api.generation import begin
@@ -27,8 +26,6 @@ from lokal.api.realtime.roles import ResponseSettings
 from lokal.formats.audio import AudioEncoder
 from lokal.models.synthesis import speak
 from lokal.tasks import ChatTask, GenerationOptions, Message, Sampling, SpeakTask, ToolCall, Usage
-
-log = logging.getLogger(__name__)
 
 #: Where a sentence ends: its mark and the space after it, or a line break.
 SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+|\n+")
@@ -79,7 +76,7 @@ class Answer:
         self._audio_ms = 0.0
         self._spoken_chars = 0
         self._calls: dict[int, Item] = {}
-        self.marks: dict[str, float] = {}  # for bench/realtime.py
+        self._closing = False  # everything is said: only the closing events are left
 
     def _wire(self, status: str, details: dict[str, Any] | None = None, usage: Usage | None = None) -> dict[str, Any]:
         s = self.settings
@@ -87,8 +84,10 @@ class Answer:
                                details=details, u=usage, max_output_tokens=s.max_tokens, temperature=s.temperature)
 
     async def cancel(self, reason: str) -> None:
-        """Stop now: the engine within a token, the voice before its next sentence."""
-        if self.finished or self._reason is not None:
+        """Stop now: the engine within a token, the voice within its current chunk. An
+        answer whose audio has all been sent is done (OpenAI's rule: the client truncates
+        what it had not yet played), so it closes as it is."""
+        if self.finished or self._closing or self._reason is not None:
             return
         self._reason = reason
         if self._generation is not None:
@@ -112,6 +111,7 @@ class Answer:
             if self._voice_task is not None:
                 await self._sentences.put(None)
                 await self._voice_task
+            self._closing = True
             if self._length:
                 status, details = "incomplete", {"type": "incomplete", "reason": "max_output_tokens"}
         except asyncio.CancelledError:
@@ -140,7 +140,6 @@ class Answer:
         for item in items:
             if item.transcript is not None:
                 await item.transcript
-        self.marks["transcribed"] = time.monotonic()
         sampling = Sampling(max_tokens=s.max_tokens, temperature=s.temperature)
         task = ChatTask(model=s.model, messages=conversation(items, s.instructions),
                         options=GenerationOptions(sampling=sampling, stream=True),
@@ -150,17 +149,18 @@ class Answer:
         self._generation = run.generation
         if self._reason is not None:
             run.generation.stop()
-        try:
-            async for batch in run.batches():
-                for delta in batch:
-                    if delta.text:
-                        await self._text_delta(delta.text)
-                    for call in delta.tool_calls or ():
-                        await self._call_delta(call)
-                    if delta.finish_reason == "length":
-                        self._length = True
+        try:  # closed at once when cancelled (the model's lease goes back before response.done)
+            async with contextlib.aclosing(run.batches()) as batches:
+                async for batch in batches:
+                    for delta in batch:
+                        if delta.text:
+                            await self._text_delta(delta.text)
+                        for call in delta.tool_calls or ():
+                            await self._call_delta(call)
+                        if delta.finish_reason == "length":
+                            self._length = True
         finally:
-            self.usage = run.usage
+            self.usage = _usage(run.generation)
         if self._item is not None:
             self._say(final=True)
 
@@ -193,8 +193,6 @@ class Answer:
         if self._item is None:
             await self._open_message()
         assert self._item is not None
-        if "first_text" not in self.marks:
-            self.marks["first_text"] = time.monotonic()
         self._text += text
         part = self._item.wire["content"][0]
         if self._audio:
@@ -241,17 +239,8 @@ class Answer:
         sentence = pending[:cut]
         self._said += cut
         if self._voice_task is None:
-            self._voice_task = asyncio.create_task(self._speak_all())
+            self._voice_task = asyncio.create_task(self._speak_sentences())
         self._sentences.put_nowait(sentence)
-
-    async def _speak_all(self) -> None:
-        try:
-            await self._speak_sentences()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("realtime: speaking failed")
-            raise
 
     async def _speak_sentences(self) -> None:
         encoder: AudioEncoder | None = None
@@ -263,16 +252,15 @@ class Answer:
             chars += len(sentence)
             if not _SAYABLE.search(sentence):
                 continue
-            if "first_sentence" not in self.marks:
-                self.marks["first_sentence"] = time.monotonic()
             s = self.settings
             synthesis = await speak(self.session.app.state.registry,
                                     SpeakTask(model=s.voice_model, text=sentence.strip(), voice=s.voice))
-            async for batch in synthesis.batches():
-                for chunk in batch:
-                    if encoder is None:
-                        encoder = AudioEncoder("pcm", chunk.rate, rate=p.RATE)
-                    await self._audio_out(encoder.feed(chunk.pcm))
+            async with contextlib.aclosing(synthesis.batches()) as batches:  # cancelled: the voice stops now
+                async for batch in batches:
+                    for chunk in batch:
+                        if encoder is None:
+                            encoder = AudioEncoder("pcm", chunk.rate, rate=p.RATE)
+                        await self._audio_out(encoder.feed(chunk.pcm))
             if encoder is not None:
                 await self._audio_out(encoder.finish())
                 encoder = None
@@ -282,9 +270,9 @@ class Answer:
     async def _audio_out(self, pcm: bytes) -> None:
         if not pcm:
             return
-        if "first_audio" not in self.marks:
-            self.marks["first_audio"] = time.monotonic()
         self._audio_ms += len(pcm) / (p.RATE * 2 / 1000)
+        assert self._item is not None
+        self._item.audio_ms = int(self._audio_ms)
         await self.session.emit("response.audio.delta", **self._ids(), delta=p.encode_audio(pcm))
 
     # Closing -------------------------------------------------------------------------
@@ -311,6 +299,13 @@ class Answer:
                                arguments=wire["arguments"])
             await session.emit("response.output_item.done", response_id=self.id, output_index=self.output.index(wire),
                                item=wire)
+
+
+def _usage(generation: Any) -> Usage:
+    """The engine's count; for a run cut short (cancelled), what was seen of it."""
+    if generation.reported_usage:
+        return generation.usage
+    return generation.partial_usage or Usage(0, generation.tokens_seen)
 
 
 def logs_usage(usage: Usage) -> None:

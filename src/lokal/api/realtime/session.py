@@ -241,7 +241,7 @@ class Session:
                 c.get("type") == "audio" for c in item.wire.get("content", [])):
             raise p.EventError("Only an assistant message with audio can be truncated.", param="item_id",
                                event_id=event.event_id)
-        spoken = item.audio_marks[-1][0] if item.audio_marks else 0
+        spoken = item.audio_ms
         if event.audio_end_ms > spoken:
             raise p.EventError(f"Audio content of {spoken}ms is already shorter than {event.audio_end_ms}ms",
                                param="audio_end_ms", event_id=event.event_id)
@@ -253,6 +253,7 @@ class Session:
             if part.get("type") == "audio":
                 part["transcript"] = (part.get("transcript") or "")[:heard]
         item.audio_marks = [(ms, c) for ms, c in item.audio_marks if ms <= event.audio_end_ms]
+        item.audio_ms = event.audio_end_ms
         await self.emit("conversation.item.truncated", item_id=item.id, content_index=event.content_index,
                         audio_end_ms=event.audio_end_ms)
 

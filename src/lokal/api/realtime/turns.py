@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 import lokal.api.realtime.protocol as p
@@ -56,8 +55,6 @@ class Turns:
         self.item_id: str | None = None
         self._checked = 0  # buffer bytes at the last check
         self._check: asyncio.Task[Any] | None = None
-        #: for bench/realtime.py: when speech stopped and the last transcription took
-        self.marks: dict[str, float] = {}
 
     def buffered_ms(self) -> float:
         return len(self.buffer) / BYTES_PER_MS
@@ -129,7 +126,6 @@ class Turns:
             if lead:  # still speaking: the silence before the speech is not part of the turn
                 self._drop(lead)
             return
-        self.marks["speech_stopped"] = time.monotonic()
         audio_end_ms = self.start_ms + int(end_ms)
         item_id = self.item_id or render.new_id("item")
         await session.emit("input_audio_buffer.speech_stopped", audio_end_ms=audio_end_ms, item_id=item_id)
@@ -165,11 +161,9 @@ class Turns:
                 if model is None:
                     raise p.EventError("This server has no transcription model: send text messages.",
                                        code="model_not_found")
-                started = time.monotonic()
                 task = TranscribeTask(model=model, audio=wav_header(p.RATE, len(pcm)) + pcm,
                                       language=settings.get("language"), prompt=settings.get("prompt"))
                 result = await transcribe(session.app.state.registry, task)
-                self.marks["transcription_seconds"] = time.monotonic() - started
                 text = result.text.strip()
             except asyncio.CancelledError:
                 future.cancel()

@@ -149,7 +149,7 @@ class Answer:
         self._generation = run.generation
         if self._reason is not None:
             run.generation.stop()
-        try:  # closed at once when cancelled (the model's lease goes back before response.done)
+        try:  # closed at once when cancelled: the engine is told to stop before response.done
             async with contextlib.aclosing(run.batches()) as batches:
                 async for batch in batches:
                     for delta in batch:

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lokal.machine import physical_cores
@@ -31,6 +31,21 @@ def split_list(value: str | None) -> list[str]:
     if not value:
         return []
     return [item.strip() for item in value.split(",") if item.strip()]
+
+
+#: settings that take one of a few words: each spelling (lower case, "-" and "_" dropped) and
+#: what it means, and the message for any other
+CHOICES: dict[str, tuple[dict[str, str], str]] = {
+    "engine_isolation": ({"process": "process", "inprocess": "inprocess"},
+                         "engine isolation must be process or inprocess"),
+    "spare_workers": ({"auto": "auto", "on": "auto", "true": "auto", "1": "auto",
+                       "off": "off", "false": "off", "0": "off", "no": "off"}, "spare workers must be auto or off"),
+    "log_level": ({"debug": "debug", "info": "info", "warning": "warning", "warn": "warning", "error": "error"},
+                  "log level must be debug, info, warning or error"),
+    "log_format": ({"text": "text", "json": "json"}, "log format must be text or json"),
+    "ray_proxy_location": ({"headonly": "HeadOnly", "everynode": "EveryNode"},
+                           "RAY_PROXY_LOCATION must be HeadOnly or EveryNode"),
+}
 
 
 class Settings(BaseSettings):
@@ -88,6 +103,33 @@ class Settings(BaseSettings):
         None, validation_alias=_env("REQUEST_TIMEOUT"),
         description="End generation requests running longer than this (seconds or 5m; "
         "a request's own `timeout` field may set it per request).",
+    )
+    realtime_transcription_model: str | None = Field(
+        None, validation_alias=_env("REALTIME_TRANSCRIPTION_MODEL"),
+        description="Speech-to-text model of realtime sessions that name none "
+        "(input_audio_transcription.model; unset: the catalog's first transcription model).",
+    )
+    realtime_voice_model: str | None = Field(
+        None, validation_alias=_env("REALTIME_VOICE_MODEL"),
+        description="Text-to-speech model of realtime sessions (a session's `voice` names one of "
+        "its voices, or another speech model; unset: the catalog's first speech model).",
+    )
+    realtime_vad_model: str | None = Field(
+        None, validation_alias=_env("REALTIME_VAD_MODEL"),
+        description="Voice activity model for realtime sessions' server VAD (unset: the "
+        "catalog's first VAD model; none at all: sessions start without turn detection).",
+    )
+    realtime_max_session_seconds: float = Field(
+        1800, gt=0, validation_alias=_env("REALTIME_MAX_SESSION_SECONDS"),
+        description="Longest a realtime session may last (seconds); then it ends with an error event.",
+    )
+    realtime_idle_seconds: float = Field(
+        300, gt=0, validation_alias=_env("REALTIME_IDLE_SECONDS"),
+        description="Longest a realtime session may go without a client event (seconds).",
+    )
+    realtime_max_frame_bytes: int = Field(
+        15 * 1024 * 1024, gt=0, le=16 * 1024 * 1024, validation_alias=_env("REALTIME_MAX_FRAME_BYTES"),
+        description="Largest client event of a realtime session, in bytes (larger: an error event).",
     )
     stream_keepalive: float = Field(
         5.0, gt=0, le=300, validation_alias=_env("STREAM_KEEPALIVE"),
@@ -306,10 +348,11 @@ class Settings(BaseSettings):
     def _duration(cls, value: Any) -> float | None:
         return parse_duration(value)
 
-    @field_validator("max_download_size")
+    @field_validator("max_download_size", "max_image_size")
     @classmethod
-    def _size(cls, value: str) -> str:
-        parse_size(value)
+    def _size(cls, value: str, info: ValidationInfo) -> str:
+        if not parse_size(value) and info.field_name == "max_image_size":  # a bad size raises here
+            raise ValueError("MAX_IMAGE_SIZE must be more than 0 (e.g. 20M)")
         return str(value).strip()
 
     @field_validator("model_aliases", mode="before")
@@ -329,29 +372,14 @@ class Settings(BaseSettings):
             raise ValueError('MODEL_ALIASES must map names to names, e.g. {"claude-*": "my-model"}')
         return value
 
-    @field_validator("max_image_size")
+    @field_validator(*CHOICES)
     @classmethod
-    def _image_size(cls, value: str) -> str:
-        if not parse_size(value):
-            raise ValueError("MAX_IMAGE_SIZE must be more than 0 (e.g. 20M)")
-        return str(value).strip()
-
-    @field_validator("engine_isolation")
-    @classmethod
-    def _isolation(cls, value: str) -> str:
-        mode = value.strip().lower().replace("-", "").replace("_", "")
-        if mode not in ("process", "inprocess"):
-            raise ValueError("engine isolation must be process or inprocess")
-        return mode
-
-    @field_validator("spare_workers")
-    @classmethod
-    def _spare_workers(cls, value: str) -> str:
-        mode = str(value).strip().lower()
-        mode = {"on": "auto", "true": "auto", "1": "auto", "false": "off", "0": "off", "no": "off"}.get(mode, mode)
-        if mode not in ("auto", "off"):
-            raise ValueError("spare workers must be auto or off")
-        return mode
+    def _choice(cls, value: str, info: ValidationInfo) -> str:
+        spellings, message = CHOICES[info.field_name]
+        key = str(value).strip().lower().replace("-", "").replace("_", "")
+        if key not in spellings:
+            raise ValueError(message)
+        return spellings[key]
 
     @field_validator("memory_limit")
     @classmethod
@@ -361,33 +389,6 @@ class Settings(BaseSettings):
             if parse_size(text) is None:
                 raise ValueError("memory limit must be a size (e.g. 8G), auto or off")
         return text or "auto"
-
-    @field_validator("log_level")
-    @classmethod
-    def _level(cls, value: str) -> str:
-        level = value.strip().lower()
-        if level == "warn":
-            level = "warning"
-        if level not in ("debug", "info", "warning", "error"):
-            raise ValueError("log level must be debug, info, warning or error")
-        return level
-
-    @field_validator("log_format")
-    @classmethod
-    def _log_format(cls, value: str) -> str:
-        fmt = value.strip().lower()
-        if fmt not in ("text", "json"):
-            raise ValueError("log format must be text or json")
-        return fmt
-
-    @field_validator("ray_proxy_location")
-    @classmethod
-    def _proxy_location(cls, value: str) -> str:
-        names = {"headonly": "HeadOnly", "everynode": "EveryNode"}
-        key = value.strip().lower().replace("_", "").replace("-", "")
-        if key not in names:
-            raise ValueError("RAY_PROXY_LOCATION must be HeadOnly or EveryNode")
-        return names[key]
 
     @field_validator("address")
     @classmethod

@@ -348,6 +348,11 @@ class Generation:
         return Usage(progress.total, sum(self._generated.values()), progress.cache)
 
     @property
+    def tokens_seen(self) -> int:
+        """Tokens generated so far, every choice (what a run cut short is known to have made)."""
+        return sum(self._generated.values())
+
+    @property
     def reported_usage(self) -> bool:
         return self._reported or self._own_usage is not None
 

@@ -1,0 +1,147 @@
+"""The web UI's Talk view in Debian's chromium: a spoken question through a fake microphone.
+
+The question is spoken by lokal's own Piper voice (joe), padded with silence and given to
+chromium as its fake microphone (`--use-file-for-fake-audio-capture`, played once). The
+page speaks the Realtime API over a WebSocket to a real server with SmolLM2, Whisper,
+Silero VAD and the same voice; the test reads what the page shows and the counters it
+keeps on its section (samples sent, received and played).
+"""
+
+from __future__ import annotations
+
+import io
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import LokalServer, place_model
+from tests.ui.conftest import CHROMIUM_ARGS, UI, _chromium, screenshot
+
+pytestmark = pytest.mark.slow
+
+QUESTION = "What is the capital city of France?"
+VAD_CONFIG = "name: silero-vad\nbackend: silero-vad\nparameters:\n  model: silero_vad.onnx\n"
+
+
+@pytest.fixture(scope="module")
+def talk_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LokalServer]:
+    """SmolLM2 chat, Whisper, Silero VAD and the joe voice: every part of a voice assistant."""
+    from tests.api.test_transcriptions import place_whisper
+    from tests.speech.conftest import _link, place_joe, silero_official
+
+    models = tmp_path_factory.mktemp("ui-talk") / "models"
+    place_model(models, "smol.gguf")
+    (models / "smol.yaml").write_text("name: smol\nparameters:\n  model: smol.gguf\ncontext_size: 1024\n")
+    place_whisper(models, "whisper")
+    (models / "whisper-1.yaml").write_text("name: whisper-1\nbackend: whisper\nparameters:\n  model: whisper\n")
+    place_joe(models)
+    _link(silero_official(), models / "silero_vad.onnx")
+    (models / "silero-vad.yaml").write_text(VAD_CONFIG)
+    with LokalServer(models, "--preload-models", "smol") as server:
+        server.wait_ready(timeout=180)
+        yield server
+
+
+def spoken_question(server: LokalServer, target: Path) -> Path:
+    """The question in lokal's voice as a WAV, with 0.7 s of silence before and 4 s after (so
+    the server's VAD hears the turn end; the fake microphone plays the file once)."""
+    r = httpx.post(f"{server.base}/v1/audio/speech", timeout=120,
+                   json={"model": "en_US-joe-medium.onnx", "input": QUESTION, "response_format": "wav"})
+    assert r.status_code == 200, r.text
+    with wave.open(io.BytesIO(r.content)) as speech:
+        rate, width, channels = speech.getframerate(), speech.getsampwidth(), speech.getnchannels()
+        frames = speech.readframes(speech.getnframes())
+    assert width == 2 and channels == 1 and len(frames) > rate  # over half a second of speech
+    silence = bytes(width * channels)
+    with wave.open(str(target), "wb") as out:
+        out.setnchannels(channels)
+        out.setsampwidth(width)
+        out.setframerate(rate)
+        out.writeframes(silence * int(rate * 0.7) + frames + silence * int(rate * 4))
+    return target
+
+
+@pytest.fixture(scope="module")
+def talking_browser(browser: object, talk_server: LokalServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A second chromium whose microphone says the question (granted without asking)."""
+    wav = spoken_question(talk_server, tmp_path_factory.mktemp("talk") / "question.wav")
+    args = [*CHROMIUM_ARGS, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={wav}%noloop", "--autoplay-policy=no-user-gesture-required"]
+    talker = browser.browser_type.launch(executable_path=_chromium(), args=args, headless=True)  # type: ignore[attr-defined]
+    yield talker
+    talker.close()
+
+
+@pytest.fixture
+def talk(talking_browser: object, talk_server: LokalServer) -> Iterator[UI]:
+    session = UI(talking_browser, talk_server, {"width": 1200, "height": 900})
+    yield session
+    session.close()
+    session.watch.check()
+
+
+def counter(page: object, name: str) -> int:
+    return int(page.get_attribute("#page-talk", f"data-{name}") or 0)  # type: ignore[attr-defined]
+
+
+def test_a_spoken_question_is_transcribed_answered_and_spoken_back_then_stopped(talk: UI) -> None:
+    page = talk.open("talk")
+    assert page.locator("#page-talk").is_visible()  # type: ignore[attr-defined]
+    assert page.locator("#talk-model option").all_inner_texts() == ["smol"]  # type: ignore[attr-defined]
+    assert page.locator("#talk-stt option").all_inner_texts() == ["whisper-1"]  # type: ignore[attr-defined]
+    assert "joe" in page.input_value("#talk-voice")  # type: ignore[attr-defined]
+    assert page.is_checked("input[name=talk-mode][value=vad]")  # type: ignore[attr-defined]
+    page.fill("#talk-instructions", "You are a helpful assistant. Answer in three full sentences.")  # type: ignore[attr-defined]
+
+    page.click("#talk-start")  # type: ignore[attr-defined]
+    page.wait_for_selector("#page-talk[data-state=listening]", timeout=60_000)  # type: ignore[attr-defined]
+    assert page.locator("#talk-end").is_visible() and not page.locator("#talk-start").is_visible()  # type: ignore[attr-defined]
+
+    # What was said, as the server's Whisper heard it.
+    page.wait_for_function("""() => [...document.querySelectorAll('#talk-log .msg.user .body')]
+        .some((b) => /capital/i.test(b.textContent) && /france/i.test(b.textContent))""", timeout=120_000)  # type: ignore[attr-defined]
+    assert counter(page, "sent-samples") > 24000  # over a second of microphone at 24 kHz went out
+
+    # The answer: its transcript streams in and its audio plays.
+    page.wait_for_function("""() => [...document.querySelectorAll('#talk-log .msg.assistant .body')]
+        .some((b) => b.textContent.trim().length > 3)""", timeout=120_000)  # type: ignore[attr-defined]
+    # Answers stream sentence by sentence in chunks: while the first ones have played, more are queued.
+    page.wait_for_function("""() => { const d = document.getElementById('page-talk').dataset;
+        return Number(d.playedSamples) > 2400 && d.playing === 'true'; }""", timeout=120_000)  # type: ignore[attr-defined]
+    screenshot(page, "talk")
+    assert 0 < counter(page, "played-samples") < counter(page, "received-samples")
+    assert page.locator("#talk-log .msg.user").count() == 1  # type: ignore[attr-defined]
+
+    # Stop: what is still playing ends at once and nothing more plays.
+    page.click("#talk-stop")  # type: ignore[attr-defined]
+    page.wait_for_selector("#page-talk[data-playing=false]")  # type: ignore[attr-defined]
+    assert page.locator("#talk-stop").is_hidden()  # type: ignore[attr-defined]
+    stopped_at = counter(page, "played-samples")
+    page.wait_for_timeout(1500)  # type: ignore[attr-defined]
+    assert counter(page, "played-samples") == stopped_at
+    assert page.inner_text("#talk-status") == "Stopped."  # type: ignore[attr-defined]
+
+    page.click("#talk-end")  # type: ignore[attr-defined]
+    page.wait_for_selector("#page-talk[data-state=idle]")  # type: ignore[attr-defined]
+    assert page.locator("#talk-start").is_visible()  # type: ignore[attr-defined]
+    assert page.inner_text("#talk-status") == "Ended."  # type: ignore[attr-defined]
+    assert not page.locator("#talk-log [role=alert]").count()  # type: ignore[attr-defined]
+
+
+def test_a_refused_microphone_is_said_and_the_session_ends(browser: object, talk_server: LokalServer) -> None:
+    # A browser without the fake-UI flag: headless chromium refuses the microphone itself.
+    session = UI(browser, talk_server, {"width": 1200, "height": 900})
+    try:
+        page = session.open("talk")
+        page.check("input[name=talk-mode][value=ptt]")  # type: ignore[attr-defined]
+        page.click("#talk-start")  # type: ignore[attr-defined]
+        page.wait_for_selector("#talk-status.error")  # type: ignore[attr-defined]
+        assert "microphone" in page.inner_text("#talk-status").lower()  # type: ignore[attr-defined]
+        assert page.get_attribute("#page-talk", "data-state") == "idle"  # type: ignore[attr-defined]
+        assert page.locator("#talk-start").is_visible()  # type: ignore[attr-defined]
+    finally:
+        session.close()
+    session.watch.check()

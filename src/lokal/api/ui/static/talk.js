@@ -10,6 +10,7 @@ import { Player, RATE, fromBase64, openMicrophone, pcm16, toBase64 } from "./tal
 const SEND = RATE / 10; // samples per input_audio_buffer.append: 100 ms
 const MIN_TURN = RATE / 10; // a shorter press-to-talk turn is not committed (the API wants 100 ms)
 const SETUP_MS = 20_000; // how long to wait for session.updated
+const EARLY = RATE * 10; // samples kept while the session is set up
 
 const view = $("page-talk");
 let talk = null; // the open session: { ws, mic, player, ... }
@@ -60,7 +61,7 @@ function session() {
 }
 
 function send(event) {
-  if (talk?.ws.readyState === WebSocket.OPEN) talk.ws.send(JSON.stringify(event));
+  if (talk?.ws?.readyState === WebSocket.OPEN) talk.ws.send(JSON.stringify(event));
 }
 
 // ------------------------------------------------------------------ the transcript
@@ -100,7 +101,7 @@ function onEvent(e) {
       if (!talk.ready) ready();
       return;
     case "input_audio_buffer.speech_started":
-      talk.player.stop(); // barge-in: the server cancels the answer, the page stops speaking it
+      silence(); // barge-in: the server cancels the answer, the page stops speaking it
       item(e.item_id, "user").body.textContent = "…";
       status("Hearing you…");
       return;
@@ -125,6 +126,8 @@ function onEvent(e) {
       return;
     case "response.created":
       talk.response = e.response?.id ?? true;
+      talk.stopped = false;
+      talk.silenced = null;
       status("Answering…");
       showStop();
       return;
@@ -144,6 +147,7 @@ function onEvent(e) {
       write(item(e.item_id, "assistant"), e.text ?? talk.items.get(e.item_id)?.text ?? "");
       return;
     case "response.audio.delta":
+      if (talk.silenced !== null && (talk.silenced === true || talk.silenced === e.response_id)) return;
       talk.player.play(fromBase64(e.delta));
       counters();
       return;
@@ -166,6 +170,8 @@ function responseDone(response) {
   if (response.status === "failed") {
     const error = response.status_details?.error;
     logError(`The answer failed: ${error?.message ?? error?.code ?? "no reason given"}`);
+  } else if (response.status === "cancelled") {
+    if (talk.stopped) status("Stopped.");
   } else if (response.status === "incomplete") {
     status(`The answer was cut short (${response.status_details?.reason ?? "incomplete"}).`);
   } else {
@@ -177,7 +183,11 @@ function responseDone(response) {
 // ------------------------------------------------------------------ the microphone
 
 function onSamples(samples) {
-  if (!talk?.ready || !talk.sending) return;
+  if (!talk?.sending) return;
+  if (!talk.ready) { // said while the session is being set up: kept (up to EARLY) and sent once it is
+    if (talk.early.length < EARLY) talk.early.push(...samples);
+    return;
+  }
   let from = 0;
   while (from < samples.length) {
     const take = Math.min(samples.length - from, SEND - talk.pending.length);
@@ -195,31 +205,19 @@ function flush() {
   talk.pending = [];
 }
 
-async function ready() {
+function ready() {
   clearTimeout(talk.setup);
   talk.ready = true;
-  const current = talk;
-  try {
-    current.mic = await openMicrophone(onSamples);
-  } catch (exc) {
-    if (talk === current) {
-      hangUp();
-      status(exc.message, true);
-    }
-    return;
-  }
-  if (talk !== current) {
-    current.mic.close();
-    return;
-  }
-  talk.sending = mode() === "vad";
+  const early = talk.early;
+  talk.early = [];
+  if (talk.sending) onSamples(Float32Array.from(early));
   setState("listening");
   status(mode() === "vad" ? "Listening: speak when you like." : "Hold the button (or Space) while you speak.");
 }
 
 // Press to talk: holding starts a turn (and interrupts an answer), releasing ends it.
 function holdStart() {
-  if (!talk?.mic || mode() !== "ptt" || talk.sending) return;
+  if (!talk?.ready || mode() !== "ptt" || talk.sending) return;
   stopAnswer();
   send({ type: "input_audio_buffer.clear" });
   talk.pending = [];
@@ -253,27 +251,31 @@ async function start() {
     status("No chat model is available: install one on the Models page.", true);
     return;
   }
-  status("Connecting…");
-  try {
-    await getJSON("/v1/models"); // a refused key asks for one here, where HTTP can say so
-  } catch (exc) {
-    status(`Cannot start: ${exc.message}`, true);
-    return;
-  }
-  let ws;
-  try {
-    ws = socket(`/v1/realtime?model=${encodeURIComponent(model)}`);
-  } catch (exc) {
-    status(exc.message, true);
-    return;
-  }
   const player = new Player(counters); // made in the click, so the browser lets it play
   player.resume();
-  talk = { ws, player, mic: null, ready: false, opened: false, closing: false, sending: false, response: null,
-           pending: [], turnSamples: 0, items: new Map(), sessionId: null, setup: 0 };
+  const current = { ws: null, player, mic: null, ready: false, opened: false, closing: false, sending: mode() === "vad",
+                    response: null, stopped: false, silenced: null, early: [], pending: [], turnSamples: 0, items: new Map(),
+                    sessionId: null, setup: 0 };
+  talk = current;
   view.dataset.playedSamples = view.dataset.receivedSamples = view.dataset.sentSamples = "0";
   setState("connecting");
-  const current = talk;
+  status("Opening the microphone…");
+  try {
+    current.mic = await openMicrophone(onSamples);
+    status("Connecting…");
+    await getJSON("/v1/models"); // a refused key asks for one here, where HTTP can say so
+    if (talk !== current) throw new Error("Ended.");
+    current.ws = socket(`/v1/realtime?model=${encodeURIComponent(model)}`);
+  } catch (exc) {
+    if (talk === current) {
+      hangUp();
+      status(exc.message, true);
+    } else {
+      current.mic?.close();
+    }
+    return;
+  }
+  const ws = current.ws;
   ws.onopen = () => {
     current.opened = true;
     status("Setting up the session…");
@@ -306,12 +308,21 @@ async function start() {
   };
 }
 
+// Stop speaking the answer, and drop its audio still on the way (until the next response).
+function silence() {
+  talk.silenced = talk.response ?? talk.silenced;
+  talk.player.stop();
+  counters();
+}
+
 // Stop the answer: the server stops generating, the page stops speaking.
 function stopAnswer() {
   if (!talk) return;
-  if (talk.response) send({ type: "response.cancel" });
-  talk.player.stop();
-  counters();
+  if (talk.response) {
+    send({ type: "response.cancel" });
+    talk.stopped = true;
+  }
+  silence();
 }
 
 function hangUp() {
@@ -322,7 +333,7 @@ function hangUp() {
   ending.mic?.close();
   counters();
   ending.player.close();
-  if (ending.ws.readyState <= WebSocket.OPEN) ending.ws.close(1000, "hung up");
+  if (ending.ws && ending.ws.readyState <= WebSocket.OPEN) ending.ws.close(1000, "hung up");
   talk = null;
   view.dataset.playing = "false";
   $("talk-hold").setAttribute("aria-pressed", "false");
@@ -362,7 +373,7 @@ for (const input of document.querySelectorAll("input[name=talk-mode], #talk-voic
     if (!talk?.ready) return;
     holdEnd();
     send({ type: "session.update", session: session() });
-    talk.sending = mode() === "vad" && Boolean(talk.mic);
+    talk.sending = mode() === "vad";
     setState(view.dataset.state);
     status(mode() === "vad" ? "Listening: speak when you like." : "Hold the button (or Space) while you speak.");
   });

@@ -53,6 +53,7 @@ function session() {
   };
   const voice = $("talk-voice").value;
   if (voice) settings.voice = voice;
+  else settings.modalities = ["text"]; // no speech model: the answers are shown, not spoken
   const stt = $("talk-stt").value;
   if (stt) settings.input_audio_transcription = { model: stt };
   const instructions = $("talk-instructions").value.trim();
@@ -354,7 +355,8 @@ function options(select, values, fallback) {
 export function fillTalk(models) {
   const usable = (task) => models.filter((m) => m.state !== "broken" && m.tasks.includes(task));
   options($("talk-model"), usable("chat").map((m) => [m.name, m.name]), "no chat model");
-  const voices = usable("speak").flatMap((m) => (m.voices?.length ? m.voices.map((v) => [v, `${v} (${m.name})`]) : [[m.name, m.name]]));
+  // A session's voice may name a speech model (spoken in its default voice): every server takes that.
+  const voices = usable("speak").map((m) => [m.name, m.name]);
   options($("talk-voice"), voices, "no voice: answers in text only");
   options($("talk-stt"), usable("transcribe").map((m) => [m.name, m.name]), "no transcription model");
 }

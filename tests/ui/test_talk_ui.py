@@ -83,6 +83,19 @@ def talk(talking_browser: object, talk_server: LokalServer) -> Iterator[UI]:
     session.watch.check()
 
 
+def wait(page: object, condition: str, what: str, timeout: float = 120_000) -> None:
+    """Waits for a JS condition; a timeout fails with what the page showed."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function(condition, timeout=timeout)  # type: ignore[attr-defined]
+    except PlaywrightTimeout:
+        shown = page.evaluate("""() => ({data: {...document.getElementById('page-talk').dataset},
+            status: document.getElementById('talk-status').textContent,
+            log: document.getElementById('talk-log').innerText})""")  # type: ignore[attr-defined]
+        pytest.fail(f"{what}: not seen; the page showed {shown}")
+
+
 def counter(page: object, name: str) -> int:
     return int(page.get_attribute("#page-talk", f"data-{name}") or 0)  # type: ignore[attr-defined]
 
@@ -101,16 +114,16 @@ def test_a_spoken_question_is_transcribed_answered_and_spoken_back_then_stopped(
     assert page.locator("#talk-end").is_visible() and not page.locator("#talk-start").is_visible()  # type: ignore[attr-defined]
 
     # What was said, as the server's Whisper heard it.
-    page.wait_for_function("""() => [...document.querySelectorAll('#talk-log .msg.user .body')]
-        .some((b) => /capital/i.test(b.textContent) && /france/i.test(b.textContent))""", timeout=120_000)  # type: ignore[attr-defined]
+    wait(page, """() => [...document.querySelectorAll('#talk-log .msg.user .body')]
+        .some((b) => /capital/i.test(b.textContent) && /france/i.test(b.textContent))""", "the question's words")
     assert counter(page, "sent-samples") > 24000  # over a second of microphone at 24 kHz went out
 
     # The answer: its transcript streams in and its audio plays.
-    page.wait_for_function("""() => [...document.querySelectorAll('#talk-log .msg.assistant .body')]
-        .some((b) => b.textContent.trim().length > 3)""", timeout=120_000)  # type: ignore[attr-defined]
-    # Answers stream sentence by sentence in chunks: while the first ones have played, more are queued.
-    page.wait_for_function("""() => { const d = document.getElementById('page-talk').dataset;
-        return Number(d.playedSamples) > 2400 && d.playing === 'true'; }""", timeout=120_000)  # type: ignore[attr-defined]
+    wait(page, """() => [...document.querySelectorAll('#talk-log .msg.assistant .body')]
+        .some((b) => b.textContent.trim().length > 3)""", "an answer's transcript")
+    # The page counts samples as the audio clock plays them: Stop while the answer is still speaking.
+    wait(page, """() => { const d = document.getElementById('page-talk').dataset;
+        return Number(d.playedSamples) > 2400 && d.playing === 'true'; }""", "answer audio playing, a tenth of a second heard")
     screenshot(page, "talk")
     assert 0 < counter(page, "played-samples") < counter(page, "received-samples")
     assert page.locator("#talk-log .msg.user").count() == 1  # type: ignore[attr-defined]
@@ -122,6 +135,7 @@ def test_a_spoken_question_is_transcribed_answered_and_spoken_back_then_stopped(
     stopped_at = counter(page, "played-samples")
     page.wait_for_timeout(1500)  # type: ignore[attr-defined]
     assert counter(page, "played-samples") == stopped_at
+    assert stopped_at < counter(page, "received-samples")
     assert page.inner_text("#talk-status") == "Stopped."  # type: ignore[attr-defined]
 
     page.click("#talk-end")  # type: ignore[attr-defined]

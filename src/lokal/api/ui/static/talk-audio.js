@@ -112,20 +112,36 @@ export async function openMicrophone(onSamples) {
 }
 
 // Plays pcm16 24 kHz chunks back to back on one clock; stop() silences at once (Stop, barge-in).
-// onChange is called when samples finished playing or playback stopped.
+// `played` counts the samples heard so far (by the audio clock, so a long chunk counts as it
+// plays); onChange is called every 100 ms while playing and when playback stops.
 export class Player {
   constructor(onChange) {
     this.context = new AudioContext();
     this.onChange = onChange;
-    this.sources = new Set();
+    this.sources = new Map(); // source -> { start, n }
     this.next = 0;
     this.carry = null; // an odd byte left over from the previous chunk
-    this.played = 0; // samples that played to their end
+    this.done = 0; // samples of chunks played to their end, or up to a stop
     this.received = 0;
+    this.ticker = 0;
   }
 
   resume() {
     return this.context.resume();
+  }
+
+  heard(start, n) {
+    return Math.max(0, Math.min(n, Math.round((this.context.currentTime - start) * RATE)));
+  }
+
+  get played() {
+    let sum = this.done;
+    for (const { start, n } of this.sources.values()) sum += this.heard(start, n);
+    return sum;
+  }
+
+  get playing() {
+    return this.sources.size > 0;
   }
 
   play(bytes) {
@@ -153,33 +169,41 @@ export class Player {
     const now = this.context.currentTime;
     if (this.next < now + 0.01) this.next = now + 0.05; // first chunk, or the stream fell behind: a short lead
     source.start(this.next);
+    this.sources.set(source, { start: this.next, n });
     this.next += buffer.duration;
-    this.sources.add(source);
     source.onended = () => {
       if (!this.sources.delete(source)) return;
-      this.played += n;
-      this.onChange();
+      this.done += n;
+      this.tick();
     };
+    if (!this.ticker) this.ticker = setInterval(() => this.tick(), 100);
   }
 
-  get playing() {
-    return this.sources.size > 0;
+  tick() {
+    if (!this.playing) {
+      clearInterval(this.ticker);
+      this.ticker = 0;
+    }
+    this.onChange();
   }
 
   stop() {
-    for (const source of this.sources) {
+    const had = this.playing;
+    for (const [source, { start, n }] of this.sources) {
+      this.done += this.heard(start, n);
       source.onended = null;
       source.stop();
     }
-    const had = this.sources.size > 0;
     this.sources.clear();
     this.next = 0;
     this.carry = null;
-    if (had) this.onChange();
+    if (had) this.tick();
   }
 
   close() {
     this.stop();
+    clearInterval(this.ticker);
+    this.ticker = 0;
     this.context.close();
   }
 }

@@ -148,6 +148,33 @@ class Settings(BaseSettings):
         description="End generation requests running longer than this (seconds or 5m; "
         "a request's own `timeout` field may set it per request).",
     )
+    realtime_transcription_model: str | None = Field(
+        None, validation_alias=_env("REALTIME_TRANSCRIPTION_MODEL"),
+        description="Speech-to-text model of realtime sessions that name none "
+        "(input_audio_transcription.model; unset: the catalog's first transcription model).",
+    )
+    realtime_voice_model: str | None = Field(
+        None, validation_alias=_env("REALTIME_VOICE_MODEL"),
+        description="Text-to-speech model of realtime sessions (a session's `voice` names one of "
+        "its voices, or another speech model; unset: the catalog's first speech model).",
+    )
+    realtime_vad_model: str | None = Field(
+        None, validation_alias=_env("REALTIME_VAD_MODEL"),
+        description="Voice activity model for realtime sessions' server VAD (unset: the "
+        "catalog's first VAD model; none at all: sessions start without turn detection).",
+    )
+    realtime_max_session_seconds: float = Field(
+        1800, gt=0, validation_alias=_env("REALTIME_MAX_SESSION_SECONDS"),
+        description="Longest a realtime session may last (seconds); then it ends with an error event.",
+    )
+    realtime_idle_seconds: float = Field(
+        300, gt=0, validation_alias=_env("REALTIME_IDLE_SECONDS"),
+        description="Longest a realtime session may go without a client event (seconds).",
+    )
+    realtime_max_frame_bytes: int = Field(
+        15 * 1024 * 1024, gt=0, le=16 * 1024 * 1024, validation_alias=_env("REALTIME_MAX_FRAME_BYTES"),
+        description="Largest client event of a realtime session, in bytes (larger: an error event).",
+    )
     stream_keepalive: float = Field(
         5.0, gt=0, le=300, validation_alias=_env("STREAM_KEEPALIVE"),
         description="Seconds a stream may go without a byte (a long prompt, a queue) before "

@@ -13,11 +13,11 @@ from starlette.middleware.cors import CORSMiddleware
 
 from lokal import __version__
 from lokal.api import (anthropic, elevenlabs, generated_images, llamaserver, localai, lokal, ollama, openai,
-                       responses, routes, ui)
+                       realtime, responses, routes, ui)
 from lokal.api.admin import log_admin_posture
 from lokal.api.errors import install_handlers
 from lokal.api.family import Families, Family
-from lokal.api.keys import KeysMiddleware
+from lokal.api.keys import EphemeralKeys, KeysMiddleware
 from lokal.api.middleware import BodyLimitMiddleware, DecompressMiddleware, NormalizeMiddleware
 from lokal.api.observability import ObservabilityMiddleware
 from lokal.api.ui.redirect import BrowserRedirectMiddleware
@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 #: /models/... paths before OpenAI's /models/{id}).
 FAMILIES: tuple[Family, ...] = (routes.HEALTH, routes.METRICS, localai.FAMILY, openai.FAMILY, openai.RERANK,
                                 ollama.FAMILY, responses.FAMILY, anthropic.FAMILY, elevenlabs.FAMILY,
-                                generated_images.FAMILY, llamaserver.FAMILY, lokal.FAMILY, ui.FAMILY)
+                                generated_images.FAMILY, llamaserver.FAMILY, realtime.FAMILY, lokal.FAMILY,
+                                ui.FAMILY)
 
 
 def create_app(settings: Settings, registry: ModelRegistry, families: tuple[Family, ...] = FAMILIES, *,
@@ -82,9 +83,10 @@ def create_app(settings: Settings, registry: ModelRegistry, families: tuple[Fami
     keys_file = KeysFile(settings.api_keys_file) if settings.api_keys_file is not None else None
     app.state.keys = Keyring(settings.api_keys, settings.admin_keys, keys_file)  # admin key works too
     app.state.usage = UsageLedger()
+    app.state.ephemeral_keys = EphemeralKeys()  # realtime client secrets
     app.add_middleware(KeysMiddleware, keyring=app.state.keys, open_paths=open_paths,
                        open_prefixes=app.state.families.open_prefixes, ledger=app.state.usage,
-                       metrics=app.state.metrics)
+                       metrics=app.state.metrics, ephemeral=app.state.ephemeral_keys)
     if settings.cors:
         origins = settings.cors_origins
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"],

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import Request
 
@@ -126,7 +127,13 @@ async def _first_deltas(generation: Generation, stream: bool) -> list[Delta] | a
 
 async def start(request: Request, task: ChatTask | CompletionTask) -> Run:
     """Lease, plan and start task for request; see the module's docstring."""
-    app = request.app
+    return await begin(request.app, task, lambda generation: _watch_disconnect(request, generation))
+
+
+async def begin(app: Any, task: ChatTask | CompletionTask,
+                watch: Callable[[Generation], Awaitable[None]] | None = None) -> Run:
+    """Lease, plan and start task on app's registry; watch (the client going away) runs
+    beside the generation until the run closes. A realtime session starts its answers here."""
     stack = contextlib.AsyncExitStack()
     observation = app.state.metrics.observe(task.model)
     try:
@@ -146,8 +153,9 @@ async def start(request: Request, task: ChatTask | CompletionTask) -> Run:
         generation = Generation(lease, call, timeout=task.options.timeout or app.state.settings.request_timeout,
                                 stopping=app.state.stopping)
         stack.push_async_callback(generation.close)
-        watcher = asyncio.create_task(_watch_disconnect(request, generation))
-        stack.callback(watcher.cancel)
+        if watch is not None:
+            watcher = asyncio.create_task(watch(generation))
+            stack.callback(watcher.cancel)
         shutdown = asyncio.create_task(_end_at_shutdown(app.state.stopping, generation))
         stack.callback(shutdown.cancel)
         first = await _first_deltas(generation, task.options.stream)

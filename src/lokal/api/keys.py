@@ -19,6 +19,7 @@ server's start and now.
 from __future__ import annotations
 
 import math
+import secrets
 import time
 from collections.abc import Iterable
 from datetime import datetime, timezone
@@ -31,7 +32,7 @@ from lokal import logs
 from lokal.api.admin import require_admin
 from lokal.api.middleware import send_error
 from lokal.errors import BadRequest
-from lokal.keys import Caller, Keyring
+from lokal.keys import Caller, Gate, Keyring
 from lokal.metrics import Metrics
 from lokal.settings import parse_duration
 from lokal.usage import Counts, UsageLedger
@@ -41,13 +42,48 @@ router = APIRouter(prefix="/lokal", tags=["lokal"])
 WRONG_KEY = ("Missing or invalid API key. Send 'Authorization: Bearer <key>' or 'x-api-key: <key>'.")
 
 
+#: A browser's WebSocket cannot send headers: OpenAI's realtime clients put the key in a subprotocol.
+SUBPROTOCOL_KEY = b"openai-insecure-api-key."
+
+
 def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
-    """The key a request presents: Bearer, x-api-key or xi-api-key."""
+    """The key a request presents: Bearer, x-api-key or xi-api-key (a WebSocket upgrade:
+    also the `openai-insecure-api-key.<key>` subprotocol)."""
     found = dict(headers)
     auth = found.get(b"authorization", b"")
     if auth[:7].lower() == b"bearer ":
         return auth[7:].strip()
-    return found.get(b"x-api-key") or found.get(b"xi-api-key")
+    key = found.get(b"x-api-key") or found.get(b"xi-api-key")
+    if key is None:
+        for protocol in found.get(b"sec-websocket-protocol", b"").split(b","):
+            if protocol.strip().startswith(SUBPROTOCOL_KEY):
+                return protocol.strip()[len(SUBPROTOCOL_KEY):]
+    return key
+
+
+class EphemeralKeys:
+    """Client secrets minted for realtime sessions (`POST /v1/realtime/sessions`): each
+    stands for the key that minted it, for WebSocket upgrades only, until it expires."""
+
+    def __init__(self) -> None:
+        self._secrets: dict[bytes, tuple[Caller, float]] = {}
+
+    def mint(self, caller: Caller | None, seconds: float) -> tuple[str, int]:
+        now = time.time()
+        self._secrets = {k: v for k, v in self._secrets.items() if v[1] > now}
+        secret = "ek_" + secrets.token_urlsafe(24)
+        expires = now + seconds
+        self._secrets[secret.encode()] = (caller if caller is not None else Caller(None, Gate()), expires)
+        return secret, int(expires)
+
+    def identify(self, presented: bytes | None) -> Caller | None:
+        if presented is None:
+            return None
+        found = self._secrets.get(presented)
+        if found is None or found[1] <= time.time():
+            return None
+        minted = found[0]
+        return Caller(minted.key, minted.gate, admin_key=minted.admin_key)
 
 
 class KeysMiddleware:
@@ -55,8 +91,10 @@ class KeysMiddleware:
     context is bound, its 401s are counted and logged)."""
 
     def __init__(self, app: ASGIApp, keyring: Keyring, open_paths: Iterable[str],
-                 ledger: UsageLedger, metrics: Metrics, open_prefixes: tuple[str, ...] = ()) -> None:
+                 ledger: UsageLedger, metrics: Metrics, open_prefixes: tuple[str, ...] = (),
+                 ephemeral: EphemeralKeys | None = None) -> None:
         self.app = app
+        self.ephemeral = ephemeral
         self.keyring = keyring
         self.open_paths = frozenset(open_paths)
         self.open_prefixes = open_prefixes  # paths under these need no key either
@@ -65,11 +103,15 @@ class KeysMiddleware:
         keyring.gate.on_refusal = metrics.key_refused
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.open_paths or (
+        # WebSocket upgrades (realtime sessions) need the key as much as HTTP requests do.
+        if scope["type"] not in ("http", "websocket") or scope["path"] in self.open_paths or (
                 self.open_prefixes and scope["path"].startswith(self.open_prefixes)):
             await self.app(scope, receive, send)
             return
-        caller = self.keyring.identify(presented_key(scope["headers"]))
+        presented = presented_key(scope["headers"])
+        caller = self.keyring.identify(presented)
+        if caller is None and scope["type"] == "websocket" and self.ephemeral is not None:
+            caller = self.ephemeral.identify(presented)
         if caller is None:
             await send_error(send, scope, 401, WRONG_KEY, [(b"www-authenticate", b"Bearer")])
             return

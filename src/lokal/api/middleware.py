@@ -26,6 +26,14 @@ async def send_error(send: Send, scope: Scope, status: int, message: str,
     """An error answered before any route runs, in the envelope of the path's API family."""
     path = scope.get("path", "")
     body = error_bytes(status, message, envelope_of(scope.get("app"), path))
+    if scope["type"] == "websocket":  # a refused upgrade: the same answer, where the server can send one
+        if "websocket.http.response" in scope.get("extensions", {}):
+            await send({"type": "websocket.http.response.start", "status": status,
+                        "headers": [(b"content-type", b"application/json"), *headers]})
+            await send({"type": "websocket.http.response.body", "body": body})
+        else:
+            await send({"type": "websocket.close", "code": 1008, "reason": message[:120]})
+        return
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode()), *headers]})

@@ -71,6 +71,9 @@ class ObservabilityMiddleware:
         self.families = families
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -112,6 +115,34 @@ class ObservabilityMiddleware:
             family = self.families.name_of(route)
             self.metrics.request_done(family, route, context.model or "", status, seconds)
             _access(context, route, family, status, seconds, quiet=self.families.quiet(family))
+            logs.unbind(token)
+
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A WebSocket session (realtime): its context (key, model, tokens) and one access
+        line when it ends: 101 for a session held, or the status that refused it."""
+        context = logs.RequestContext(id=request_id(scope), method="WS", path=scope["path"])
+        status = 101
+        accepted = False
+
+        async def respond(message: Message) -> None:
+            nonlocal status, accepted
+            if message["type"] == "websocket.accept":
+                accepted = True
+            elif message["type"] == "websocket.http.response.start":
+                status = message["status"]
+            elif message["type"] == "websocket.close" and not accepted:
+                status = 403
+            await send(message)
+
+        token = logs.bind(context)
+        started = time.perf_counter()
+        try:
+            await self.app(scope, receive, respond)
+        finally:
+            route = self.routes.of(scope["path"])
+            family = self.families.name_of(route)
+            _access(context, route, family, status, time.perf_counter() - started, quiet=False)
             logs.unbind(token)
 
 

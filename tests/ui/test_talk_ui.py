@@ -46,8 +46,9 @@ def talk_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LokalServe
 
 
 def spoken_question(server: LokalServer, target: Path) -> Path:
-    """The question in lokal's voice as a WAV, with 0.7 s of silence before and 4 s after (so
-    the server's VAD hears the turn end; the fake microphone plays the file once)."""
+    """The question in lokal's voice as a WAV, with 1.5 s of silence before (the page may be
+    still connecting) and 4 s after (so the server's VAD hears the turn end; the fake
+    microphone plays the file once)."""
     r = httpx.post(f"{server.base}/v1/audio/speech", timeout=120,
                    json={"model": "en_US-joe-medium.onnx", "input": QUESTION, "response_format": "wav"})
     assert r.status_code == 200, r.text
@@ -60,14 +61,20 @@ def spoken_question(server: LokalServer, target: Path) -> Path:
         out.setnchannels(channels)
         out.setsampwidth(width)
         out.setframerate(rate)
-        out.writeframes(silence * int(rate * 0.7) + frames + silence * int(rate * 4))
+        out.writeframes(silence * int(rate * 1.5) + frames + silence * int(rate * 4))
     return target
 
 
 @pytest.fixture(scope="module")
-def talking_browser(browser: object, talk_server: LokalServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    """A second chromium whose microphone says the question (granted without asking)."""
-    wav = spoken_question(talk_server, tmp_path_factory.mktemp("talk") / "question.wav")
+def question(talk_server: LokalServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return spoken_question(talk_server, tmp_path_factory.mktemp("talk") / "question.wav")
+
+
+@pytest.fixture(scope="module")
+def talking_browser(browser: object, question: Path) -> Iterator[object]:
+    """A second chromium whose microphone says the question (granted without asking; each
+    capture plays the file from its start)."""
+    wav = question
     args = [*CHROMIUM_ARGS, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
             f"--use-file-for-fake-audio-capture={wav}%noloop", "--autoplay-policy=no-user-gesture-required"]
     talker = browser.browser_type.launch(executable_path=_chromium(), args=args, headless=True)  # type: ignore[attr-defined]
@@ -87,6 +94,8 @@ def wait(page: object, condition: str, what: str, timeout: float = 120_000) -> N
     """Waits for a JS condition; a timeout fails with what the page showed."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
+    if not condition.startswith("()"):
+        condition = f"() => ({condition})"  # a function: the page's CSP forbids evaluating a string
     try:
         page.wait_for_function(condition, timeout=timeout)  # type: ignore[attr-defined]
     except PlaywrightTimeout:
@@ -159,3 +168,34 @@ def test_a_refused_microphone_is_said_and_the_session_ends(browser: object, talk
     finally:
         session.close()
     session.watch.check()
+
+
+def test_press_to_talk_sends_what_is_said_while_held_and_the_answer_follows_the_release(talk: UI, question: Path) -> None:
+    with wave.open(str(question)) as w:
+        seconds = w.getnframes() / w.getframerate() - 3.5  # the leading silence and the question
+    page = talk.open("talk")
+    page.check("input[name=talk-mode][value=ptt]")  # type: ignore[attr-defined]
+    page.click("#talk-start")  # type: ignore[attr-defined]
+    page.wait_for_selector("#page-talk[data-state=listening]", timeout=60_000)  # type: ignore[attr-defined]
+    hold = page.locator("#talk-hold")  # type: ignore[attr-defined]
+    assert hold.is_visible() and hold.get_attribute("aria-pressed") == "false"
+    page.wait_for_timeout(1000)  # type: ignore[attr-defined]
+    assert counter(page, "sent-samples") == 0  # nothing is sent until the button is held
+
+    hold.hover()
+    page.mouse.down()  # type: ignore[attr-defined]
+    assert hold.get_attribute("aria-pressed") == "true"
+    wait(page, f"Number(document.getElementById('page-talk').dataset.sentSamples) > {int(seconds * 24000)}",
+         "the question sent while the button is held", timeout=30_000)
+    assert not page.locator("#talk-log .msg").count()  # type: ignore[attr-defined]  # no turn before the release
+    page.mouse.up()  # type: ignore[attr-defined]
+    assert hold.get_attribute("aria-pressed") == "false"
+
+    wait(page, """() => [...document.querySelectorAll('#talk-log .msg.user .body')]
+        .some((b) => /capital/i.test(b.textContent) && /france/i.test(b.textContent))""", "the question's words")
+    wait(page, """() => [...document.querySelectorAll('#talk-log .msg.assistant .body')]
+        .some((b) => b.textContent.trim().length > 3)""", "an answer's transcript")
+    wait(page, "Number(document.getElementById('page-talk').dataset.playedSamples) > 2400", "answer audio played")
+    page.click("#talk-end")  # type: ignore[attr-defined]
+    page.wait_for_selector("#page-talk[data-state=idle]")  # type: ignore[attr-defined]
+    assert not page.locator("#talk-log [role=alert]").count()  # type: ignore[attr-defined]

@@ -199,3 +199,44 @@ def test_press_to_talk_sends_what_is_said_while_held_and_the_answer_follows_the_
     page.click("#talk-end")  # type: ignore[attr-defined]
     page.wait_for_selector("#page-talk[data-state=idle]")  # type: ignore[attr-defined]
     assert not page.locator("#talk-log [role=alert]").count()  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module")
+def talk_key_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LokalServer]:
+    """SmolLM2 alone behind an API key (no voice, no VAD: a press-to-talk, text-answer session)."""
+    models = tmp_path_factory.mktemp("ui-talk-key") / "models"
+    place_model(models, "smol.gguf")
+    (models / "smol.yaml").write_text("name: smol\nparameters:\n  model: smol.gguf\ncontext_size: 1024\n")
+    with LokalServer(models, env={"API_KEY": "sk-right"}) as server:
+        yield server
+
+
+def test_the_api_key_travels_in_the_websocket_subprotocol(talking_browser: object, talk_key_server: LokalServer) -> None:
+    session = UI(talking_browser, talk_key_server, {"width": 1200, "height": 900})
+    session.watch.expected_console.append(r"status of 401")
+    try:
+        page = session.page
+        page.goto(f"{talk_key_server.base}/ui/#talk")  # type: ignore[attr-defined]
+        page.evaluate("localStorage.setItem('lokal.apiKey', 'sk-right')")  # type: ignore[attr-defined]
+        page.reload()  # type: ignore[attr-defined]
+        page.wait_for_selector("body[data-ready=true]")  # type: ignore[attr-defined]
+        assert page.locator("#talk-voice option").all_inner_texts() == ["no voice: answers in text only"]  # type: ignore[attr-defined]
+        page.check("input[name=talk-mode][value=ptt]")  # type: ignore[attr-defined]
+        protocols: list[str] = []
+        page.on("websocket", lambda ws: protocols.append(ws.url))  # type: ignore[attr-defined]
+        page.click("#talk-start")  # type: ignore[attr-defined]
+        # session.updated came back over a socket the key opened: the page is listening.
+        page.wait_for_selector("#page-talk[data-state=listening]", timeout=60_000)  # type: ignore[attr-defined]
+        assert protocols == [f"{talk_key_server.base.replace('http', 'ws')}/v1/realtime?model=smol"]
+        assert not page.locator("#talk-status.error").count()  # type: ignore[attr-defined]
+        page.click("#talk-end")  # type: ignore[attr-defined]
+
+        # Without a key the server refuses, and the page asks for one.
+        page.evaluate("localStorage.removeItem('lokal.apiKey')")  # type: ignore[attr-defined]
+        page.click("#talk-start")  # type: ignore[attr-defined]
+        page.wait_for_selector("#key-dialog[open]")  # type: ignore[attr-defined]
+        page.wait_for_selector("#talk-status.error")  # type: ignore[attr-defined]
+        assert page.get_attribute("#page-talk", "data-state") == "idle"  # type: ignore[attr-defined]
+    finally:
+        session.close()
+    session.watch.check()

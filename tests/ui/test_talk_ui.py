@@ -23,6 +23,7 @@ from tests.ui.conftest import CHROMIUM_ARGS, UI, _chromium, screenshot
 pytestmark = pytest.mark.slow
 
 QUESTION = "What is the capital city of France?"
+LEAD = 3.0  # seconds of silence before the question (the fake microphone starts with the capture)
 VAD_CONFIG = "name: silero-vad\nbackend: silero-vad\nparameters:\n  model: silero_vad.onnx\n"
 
 
@@ -46,8 +47,8 @@ def talk_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LokalServe
 
 
 def spoken_question(server: LokalServer, target: Path) -> Path:
-    """The question in lokal's voice as a WAV, with 1.5 s of silence before (the page may be
-    still connecting) and 4 s after (so the server's VAD hears the turn end; the fake
+    """The question in lokal's voice as a WAV, with 3 s of silence before (the page may be
+    still connecting: the microphone opens first) and 4 s after (so the server's VAD hears the turn end; the fake
     microphone plays the file once)."""
     r = httpx.post(f"{server.base}/v1/audio/speech", timeout=120,
                    json={"model": "en_US-joe-medium.onnx", "input": QUESTION, "response_format": "wav"})
@@ -61,7 +62,7 @@ def spoken_question(server: LokalServer, target: Path) -> Path:
         out.setnchannels(channels)
         out.setsampwidth(width)
         out.setframerate(rate)
-        out.writeframes(silence * int(rate * 1.5) + frames + silence * int(rate * 4))
+        out.writeframes(silence * int(rate * LEAD) + frames + silence * int(rate * 4))
     return target
 
 
@@ -172,15 +173,16 @@ def test_a_refused_microphone_is_said_and_the_session_ends(browser: object, talk
 
 def test_press_to_talk_sends_what_is_said_while_held_and_the_answer_follows_the_release(talk: UI, question: Path) -> None:
     with wave.open(str(question)) as w:
-        seconds = w.getnframes() / w.getframerate() - 3.5  # the leading silence and the question
+        # Pressed within LEAD - 0.5 s of the capture's start, held this long, the button spans the question.
+        seconds = w.getnframes() / w.getframerate() - 4 + 0.5
     page = talk.open("talk")
     page.check("input[name=talk-mode][value=ptt]")  # type: ignore[attr-defined]
     page.click("#talk-start")  # type: ignore[attr-defined]
     page.wait_for_selector("#page-talk[data-state=listening]", timeout=60_000)  # type: ignore[attr-defined]
     hold = page.locator("#talk-hold")  # type: ignore[attr-defined]
     assert hold.is_visible() and hold.get_attribute("aria-pressed") == "false"
-    page.wait_for_timeout(1000)  # type: ignore[attr-defined]
-    assert counter(page, "sent-samples") == 0  # nothing is sent until the button is held
+    page.wait_for_timeout(300)  # type: ignore[attr-defined]
+    assert counter(page, "sent-samples") == 0  # nothing is sent until the button is held (hands-free sends at once)
 
     hold.hover()
     page.mouse.down()  # type: ignore[attr-defined]

@@ -373,9 +373,11 @@ $("talk-stop").addEventListener("click", () => {
 for (const input of document.querySelectorAll("input[name=talk-mode], #talk-voice, #talk-stt, #talk-instructions")) {
   input.addEventListener("change", () => {
     if (!talk?.ready) return;
-    holdEnd();
+    if (talk.sending) flush(); // what was said so far goes out under the old settings
     send({ type: "session.update", session: session() });
+    if (mode() === "ptt") send({ type: "input_audio_buffer.clear" }); // turns now start at a press
     talk.sending = mode() === "vad";
+    $("talk-hold").setAttribute("aria-pressed", "false");
     setState(view.dataset.state);
     status(mode() === "vad" ? "Listening: speak when you like." : "Hold the button (or Space) while you speak.");
   });

@@ -53,7 +53,7 @@ def test_a_browser_at_root_lands_on_the_ui_light_and_labelled(ui: UI) -> None:
     total = sum(sizes)
     print(f"\nfirst load of /ui: {len(sizes)} requests, {total} bytes transferred")
     assert 0 < total < 300_000
-    for page in ("chat", "models", "playground"):
+    for page in ("chat", "models", "playground", "talk"):
         ui.page.goto(f"{ui.server.base}/ui/#{page}")
         assert ui.page.locator(f"#page-{page}").is_visible()
     assert unlabeled_controls(ui.page) == []
@@ -333,7 +333,7 @@ def test_the_pages_fit_a_phone(phone: UI) -> None:
     phone.open("chat").evaluate(  # type: ignore[attr-defined]
         "chat => { localStorage.setItem('lokal.chats', JSON.stringify([chat]));"
         " localStorage.setItem('lokal.currentChat', chat.id); }", SAMPLE_CHAT)
-    for name in ("chat", "models", "playground"):
+    for name in ("chat", "models", "playground", "talk"):
         page = phone.open(name)
         if name == "chat":
             page.reload()

@@ -101,3 +101,21 @@ export async function stream(path, json, { signal, onEvent }) {
     }
   }
 }
+
+// A WebSocket to lokal (the Realtime API). Browsers cannot set headers on a WebSocket, so the
+// key travels the way OpenAI's browser clients send it: in the subprotocol list, as
+// "openai-insecure-api-key.<key>" beside "realtime" (the server answers with "realtime").
+// Without a key no subprotocol is asked for. Throws ApiError when the key cannot be carried.
+export function socket(path) {
+  const url = new URL(path, location.href);
+  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  const protocols = auth.key ? ["realtime", `openai-insecure-api-key.${auth.key}`] : [];
+  try {
+    return new WebSocket(url, protocols);
+  } catch (exc) {
+    if (exc.name === "SyntaxError") {
+      throw new ApiError(0, "This API key holds characters a WebSocket subprotocol cannot carry, so Talk cannot send it.");
+    }
+    throw exc;
+  }
+}

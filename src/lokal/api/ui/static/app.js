@@ -1,22 +1,8 @@
-// lokal's web UI: chat, models, playground. Only lokal's public HTTP API is used.
+// lokal's web UI: chat, models, playground, images (talk.js: the Talk view). Only lokal's public HTTP API is used.
 import { ApiError, auth, call, getJSON, postJSON, stream } from "./api.js";
+import { $, make, say } from "./dom.js";
 import { renderMarkdown } from "./markdown.js";
-
-const $ = (id) => document.getElementById(id);
-
-function make(tag, props = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(props)) {
-    if (value === undefined || value === null || value === false) continue;
-    if (key === "class") node.className = value;
-    else if (key === "text") node.textContent = value;
-    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
-    else if (key in node && key !== "list") node[key] = value;
-    else node.setAttribute(key, value === true ? "" : value);
-  }
-  node.append(...children.filter((c) => c !== null && c !== undefined));
-  return node;
-}
+import { fillTalk } from "./talk.js";
 
 function bytes(n) {
   if (n === null || n === undefined) return "";
@@ -27,12 +13,6 @@ function bytes(n) {
     i++;
   }
   return `${n.toFixed(i && n < 10 ? 1 : 0)} ${units[i]}`;
-}
-
-function say(id, text, isError = false) {
-  const node = $(id);
-  node.textContent = text;
-  node.classList.toggle("error", isError);
 }
 
 function message(exc) {
@@ -119,6 +99,7 @@ function fillPickers() {
   fillSelect($("tts-model"), "speak");
   fillVoices();
   fillSelect($("img-model"), "image");
+  fillTalk(models);
   const chat = current();
   if (chat && chat.model && [...$("chat-model").options].some((o) => o.value === chat.model)) $("chat-model").value = chat.model;
   renderModels();
@@ -746,7 +727,7 @@ $("img-stop").addEventListener("click", () => imageController?.abort());
 
 // ---------------------------------------------------------------- pages
 
-const PAGES = ["chat", "models", "playground", "images"];
+const PAGES = ["chat", "models", "playground", "images", "talk"];
 
 function route() {
   const page = PAGES.includes(location.hash.slice(1)) ? location.hash.slice(1) : "chat";

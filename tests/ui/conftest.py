@@ -48,8 +48,8 @@ def _chromium() -> str:
     return path
 
 
-@pytest.fixture(scope="session")
-def browser() -> Iterator[object]:
+@pytest.fixture(scope="package")  # Playwright's sync API holds an event loop while it runs: gone
+def browser() -> Iterator[object]:  # after tests/ui, so a later test's asyncio.run() still works
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:

@@ -13,6 +13,8 @@ import pytest
 import websockets.exceptions
 import websockets.sync.client as ws_client
 
+from lokal.api.realtime import render
+from lokal.errors import BadRequest, ContextOverflowError, EngineError, NotFound
 from tests.fakeengine import MODEL
 
 
@@ -131,3 +133,16 @@ def test_api_key_applies_to_the_upgrade(fake_server: Any) -> None:
     assert httpx.post(f"{server.base}/v1/realtime/client_secrets", json={"session": {"model": "nope"}},
                       headers={"Authorization": "Bearer k"}).status_code == 404
 
+
+
+def test_every_lokal_error_becomes_an_error_event_with_openais_code() -> None:
+    # A refusal of any status is an event (a 400 or 500 from the engine once raised instead);
+    # the codes are OpenAI's where it has one.
+    cases = [(NotFound("no such model"), "model_not_found"), (BadRequest("bad", param="x"), None),
+             (ContextOverflowError(9000, 2048), "context_length_exceeded"), (EngineError(500, "boom"), None)]
+    for err, code in cases:
+        event = render.refusal(err, event_id="event_1")
+        assert event["type"] == "error"
+        assert event["error"] == {"type": err.type, "code": code, "message": err.message, "param": err.param,
+                                  "event_id": "event_1"}
+    assert render.refusal(NotFound("gone"), param="model")["error"]["param"] == "model"

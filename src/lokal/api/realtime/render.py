@@ -6,7 +6,11 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
+from lokal.errors import ContextOverflowError, LokalError
 from lokal.tasks import Usage
+
+#: OpenAI's codes for lokal's refusals, by status (a prompt over the context has its own)
+CODES = {404: "model_not_found", 403: "permission_denied", 429: "rate_limit_exceeded"}
 
 
 def new_id(prefix: str) -> str:
@@ -21,6 +25,13 @@ def error(message: str, *, type: str = "invalid_request_error", code: str | None
           param: str | None = None, event_id: str | None = None) -> dict[str, Any]:
     return event("error", error={"type": type, "code": code, "message": message, "param": param,
                                  "event_id": event_id})
+
+
+def refusal(err: LokalError, *, param: str | None = None, event_id: str | None = None) -> dict[str, Any]:
+    """The error event for one of lokal's errors, with OpenAI's code for it."""
+    code = "context_length_exceeded" if isinstance(err, ContextOverflowError) else CODES.get(err.status)
+    return error(err.message, type=err.type, code=code, param=err.param if param is None else param,
+                 event_id=event_id)
 
 
 def session(config: dict[str, Any], session_id: str, expires_at: int) -> dict[str, Any]:

@@ -45,10 +45,9 @@ async def realtime(ws: WebSocket, model: str = "") -> None:
         if caller is not None:
             caller.admit()  # the key's limits: a session is one request of its key
     except LokalError as exc:
-        code = "model_not_found" if isinstance(exc, NotFound) else (
-            "rate_limit_exceeded" if exc.status == 429 else None)
-        await ws.send_json(render.error(exc.message, type=exc.type, code=code, param="model"))
-        await ws.close(1008, code or "refused")
+        refused = render.refusal(exc, param="model")
+        await ws.send_json(refused)
+        await ws.close(1008, refused["error"]["code"] or "refused")
         return
     session = Session(ws, roles, app.state.settings)
     run = asyncio.create_task(session.run())

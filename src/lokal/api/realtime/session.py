@@ -72,11 +72,7 @@ class Session:
             await self.send(render.error(exc.message, type=exc.type, code=exc.code, param=exc.param,
                                          event_id=exc.event_id or event_id))
             return
-        error = as_lokal_error(exc)
-        code = {404: "model_not_found", 403: "permission_denied", 429: "rate_limit_exceeded"}.get(
-            error.status, error.code if isinstance(error.code, str) else None)
-        await self.send(render.error(error.message, type=error.type, code=code, param=error.param,
-                                     event_id=event_id))
+        await self.send(render.refusal(as_lokal_error(exc), event_id=event_id))
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)

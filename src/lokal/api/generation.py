@@ -104,7 +104,7 @@ class Run:
         if generation.prompt_seconds is not None:
             self.observation.prompt_seconds(generation.prompt_seconds)
         # What the engine reported, or (a client gone, a run cut short) what is known.
-        u = generation.usage if generation.reported_usage else generation.partial_usage
+        u = generation.known_usage
         usage = None
         if u is not None:
             usage = {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,

@@ -345,7 +345,12 @@ class Generation:
         progress = self.progress.get(0)
         if progress is None:
             return None
-        return Usage(progress.total, sum(self._generated.values()), progress.cache)
+        return Usage(progress.total, self.tokens_seen, progress.cache)
+
+    @property
+    def known_usage(self) -> Usage | None:
+        """The engine's count, or for a run cut short what is known of it (None: nothing)."""
+        return self.usage if self.reported_usage else self.partial_usage
 
     @property
     def tokens_seen(self) -> int:

@@ -303,9 +303,7 @@ class Answer:
 
 def _usage(generation: Any) -> Usage:
     """The engine's count; for a run cut short (cancelled), what was seen of it."""
-    if generation.reported_usage:
-        return generation.usage
-    return generation.partial_usage or Usage(0, generation.tokens_seen)
+    return generation.known_usage or Usage(0, generation.tokens_seen)
 
 
 def logs_usage(usage: Usage) -> None:
